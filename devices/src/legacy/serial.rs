@@ -1,0 +1,126 @@
+//! The COM1 16550A UART (from `vm-superio`), with its interrupt on an eventfd.
+
+use std::io::{self, Write};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// COM1's I/O port base.
+pub const COM1_PORT: u64 = 0x3f8;
+/// COM1's ISA IRQ line.
+pub const COM1_IRQ: u32 = 4;
+
+/// An eventfd usable as a `vm-superio` interrupt trigger.
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The UART as a bus device; output goes to `out`.
+pub struct SerialDevice {
+    uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing guest output to `out`.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            uart: Serial::new(EventFdTrigger(irq), out),
+        }
+    }
+
+    /// Free space in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Queues host input for the guest; returns how many bytes were taken.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.uart.fifo_capacity());
+        if n == 0 {
+            return 0;
+        }
+        match self.uart.enqueue_raw_bytes(&bytes[..n]) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("serial input dropped: {e}");
+                0
+            }
+        }
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Ok(off), [b]) = (u8::try_from(offset), &mut *data) {
+            *b = self.uart.read(off);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(off), [b]) = (u8::try_from(offset), data) {
+            if let Err(e) = self.uart.write(off, *b) {
+                // Output errors (a closed stdout) must not stop the guest.
+                tracing::debug!("serial write: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_and_input() {
+        let sink = Sink::default();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        for b in b"hi" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+        // Enable the "received data available" interrupt, then feed input.
+        s.write(1, &[1]);
+        assert_eq!(s.enqueue_input(b"x"), 1);
+        assert!(irq.read().unwrap() >= 1);
+        let mut b = [0u8];
+        s.read(0, &mut b);
+        assert_eq!(b, [b'x']);
+        // Wide accesses are ignored rather than misinterpreted.
+        s.write(0, &[1, 2]);
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+    }
+
+    #[test]
+    fn input_is_bounded_by_fifo() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq, Box::new(io::sink()));
+        let cap = s.input_capacity();
+        let big = vec![b'a'; cap + 100];
+        assert_eq!(s.enqueue_input(&big), cap);
+        assert_eq!(s.enqueue_input(b"more"), 0);
+    }
+}
