@@ -1,0 +1,221 @@
+//! Real Linux guests booted by condo, checked the way a user would: serial
+//! output, what the guest sees (`nproc`, `/proc/meminfo`) and how condo
+//! exits. These need a KVM that can boot Linux: `scripts/test.sh` runs them
+//! directly on such a host, or inside the nested test host (`testhost/run`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{artifact, condo, run, tempdir, Outcome};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn vmlinux() -> PathBuf {
+    artifact("CONDO_GUEST_VMLINUX")
+}
+fn bzimage() -> PathBuf {
+    artifact("CONDO_GUEST_BZIMAGE")
+}
+fn initramfs() -> PathBuf {
+    artifact("CONDO_GUEST_INITRAMFS")
+}
+
+/// Boots `kernel` with the test initramfs; the guest runs `cmd` and ends as
+/// `end` says (poweroff, reboot, panic).
+fn boot(kernel: &Path, initrd: &Path, cpus: u32, mem_mib: u64, end: &str, cmd: &str) -> Outcome {
+    let mut c = condo();
+    c.args(["run", "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--cpus", &cpus.to_string(), "--memory", &mem_mib.to_string()])
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 reboot=k panic=1 quiet condo.end={end} -- {cmd}"
+        ));
+    run(c, LIMIT)
+}
+
+/// The output of the guest command: lines between the ready marker and
+/// the exit marker.
+fn guest_output(o: &Outcome) -> Vec<String> {
+    let lines: Vec<String> = o.stdout.lines().map(|l| l.trim_end_matches('\r').to_owned()).collect();
+    let start = lines
+        .iter()
+        .position(|l| l == "condo-guest: ready")
+        .unwrap_or_else(|| panic!("guest never reached /init\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr));
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("condo-guest: exit="))
+        .unwrap_or_else(|| panic!("guest command did not finish\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr));
+    lines[start + 1..end].to_vec()
+}
+
+fn assert_clean_exit(o: &Outcome) {
+    assert_eq!(o.code, Some(0), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("condo-guest: exit=0"), "stdout:\n{}", o.stdout);
+}
+
+#[test]
+fn serial_output_reaches_stdout() {
+    let o = boot(&vmlinux(), &initramfs(), 1, 128, "poweroff", "echo hello from the guest");
+    assert_clean_exit(&o);
+    assert_eq!(guest_output(&o), ["hello from the guest"]);
+}
+
+#[test]
+fn nproc_matches_cpus() {
+    for cpus in [1, 2, 4] {
+        let o = boot(&vmlinux(), &initramfs(), cpus, 256, "poweroff", "nproc");
+        assert_clean_exit(&o);
+        assert_eq!(guest_output(&o), [cpus.to_string()], "--cpus {cpus}");
+    }
+}
+
+fn mem_total_kib(o: &Outcome) -> u64 {
+    let out = guest_output(o);
+    let line = out
+        .iter()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap_or_else(|| panic!("no MemTotal in {out:?}"));
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("MemTotal value")
+}
+
+/// MemTotal is RAM minus what the kernel reserves for itself: a few MiB.
+fn assert_mem_total(mem_mib: u64) {
+    let o = boot(&vmlinux(), &initramfs(), 2, mem_mib, "poweroff", "grep MemTotal /proc/meminfo");
+    assert_clean_exit(&o);
+    let total = mem_total_kib(&o);
+    let want = mem_mib * 1024;
+    assert!(total <= want, "MemTotal {total} KiB > {want} KiB");
+    assert!(total >= want - want / 10, "MemTotal {total} KiB, want about {want} KiB");
+}
+
+#[test]
+fn mem_total_matches_128_mib() {
+    assert_mem_total(128);
+}
+
+#[test]
+fn mem_total_matches_5_gib() {
+    // Crosses the 32-bit MMIO gap: RAM continues above 4 GiB.
+    assert_mem_total(5 * 1024);
+}
+
+#[test]
+fn bzimage_boots() {
+    let o = boot(&bzimage(), &initramfs(), 2, 128, "poweroff", "cat /proc/cmdline");
+    assert_clean_exit(&o);
+    assert!(guest_output(&o)[0].contains("condo.end=poweroff"));
+}
+
+#[test]
+fn debian_cloud_kernel_boots_to_init() {
+    let kernel = artifact("CONDO_CLOUD_KERNEL");
+    let initrd = artifact("CONDO_CLOUD_INITRAMFS");
+    let o = boot(&kernel, &initrd, 2, 256, "poweroff", "nproc; uname -r");
+    assert_clean_exit(&o);
+    let out = guest_output(&o);
+    assert_eq!(out[0], "2");
+    assert!(out[1].ends_with("-cloud-amd64"), "uname -r: {}", out[1]);
+}
+
+#[test]
+fn reboot_exits_zero() {
+    let o = boot(&vmlinux(), &initramfs(), 1, 128, "reboot", "true");
+    assert_clean_exit(&o);
+}
+
+#[test]
+fn kernel_panic_exits_with_its_status() {
+    let o = boot(&vmlinux(), &initramfs(), 1, 128, "panic", "true");
+    assert_eq!(o.code, Some(2), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("Kernel panic"), "stdout:\n{}", o.stdout);
+    assert_eq!(o.stderr_lines(), ["condo: guest kernel panicked"]);
+}
+
+/// A "kernel" whose first instruction is `ud2` with no IDT: the #UD cannot
+/// be delivered, the CPU triple-faults, condo says so and fails.
+#[test]
+fn triple_fault_exits_with_its_status() {
+    let d = tempdir("triple");
+    let k = d.join("ud2.elf");
+    std::fs::write(&k, tiny_elf(0x100_0000, &[0x0f, 0x0b])).unwrap();
+    let mut c = condo();
+    c.args(["run", "--kernel"]).arg(&k).args(["--memory", "64"]);
+    let o = run(c, LIMIT);
+    assert_eq!(o.code, Some(3), "stderr: {}", o.stderr);
+    assert_eq!(o.stderr_lines(), ["condo: guest triple-faulted on vCPU 0"]);
+}
+
+/// An ELF64 executable with one loadable segment holding `code` at `addr`.
+fn tiny_elf(addr: u64, code: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    // ELF header (64 bytes)
+    e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&addr.to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    e.extend_from_slice(&64u16.to_le_bytes()); // shentsize
+    e.extend_from_slice(&0u16.to_le_bytes()); // shnum
+    e.extend_from_slice(&0u16.to_le_bytes()); // shstrndx
+    // Program header (56 bytes)
+    let off = 0x1000u64;
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&off.to_le_bytes());
+    e.extend_from_slice(&addr.to_le_bytes()); // vaddr
+    e.extend_from_slice(&addr.to_le_bytes()); // paddr
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&0x1000u64.to_le_bytes());
+    e.resize(off as usize, 0);
+    e.extend_from_slice(code);
+    e
+}
+
+#[test]
+fn firecracker_config_file_boots() {
+    let d = tempdir("config-boot");
+    let cfg = d.join("vm.json");
+    let json = format!(
+        r#"{{
+  "boot-source": {{
+    "kernel_image_path": "{}",
+    "initrd_path": "{}",
+    "boot_args": "console=ttyS0 reboot=k panic=1 quiet -- nproc"
+  }},
+  "machine-config": {{ "vcpu_count": 2, "mem_size_mib": 256, "smt": false }}
+}}"#,
+        vmlinux().display(),
+        initramfs().display()
+    );
+    std::fs::write(&cfg, json).unwrap();
+    let mut c = condo();
+    c.args(["run", "--config-file"]).arg(&cfg);
+    let o = run(c, LIMIT);
+    assert_clean_exit(&o);
+    assert_eq!(guest_output(&o), ["2"]);
+}
+
+/// A kernel file with the right magic but cut short is refused with one
+/// line, after KVM is set up.
+#[test]
+fn truncated_kernel_is_refused() {
+    let d = tempdir("truncated");
+    let k = d.join("vmlinux");
+    let bytes = std::fs::read(vmlinux()).unwrap();
+    std::fs::write(&k, &bytes[..4096]).unwrap();
+    let mut c = condo();
+    c.args(["run", "--kernel"]).arg(&k);
+    run(c, LIMIT).assert_one_error_line("cannot load kernel image");
+}

@@ -1,0 +1,114 @@
+//! Helpers shared by condo's integration tests: running the binary with a
+//! deadline and finding the guest artifacts the scripts built.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished `condo` run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The stderr lines, ignoring empty ones.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+    }
+
+    /// Asserts the run failed with exit 1 and exactly one error line that
+    /// contains `needle`.
+    pub fn assert_one_error_line(&self, needle: &str) {
+        let lines = self.stderr_lines();
+        assert_eq!(self.code, Some(1), "exit status; stderr: {}", self.stderr);
+        assert_eq!(lines.len(), 1, "want one stderr line, got: {:?}", lines);
+        assert!(lines[0].starts_with("condo: error: "), "line: {}", lines[0]);
+        assert!(lines[0].contains(needle), "line {:?} lacks {:?}", lines[0], needle);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+    }
+}
+
+/// The condo binary under test.
+pub fn condo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_condo"))
+}
+
+/// Runs `cmd` with stdin closed; kills it and fails the test after `limit`.
+pub fn run(mut cmd: Command, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn condo");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let so = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+            let se = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+            panic!("condo did not finish within {limit:?}\nstdout:\n{so}\nstderr:\n{se}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    Outcome {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
+        elapsed,
+    }
+}
+
+/// A guest artifact named by an environment variable that `scripts/test.sh`
+/// sets (from `guest/build.sh`).
+pub fn artifact(var: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test.sh"));
+    assert!(p.is_file(), "{var}={} does not exist", p.display());
+    p
+}
+
+/// A fresh temporary directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("condo-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Whether this CPU has hardware virtualization (then /dev/kvm should be a
+/// complete KVM).
+pub fn host_has_hw_virt() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# condo's whole test suite, from a fresh machine: installs what is missing,
+# builds the guest artifacts, then runs lints, unit tests, command-line tests
+# and the boot tests (real Linux guests). The boot tests run directly when
+# /dev/kvm can boot Linux, and inside the nested test host otherwise.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+. guest/lib.sh
+
+bash scripts/install-deps.sh
+eval "$(bash guest/build.sh)"
+
+step "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
+
+step "unit tests and command-line tests"
+cargo test --workspace --locked -q --lib --bins --test cli 2>&1
+
+step "building the boot tests"
+boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')
+condo_bin="$ROOT/target/debug/condo"
+[ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
+
+envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS)
+if bash testhost/kvm-ok; then
+  step "boot tests on this host's /dev/kvm"
+  "$boot_bin" --test-threads=2
+else
+  step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
+  bash testhost/build.sh
+  args=(--file "$condo_bin")
+  for v in "${envs[@]}"; do
+    args+=(--file "${!v}" --env "$v=${!v}")
+  done
+  bash testhost/run "${args[@]}" -- "$boot_bin" --test-threads=2
+fi
