@@ -1,0 +1,449 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x, modern only).
+//!
+//! Register layout per the virtio spec, section 4.2.2. The transport keeps
+//! the queue configuration the driver writes, negotiates features, and
+//! activates the device when the driver sets DRIVER_OK. Out-of-range,
+//! misaligned or ill-timed accesses are ignored with a debug log, as real
+//! hardware would; a driver that breaks the protocol gets a device that
+//! sets DEVICE_NEEDS_RESET rather than a VMM that panics.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+/// Size of one device's register window.
+pub const MMIO_WINDOW: u64 = 0x1000;
+/// Offset of the QueueNotify register (for ioeventfds).
+pub const NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4f44_4e43; // "CNDO"
+
+// Device status bits.
+const ACKNOWLEDGE: u32 = 1;
+const DRIVER: u32 = 2;
+const DRIVER_OK: u32 = 4;
+const FEATURES_OK: u32 = 8;
+const DEVICE_NEEDS_RESET: u32 = 0x40;
+const FAILED: u32 = 0x80;
+
+/// A virtio device behind its MMIO registers.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+/// Errors building a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot create a queue eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("invalid queue size {0}")]
+    QueueSize(u16),
+}
+
+impl MmioTransport {
+    /// Wraps `device`; its interrupt is raised through `irq`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+    ) -> Result<Self, TransportError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|_| TransportError::QueueSize(max))?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            queues,
+            queue_evts,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The notification eventfd of each queue, for registering ioeventfds
+    /// on `base + NOTIFY_OFFSET` with the queue index as datamatch.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The device's type id.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn device_features(&self) -> u64 {
+        self.device.features() | (1 << VIRTIO_F_VERSION_1)
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR,
+            0x10 => match self.device_features_sel {
+                0 => self.device_features() as u32,
+                1 => (self.device_features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => {
+                tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn queue_write(&mut self, f: impl FnOnce(&mut Queue)) {
+        // Queue registers may only change before the device is live.
+        if self.status & DRIVER_OK != 0 {
+            tracing::debug!("virtio-mmio: queue register written after DRIVER_OK");
+            return;
+        }
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            0x14 => self.device_features_sel = v,
+            0x20 => {
+                if self.status & FEATURES_OK == 0 {
+                    match self.driver_features_sel {
+                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 => self.queue_write(|q| q.set_size(v as u16)),
+            0x44 => self.queue_write(|q| q.set_ready(v == 1)),
+            0x50 => {
+                // Without an ioeventfd the notification arrives here.
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 => self.queue_write(|q| q.set_desc_table_address(Some(v), None)),
+            0x84 => self.queue_write(|q| q.set_desc_table_address(None, Some(v))),
+            0x90 => self.queue_write(|q| q.set_avail_ring_address(Some(v), None)),
+            0x94 => self.queue_write(|q| q.set_avail_ring_address(None, Some(v))),
+            0xa0 => self.queue_write(|q| q.set_used_ring_address(Some(v), None)),
+            0xa4 => self.queue_write(|q| q.set_used_ring_address(None, Some(v))),
+            _ => tracing::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits, in the spec's order.
+        let added = v & !self.status;
+        if v & self.status != self.status {
+            tracing::debug!("virtio-mmio: driver cleared status bits {:#x}", self.status & !v);
+            return;
+        }
+        if added & FEATURES_OK != 0 {
+            let offered = self.device_features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0
+            {
+                // Refuse: FEATURES_OK stays clear, the driver sees it.
+                self.status = v & !FEATURES_OK;
+                return;
+            }
+        }
+        self.status = v;
+        if added & DRIVER_OK != 0 && self.status & FEATURES_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let mem = self.mem.clone();
+        let ok = self.queues.iter().all(|q| !q.ready() || q.is_valid(&mem));
+        let evts: Result<Vec<_>, _> = self.queue_evts.iter().map(|e| e.try_clone()).collect();
+        let (true, Ok(queue_evts)) = (ok, evts) else {
+            tracing::warn!(
+                "virtio-mmio: device type {} has an invalid queue; needs reset",
+                self.device.device_type()
+            );
+            self.status |= DEVICE_NEEDS_RESET;
+            self.interrupt.trigger(super::INT_CONFIG);
+            return;
+        };
+        // The device gets its own copies; the transport keeps the
+        // configuration the driver wrote, for register reads and reset.
+        let queues: Result<Vec<Queue>, _> =
+            self.queues.iter().map(|q| Queue::try_from(q.state())).collect();
+        let Ok(queues) = queues else {
+            self.status |= DEVICE_NEEDS_RESET;
+            return;
+        };
+        let activation = Activation {
+            mem,
+            interrupt: self.interrupt.clone(),
+            queues,
+            queue_evts,
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                tracing::error!("{e}");
+                self.status |= DEVICE_NEEDS_RESET;
+                self.interrupt.trigger(super::INT_CONFIG);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated && !self.device.reset() {
+            // The device keeps running on its old queues; refuse the reset
+            // rather than let two owners touch them.
+            tracing::warn!("virtio-mmio: device type {} cannot be reset", self.device.device_type());
+            self.status |= FAILED;
+            return;
+        }
+        self.activated = false;
+        self.status = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.ack(u32::MAX);
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        match data.len() {
+            4 if offset % 4 == 0 => {
+                let v = self.read_reg(offset);
+                data.copy_from_slice(&v.to_le_bytes());
+            }
+            _ => {
+                tracing::debug!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+                data.fill(0);
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            if self.status & DRIVER != 0 || self.status & ACKNOWLEDGE != 0 {
+                self.device.write_config(offset - 0x100, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+            return;
+        }
+        match data {
+            [a, b, c, d] if offset % 4 == 0 => {
+                self.write_reg(offset, u32::from_le_bytes([*a, *b, *c, *d]))
+            }
+            _ => tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{read_config_bytes, ActivateError};
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    struct Dummy {
+        activated: Arc<Mutex<Option<u64>>>,
+        config: [u8; 8],
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&self.config, offset, data)
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            *self.activated.lock().unwrap() = Some(a.acked_features);
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            true
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Option<u64>>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let activated = Arc::new(Mutex::new(None));
+        let dev = Dummy {
+            activated: activated.clone(),
+            config: [1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        (MmioTransport::new(Box::new(dev), mem, irq).unwrap(), activated)
+    }
+
+    fn r32(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w32(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn setup_queue(t: &mut MmioTransport) {
+        w32(t, 0x30, 0);
+        w32(t, 0x38, 16);
+        w32(t, 0x80, 0x1000);
+        w32(t, 0x90, 0x2000);
+        w32(t, 0xa0, 0x3000);
+        w32(t, 0x44, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(r32(&mut t, 0x00), MAGIC);
+        assert_eq!(r32(&mut t, 0x04), 2);
+        assert_eq!(r32(&mut t, 0x08), 4);
+        assert_eq!(r32(&mut t, 0x34), 16);
+        w32(&mut t, 0x14, 1);
+        assert_eq!(r32(&mut t, 0x10), 1); // VERSION_1 is bit 32
+        w32(&mut t, 0x14, 0);
+        assert_eq!(r32(&mut t, 0x10), 1 << 3);
+        let mut c = [0u8; 2];
+        t.read(0x106, &mut c);
+        assert_eq!(c, [7, 8]);
+        t.read(0x107, &mut c);
+        assert_eq!(c, [8, 0]);
+    }
+
+    #[test]
+    fn negotiation_and_activation() {
+        let (mut t, activated) = transport();
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER);
+        w32(&mut t, 0x24, 0);
+        w32(&mut t, 0x20, 1 << 3);
+        w32(&mut t, 0x24, 1);
+        w32(&mut t, 0x20, 1);
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r32(&mut t, 0x70) & FEATURES_OK, FEATURES_OK);
+        setup_queue(&mut t);
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_eq!(*activated.lock().unwrap(), Some((1 << 32) | (1 << 3)));
+        // Queue registers are frozen once live.
+        w32(&mut t, 0x38, 8);
+        assert_eq!(t.queues[0].size(), 16);
+        // Reset.
+        w32(&mut t, 0x70, 0);
+        assert_eq!(r32(&mut t, 0x70), 0);
+    }
+
+    #[test]
+    fn refuses_legacy_driver_and_unknown_features() {
+        let (mut t, activated) = transport();
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER);
+        w32(&mut t, 0x20, 1 << 3); // no VERSION_1
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r32(&mut t, 0x70) & FEATURES_OK, 0);
+        w32(&mut t, 0x24, 1);
+        w32(&mut t, 0x20, 1 | (1 << 5)); // an unoffered feature
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r32(&mut t, 0x70) & FEATURES_OK, 0);
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_eq!(*activated.lock().unwrap(), None);
+    }
+
+    #[test]
+    fn invalid_queue_needs_reset() {
+        let (mut t, activated) = transport();
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER);
+        w32(&mut t, 0x24, 1);
+        w32(&mut t, 0x20, 1);
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w32(&mut t, 0x38, 16);
+        w32(&mut t, 0x80, 0xfff0_0000); // outside guest memory
+        w32(&mut t, 0x84, 0x1);
+        w32(&mut t, 0x44, 1);
+        w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_eq!(*activated.lock().unwrap(), None);
+        assert_ne!(r32(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn odd_accesses_do_not_panic() {
+        let (mut t, _) = transport();
+        for off in [0u64, 1, 2, 3, 0x50, 0x70, 0xfff, 0x100, u64::MAX - 8] {
+            let mut b1 = [0u8; 1];
+            let mut b8 = [0u8; 8];
+            t.read(off, &mut b1);
+            t.read(off, &mut b8);
+            t.write(off, &[0xff]);
+            t.write(off, &[0xff; 8]);
+        }
+        w32(&mut t, 0x30, 99); // select a queue that does not exist
+        assert_eq!(r32(&mut t, 0x34), 0);
+        w32(&mut t, 0x38, 4);
+        w32(&mut t, 0x50, 99);
+    }
+}

@@ -1,0 +1,125 @@
+//! Virtio devices and their transport.
+//!
+//! Every device implements [`VirtioDevice`]: features, config space,
+//! activation with its queues, reset. The transport ([`mmio::MmioTransport`],
+//! virtio-mmio version 2) is generic over that trait and knows nothing of any
+//! device. Guest notifications arrive on eventfds (KVM ioeventfds registered
+//! by the VMM) and interrupts leave through [`Interrupt`] (a KVM irqfd).
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: the device conforms to virtio 1.x (modern only).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: used/avail event index suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Device type ids (virtio spec 5).
+pub mod device_type {
+    pub const NET: u32 = 1;
+    pub const BLOCK: u32 = 2;
+    pub const RNG: u32 = 4;
+    pub const BALLOON: u32 = 5;
+    pub const VSOCK: u32 = 19;
+}
+
+/// Interrupt status bit: a used buffer was added to a queue.
+pub const INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line: the status register the transport exposes and
+/// the eventfd that raises the guest interrupt.
+pub struct Interrupt {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt raised through `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            evt,
+        }
+    }
+
+    /// Sets `bits` in the interrupt status and raises the interrupt.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::error!("cannot raise virtio interrupt: {e}");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The guest acknowledges `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("virtio device: {0}")]
+    Failed(String),
+}
+
+/// What the transport hands a device when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory, the only way devices touch it.
+    pub mem: GuestMemoryMmap,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+    /// Queues as the driver configured them.
+    pub queues: Vec<Queue>,
+    /// One notification eventfd per queue (a KVM ioeventfd).
+    pub queue_evts: Vec<EventFd>,
+    /// Features both sides agreed on.
+    pub acked_features: u64,
+}
+
+/// A virtio device, independent of transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type id.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (VERSION_1 must be among them).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device: from now on it serves the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops the device. Returns false when the device cannot be reset
+    /// (the driver must then not reuse it).
+    fn reset(&mut self) -> bool {
+        false
+    }
+}
+
+/// Copies the `offset..offset+data.len()` window of `config` into `data`;
+/// bytes past the end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(off) = usize::try_from(offset) else { return };
+    if off >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - off);
+    data[..n].copy_from_slice(&config[off..off + n]);
+}
