@@ -268,7 +268,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match data.len() {
-            4 if offset % 4 == 0 => {
+            4 if offset.is_multiple_of(4) => {
                 let v = self.read_reg(offset);
                 data.copy_from_slice(&v.to_le_bytes());
             }
@@ -288,7 +288,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match data {
-            [a, b, c, d] if offset % 4 == 0 => {
+            [a, b, c, d] if offset.is_multiple_of(4) => {
                 self.write_reg(offset, u32::from_le_bytes([*a, *b, *c, *d]))
             }
             _ => tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len()),
