@@ -1,1 +1,162 @@
-fn main() {}
+//! `condo`: the command-line front end of the condo VMM.
+//!
+//! Parses arguments, sets up logging and the terminal, runs one VM and maps
+//! how it ended to an exit status. All VM logic lives in the `vmm` crate.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::{RunOptions, VmConfig, VmExit};
+
+mod terminal;
+
+/// Exit status when the guest panicked.
+const EXIT_GUEST_PANIC: u8 = 2;
+/// Exit status when a vCPU triple-faulted or KVM could not run it.
+const EXIT_GUEST_CRASH: u8 = 3;
+/// Exit status for VMM errors (bad input, KVM unusable).
+const EXIT_VMM_ERROR: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "condo", version, about = "condo: a microVM monitor on Linux KVM")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, default_value = "warn", env = "CONDO_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest and run it until it powers off.
+    Run(RunArgs),
+    /// Check that /dev/kvm can run a standard guest (exit 0 if it can).
+    KvmCheck,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Firecracker-format JSON file (boot-source, machine-config).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory"])]
+    config_file: Option<PathBuf>,
+    /// Kernel image: ELF vmlinux (PVH) or bzImage.
+    #[arg(long, required_unless_present = "config_file")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Do not run the KVM exception probe before booting.
+    #[arg(long)]
+    no_kvm_probe: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match cli.command {
+        Command::KvmCheck => kvm_check(),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("condo: error: {msg}");
+    ExitCode::from(EXIT_VMM_ERROR)
+}
+
+fn kvm_check() -> ExitCode {
+    match vmm::check_kvm() {
+        Ok(()) => {
+            eprintln!("condo: /dev/kvm can run standard guests");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match &args.config_file {
+        Some(path) => VmConfig::from_firecracker_file(path),
+        None => build_config(&args),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+
+    let interactive = std::io::stdin().is_terminal();
+    // Restores the terminal on every return path below.
+    let _raw = if interactive {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let opts = RunOptions {
+        console_input: interactive,
+        skip_probe: args.no_kvm_probe,
+    };
+    let result = vmm::run(&config, opts);
+    drop(_raw);
+    match result {
+        Ok(VmExit::Poweroff) => {
+            tracing::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Reset) => {
+            tracing::info!("guest rebooted");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Panic) => {
+            eprintln!("condo: guest kernel panicked");
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        Ok(VmExit::TripleFault { vcpu }) => {
+            eprintln!("condo: guest triple-faulted on vCPU {vcpu}");
+            ExitCode::from(EXIT_GUEST_CRASH)
+        }
+        Ok(VmExit::VcpuFailed { vcpu, reason }) => {
+            eprintln!("condo: vCPU {vcpu} failed: {reason}");
+            ExitCode::from(EXIT_GUEST_CRASH)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
+    let vcpus = u8::try_from(args.cpus).map_err(|_| vmm::ConfigError::VcpuCount(args.cpus))?;
+    let cfg = VmConfig {
+        // clap guarantees --kernel without --config-file.
+        kernel: args.kernel.clone().unwrap_or_default(),
+        initrd: args.initrd.clone(),
+        cmdline: args
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| vmm::DEFAULT_CMDLINE.to_owned()),
+        vcpus,
+        mem_mib: args.memory,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}

@@ -1,0 +1,278 @@
+//! What a VM is made of, and how it is read from Firecracker's config file.
+//!
+//! [`VmConfig`] is the validated description the VMM boots. It comes from
+//! command-line flags or from a Firecracker-format JSON file
+//! ([`VmConfig::from_firecracker_json`]); both paths go through
+//! [`VmConfig::validate`], so bad input is rejected before any KVM work.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Fewest vCPUs.
+pub const MIN_VCPUS: u8 = 1;
+/// Most vCPUs (Firecracker's limit too).
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest a Linux kernel boots in.
+pub const MIN_MEM_MIB: u64 = 32;
+/// Largest guest: 1 TiB of guest-physical RAM.
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// The longest kernel command line accepted (the x86 boot protocol's limit).
+pub const MAX_CMDLINE_LEN: usize = 4095;
+
+/// Command line used when none is given: serial console, `reboot=k` so a
+/// reboot reaches the i8042 reset line, and `panic=1` so a panicking kernel
+/// without pvpanic still ends the VM.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Errors in a VM description.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("vCPU count {0} out of range ({MIN_VCPUS}..={MAX_VCPUS})")]
+    VcpuCount(u64),
+    #[error("memory size {0} MiB out of range ({MIN_MEM_MIB}..={MAX_MEM_MIB} MiB)")]
+    MemSize(u64),
+    #[error("kernel command line is {0} bytes, longer than {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong(usize),
+    #[error("kernel command line contains a NUL byte or a non-ASCII character")]
+    CmdlineInvalid,
+    #[error("cannot read config file {path}: {err}")]
+    ReadFile { path: PathBuf, err: std::io::Error },
+    #[error("config file {path}: {err}")]
+    Parse { path: PathBuf, err: String },
+    #[error("config file: section \"{0}\" is not supported by condo yet")]
+    Unsupported(&'static str),
+    #[error("config file: SMT is not supported; set \"smt\": false")]
+    Smt,
+}
+
+/// A validated VM description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: ELF `vmlinux` (PVH or 64-bit entry) or `bzImage`.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+}
+
+impl VmConfig {
+    /// Checks ranges and the command line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_VCPUS..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ConfigError::VcpuCount(self.vcpus.into()));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::MemSize(self.mem_mib));
+        }
+        if self.cmdline.len() > MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if !self.cmdline.is_ascii() || self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineInvalid);
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_mib << 20
+    }
+
+    /// Reads a Firecracker `--config-file`: `boot-source` and
+    /// `machine-config` are used; sections condo does not implement yet are
+    /// refused when they ask for something, accepted when empty.
+    pub fn from_firecracker_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::ReadFile {
+            path: path.to_owned(),
+            err,
+        })?;
+        Self::from_firecracker_json(&text).map_err(|e| match e {
+            ConfigError::Parse { err, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                err,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses Firecracker's config-file JSON.
+    pub fn from_firecracker_json(text: &str) -> Result<Self, ConfigError> {
+        let fc: FirecrackerConfig = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            err: e.to_string(),
+        })?;
+        for (name, present) in [
+            ("drives", fc.drives.as_ref().is_some_and(|v| !v.is_empty())),
+            (
+                "network-interfaces",
+                fc.network_interfaces.as_ref().is_some_and(|v| !v.is_empty()),
+            ),
+            ("vsock", is_set(&fc.vsock)),
+            ("balloon", is_set(&fc.balloon)),
+            ("entropy", is_set(&fc.entropy)),
+            ("logger", is_set(&fc.logger)),
+            ("metrics", is_set(&fc.metrics)),
+            ("mmds-config", is_set(&fc.mmds_config)),
+        ] {
+            if present {
+                return Err(ConfigError::Unsupported(name));
+            }
+        }
+        let m = fc.machine_config;
+        if m.smt == Some(true) {
+            return Err(ConfigError::Smt);
+        }
+        let vcpus = u8::try_from(m.vcpu_count).map_err(|_| ConfigError::VcpuCount(m.vcpu_count))?;
+        let cfg = VmConfig {
+            kernel: fc.boot_source.kernel_image_path,
+            initrd: fc.boot_source.initrd_path,
+            cmdline: fc
+                .boot_source
+                .boot_args
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
+            vcpus,
+            mem_mib: m.mem_size_mib,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn is_set(v: &Option<serde_json::Value>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_null())
+}
+
+// Firecracker's config-file schema (src/vmm/src/resources.rs `VmmConfig`),
+// limited to what condo reads. Unknown keys are errors, as in Firecracker.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirecrackerConfig {
+    #[serde(rename = "boot-source")]
+    boot_source: BootSource,
+    #[serde(rename = "machine-config")]
+    machine_config: MachineConfig,
+    drives: Option<Vec<serde_json::Value>>,
+    #[serde(rename = "network-interfaces")]
+    network_interfaces: Option<Vec<serde_json::Value>>,
+    vsock: Option<serde_json::Value>,
+    balloon: Option<serde_json::Value>,
+    entropy: Option<serde_json::Value>,
+    logger: Option<serde_json::Value>,
+    metrics: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config")]
+    mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config")]
+    _cpu_config: Option<serde_json::Value>,
+}
+
+/// Firecracker's `BootSource` object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootSource {
+    kernel_image_path: PathBuf,
+    initrd_path: Option<PathBuf>,
+    boot_args: Option<String>,
+}
+
+/// Firecracker's `MachineConfiguration` object. `track_dirty_pages`,
+/// `cpu_template` and `huge_pages` are accepted and have no effect yet.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MachineConfig {
+    vcpu_count: u64,
+    mem_size_mib: u64,
+    smt: Option<bool>,
+    track_dirty_pages: Option<bool>,
+    cpu_template: Option<serde_json::Value>,
+    huge_pages: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": "/i"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false}
+    }"#;
+
+    #[test]
+    fn parses_firecracker_file() {
+        let c = VmConfig::from_firecracker_json(GOOD).unwrap();
+        assert_eq!(
+            c,
+            VmConfig {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+                cmdline: "console=ttyS0".into(),
+                vcpus: 2,
+                mem_mib: 256
+            }
+        );
+    }
+
+    #[test]
+    fn default_cmdline_and_empty_sections() {
+        let c = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+                "drives": [], "network-interfaces": []}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(c.initrd, None);
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let cases = [
+            // unknown top-level key
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "bogus": 1}"#,
+            // unknown nested key
+            r#"{"boot-source": {"kernel_image_path": "/k", "kernel": 1}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+            // missing section
+            r#"{"boot-source": {"kernel_image_path": "/k"}}"#,
+            // missing field
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1}}"#,
+            // wrong type
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": "two", "mem_size_mib": 128}}"#,
+            // out of range
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 300, "mem_size_mib": 128}}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8}}"#,
+            // unsupported section with content
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "x"}]}"#,
+            // SMT
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 128, "smt": true}}"#,
+            "not json",
+            "",
+        ];
+        for c in cases {
+            assert!(VmConfig::from_firecracker_json(c).is_err(), "accepted: {c}");
+        }
+    }
+
+    #[test]
+    fn validate_ranges() {
+        let mut c = VmConfig::from_firecracker_json(GOOD).unwrap();
+        c.vcpus = 33;
+        assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(33))));
+        c.vcpus = 32;
+        c.mem_mib = MAX_MEM_MIB + 1;
+        assert!(matches!(c.validate(), Err(ConfigError::MemSize(_))));
+        c.mem_mib = 5 * 1024;
+        c.cmdline = "x".repeat(5000);
+        assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(5000))));
+        c.cmdline = "a\0b".into();
+        assert!(matches!(c.validate(), Err(ConfigError::CmdlineInvalid)));
+        c.cmdline = "console=ttyS0".into();
+        assert!(c.validate().is_ok());
+    }
+}

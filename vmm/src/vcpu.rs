@@ -1,0 +1,212 @@
+//! vCPUs: configuration for boot and the per-thread run loop.
+//!
+//! Each vCPU runs `KVM_RUN` on its own thread and dispatches port I/O and
+//! MMIO exits to the buses. A vCPU thread never decides the VM's fate on
+//! its own: it reports what ended it to the VMM through [`VmExitSink`], and
+//! stops when the VMM sets the stop flag and kicks it with [`KICK_SIGNAL`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::Bus;
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::arch::{self, BootProtocol};
+
+/// Errors configuring or starting a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {id}: {err}")]
+    Create { id: u8, err: kvm_ioctls::Error },
+    #[error("cannot configure vCPU {id}: {what}")]
+    Configure { id: u8, what: String },
+    #[error("cannot start vCPU thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// Why the VM ended, as seen by the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off.
+    Poweroff,
+    /// The guest rebooted.
+    Reset,
+    /// The guest kernel panicked (pvpanic or a KVM crash event).
+    Panic,
+    /// A vCPU triple-faulted.
+    TripleFault { vcpu: u8 },
+    /// KVM could not run a vCPU.
+    VcpuFailed { vcpu: u8, reason: String },
+}
+
+/// Where vCPU threads report the end of the VM; first report wins.
+pub struct VmExitSink {
+    evt: EventFd,
+    exit: Mutex<Option<VmExit>>,
+}
+
+impl VmExitSink {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            exit: Mutex::new(None),
+        })
+    }
+
+    pub fn report(&self, exit: VmExit) {
+        let mut e = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(exit);
+        }
+        drop(e);
+        let _ = self.evt.write(1);
+    }
+
+    pub fn take(&self) -> Option<VmExit> {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// The signal that interrupts `KVM_RUN` so a vCPU thread sees its stop flag.
+#[allow(non_snake_case)]
+pub fn KICK_SIGNAL() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler for [`KICK_SIGNAL`]; without one the signal
+/// would kill the process.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(KICK_SIGNAL(), noop_handler).map_err(VcpuError::Signal)
+}
+
+/// A configured vCPU, ready to run.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and sets it up to enter the kernel at `entry`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: &VmFd,
+        id: u8,
+        count: u8,
+        supported_cpuid: &CpuId,
+        mem: &GuestMemoryMmap,
+        entry: GuestAddress,
+        protocol: BootProtocol,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|err| VcpuError::Create { id, err })?;
+        let cfg = |what: String| VcpuError::Configure { id, what };
+        let mut cpuid = supported_cpuid.clone();
+        arch::filter_cpuid(&mut cpuid, id, count).map_err(|e| cfg(e.to_string()))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| cfg(format!("KVM_SET_CPUID2: {e}")))?;
+        arch::setup_msrs(&fd).map_err(|e| cfg(e.to_string()))?;
+        arch::setup_regs(&fd, entry.0, protocol).map_err(|e| cfg(e.to_string()))?;
+        arch::setup_fpu(&fd).map_err(|e| cfg(e.to_string()))?;
+        arch::setup_sregs(mem, &fd, protocol).map_err(|e| cfg(e.to_string()))?;
+        arch::set_lint(&fd).map_err(|e| cfg(e.to_string()))?;
+        Ok(Self { id, fd })
+    }
+
+    /// Starts the vCPU on its own thread.
+    pub fn start(
+        self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        stop: Arc<AtomicBool>,
+        sink: Arc<VmExitSink>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .stack_size(256 << 10)
+            .spawn(move || self.run(&pio, &mmio, &stop, &sink))
+            .map_err(VcpuError::Spawn)
+    }
+
+    fn run(mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool, sink: &VmExitSink) {
+        let id = self.id;
+        while !stop.load(Ordering::Acquire) {
+            let exit = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    pio.read(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    pio.write(u64::from(port), data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    mmio.read(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    mmio.write(addr, data);
+                    continue;
+                }
+                Ok(VcpuExit::Shutdown) => VmExit::TripleFault { vcpu: id },
+                Ok(VcpuExit::Hlt) => VmExit::Poweroff,
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Poweroff,
+                    KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => VmExit::Panic,
+                    other => VmExit::VcpuFailed {
+                        vcpu: id,
+                        reason: format!("unknown KVM system event {other}"),
+                    },
+                },
+                Ok(VcpuExit::FailEntry(reason, _)) => VmExit::VcpuFailed {
+                    vcpu: id,
+                    reason: format!("KVM could not enter the guest (hardware reason {reason:#x})"),
+                },
+                Ok(VcpuExit::InternalError) => {
+                    let sub = self.fd.get_kvm_run().__bindgen_anon_1;
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so
+                    // the `internal` member of the union is the one KVM set.
+                    let suberror = unsafe { sub.internal.suberror };
+                    VmExit::VcpuFailed {
+                        vcpu: id,
+                        reason: format!(
+                            "KVM internal error {suberror} ({})",
+                            match suberror {
+                                1 => "emulation failure",
+                                2 => "simultaneous exceptions",
+                                3 => "delivery event failed",
+                                _ => "unknown",
+                            }
+                        ),
+                    }
+                }
+                Ok(other) => VmExit::VcpuFailed {
+                    vcpu: id,
+                    reason: format!("unexpected KVM exit {other:?}"),
+                },
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => VmExit::VcpuFailed {
+                    vcpu: id,
+                    reason: format!("KVM_RUN failed: {e}"),
+                },
+            };
+            tracing::debug!(vcpu = id, ?exit, "vCPU stopped");
+            sink.report(exit);
+            break;
+        }
+    }
+}

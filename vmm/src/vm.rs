@@ -1,0 +1,302 @@
+//! One VM from start to end: build it from a [`VmConfig`], run it, tear it
+//! down.
+//!
+//! The calling thread becomes the VMM's event loop: it waits (epoll) for a
+//! guest-requested exit, a vCPU failure, or console input. vCPUs run on
+//! their own threads. Every exit path stops and joins the vCPU threads
+//! before returning, so no thread outlives [`run`].
+
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::ExitReason;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::Kvm;
+use vm_memory::GuestAddress;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::arch::{self, AcpiConfig};
+use crate::config::VmConfig;
+use crate::device_manager::{ConsoleOut, DeviceError, DeviceManager};
+use crate::loader::{self, LoadError};
+use crate::memory::{self, MemoryError};
+use crate::probe::{self, ProbeError};
+use crate::vcpu::{self, Vcpu, VcpuError, VmExit, VmExitSink};
+
+/// Everything that can stop a VM from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot open {path}: {err}")]
+    OpenKvm {
+        path: String,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("KVM: {what}: {err}")]
+    Kvm {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("machine setup: {0}")]
+    Arch(String),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("event loop: {0}")]
+    EventLoop(std::io::Error),
+}
+
+/// How the VMM talks to the outside while the guest runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Forward the VMM's stdin to the guest's serial console.
+    pub console_input: bool,
+    /// Skip the exception probe (the host is known to be good).
+    pub skip_probe: bool,
+}
+
+// Just below the 4 GiB boundary, clear of the MMIO gap's devices, as
+// Firecracker places it.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+const TOKEN_DEVICE_EXIT: u64 = 1;
+const TOKEN_VCPU_EXIT: u64 = 2;
+const TOKEN_STDIN: u64 = 3;
+
+/// Opens the KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests
+/// use it to simulate a host without KVM).
+fn open_kvm() -> Result<Kvm, VmmError> {
+    let path = std::env::var_os("CONDO_KVM_DEVICE").unwrap_or_else(|| "/dev/kvm".into());
+    let cpath = std::ffi::CString::new(path.as_encoded_bytes()).map_err(|_| VmmError::OpenKvm {
+        path: path.to_string_lossy().into_owned(),
+        err: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    Kvm::new_with_path(&cpath).map_err(|err| VmmError::OpenKvm {
+        path: path.to_string_lossy().into_owned(),
+        err,
+    })
+}
+
+/// Opens /dev/kvm and checks it can run a standard guest.
+pub fn check_kvm() -> Result<(), VmmError> {
+    let kvm = open_kvm()?;
+    probe::check(&kvm)?;
+    Ok(())
+}
+
+/// Boots `config` and runs it until the guest ends it or a vCPU fails.
+pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
+    config.validate()?;
+    // Bad paths and wrong files are reported before any KVM work.
+    loader::sniff_kernel(&config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        loader::check_initrd(initrd)?;
+    }
+    let kvm = open_kvm()?;
+    if !opts.skip_probe {
+        probe::check(&kvm)?;
+    }
+    let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem = memory::create(config.mem_bytes())?;
+    memory::register(&vm, &mem)?;
+
+    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(loader::load_initrd(&mem, p)?),
+        None => None,
+    };
+    let cmdline_size = loader::load_cmdline(&mem, &config.cmdline)?;
+
+    let arch_err = |e: arch::Error| VmmError::Arch(e.to_string());
+    arch::setup_mptable(&mem, config.vcpus).map_err(arch_err)?;
+    let acpi = AcpiConfig {
+        num_cpus: config.vcpus,
+        mmio_devices: Vec::new(),
+    };
+    let rsdp = arch::create_acpi_tables(&mem, &acpi).map_err(arch_err)?;
+    arch::configure_system(
+        &mem,
+        GuestAddress(arch::CMDLINE_START),
+        cmdline_size,
+        initrd,
+        config.vcpus,
+        kernel.protocol,
+        rsdp,
+        kernel.setup_header,
+    )
+    .map_err(arch_err)?;
+
+    let devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(config.vcpus.into());
+    for id in 0..config.vcpus {
+        vcpus.push(Vcpu::new(
+            &vm,
+            id,
+            config.vcpus,
+            &supported,
+            &mem,
+            kernel.entry,
+            kernel.protocol,
+        )?);
+    }
+
+    vcpu::install_kick_handler()?;
+    let sink = Arc::new(VmExitSink::new().map_err(VmmError::EventLoop)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pio = Arc::new(devices.pio.clone());
+    let mmio = Arc::new(devices.mmio.clone());
+    let mut threads = VcpuThreads {
+        handles: Vec::new(),
+        stop: stop.clone(),
+    };
+    for v in vcpus {
+        threads
+            .handles
+            .push(v.start(pio.clone(), mmio.clone(), stop.clone(), sink.clone())?);
+    }
+    tracing::info!(
+        vcpus = config.vcpus,
+        mem_mib = config.mem_mib,
+        protocol = ?kernel.protocol,
+        "guest started"
+    );
+
+    let result = event_loop(&devices, &sink, opts);
+    threads.stop_all();
+    // Memory and the VM fd are dropped after the threads are joined.
+    drop(mem);
+    result
+}
+
+/// The vCPU threads, stopped and joined on drop so no exit path leaks them.
+struct VcpuThreads {
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuThreads {
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for h in self.handles.drain(..) {
+            // A kick can land just before the thread enters KVM_RUN; repeat
+            // it until the thread is gone.
+            while !h.is_finished() {
+                // SAFETY: the pthread handle is valid until joined below, and
+                // the kick signal has a handler installed.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::KICK_SIGNAL()) };
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn event_loop(
+    devices: &DeviceManager,
+    sink: &VmExitSink,
+    opts: RunOptions,
+) -> Result<VmExit, VmmError> {
+    let ev = VmmError::EventLoop;
+    let epoll = Epoll::new().map_err(ev)?;
+    let add = |fd: i32, token: u64| {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )
+    };
+    add(devices.exit.eventfd().as_raw_fd(), TOKEN_DEVICE_EXIT).map_err(ev)?;
+    add(sink.eventfd().as_raw_fd(), TOKEN_VCPU_EXIT).map_err(ev)?;
+    let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut events = [EpollEvent::default(); 4];
+
+    loop {
+        // With input waiting for room in the UART FIFO, poll it briefly.
+        let timeout = if pending.is_empty() { -1 } else { 10 };
+        let n = match epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ev(e)),
+        };
+        for e in &events[..n] {
+            match e.data() {
+                TOKEN_DEVICE_EXIT => {
+                    let _ = devices.exit.eventfd().read();
+                    if let Some(r) = devices.exit.reason() {
+                        return Ok(match r {
+                            ExitReason::Poweroff => VmExit::Poweroff,
+                            ExitReason::Reset => VmExit::Reset,
+                            ExitReason::Panic => VmExit::Panic,
+                        });
+                    }
+                }
+                TOKEN_VCPU_EXIT => {
+                    let _ = sink.eventfd().read();
+                    if let Some(exit) = sink.take() {
+                        return Ok(exit);
+                    }
+                }
+                TOKEN_STDIN if pending.is_empty() => {
+                    let mut buf = [0u8; 64];
+                    // SAFETY: reading into a stack buffer of the given length.
+                    let r = unsafe {
+                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                    };
+                    if r <= 0 {
+                        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                            stdin_open = false;
+                        }
+                        continue;
+                    }
+                    pending.extend_from_slice(&buf[..r as usize]);
+                }
+                _ => {}
+            }
+        }
+        if !pending.is_empty() {
+            let mut serial = devices.serial.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = serial.enqueue_input(&pending);
+            pending.drain(..taken);
+        }
+        let _ = stdin_open;
+    }
+}
