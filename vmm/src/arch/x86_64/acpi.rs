@@ -4,9 +4,12 @@
 //! hardware. Power-off and reset go through one I/O port register
 //! (`devices::legacy::AcpiPmDevice`), named in the FADT as the sleep control
 //! and reset registers; the DSDT's `_S5_` gives the sleep type the kernel
-//! writes there. The DSDT also describes COM1, the i8042, the pvpanic port
+//! writes there. The DSDT also describes COM1, the pvpanic port
 //! and every virtio-mmio device (`LNRO0005`), which is how an unmodified
-//! distribution kernel finds them.
+//! distribution kernel finds them. The i8042 is deliberately not described:
+//! it only implements the reset line, which `reboot=k` reaches without a
+//! driver, and a described controller costs a stock kernel seconds of
+//! probing at boot.
 
 use acpi_tables::aml;
 use acpi_tables::Aml;
@@ -56,21 +59,6 @@ fn dsdt(cfg: &AcpiConfig) -> Sdt {
                 &aml::ResourceTemplate::new(vec![
                     &aml::Interrupt::new(true, true, false, false, COM1_IRQ),
                     &aml::IO::new(COM1_PORT, COM1_PORT, 0, 8),
-                ]),
-            ),
-        ],
-    )
-    .to_aml_bytes(&mut dsdt);
-    aml::Device::new(
-        "_SB_.PS2_".into(),
-        vec![
-            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
-            &aml::Name::new(
-                "_CRS".into(),
-                &aml::ResourceTemplate::new(vec![
-                    &aml::IO::new(0x60, 0x60, 1, 1),
-                    &aml::IO::new(0x64, 0x64, 1, 1),
-                    &aml::Interrupt::new(true, true, false, false, 1),
                 ]),
             ),
         ],

@@ -1,0 +1,36 @@
+#!/bin/sh
+# /init of condo's test guests (busybox). See build-initramfs.sh.
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+if [ -f /etc/modules-load ]; then
+  while read -r m; do
+    [ -f "/lib/modules/$m.ko" ] && insmod "/lib/modules/$m.ko" 2>/dev/null
+  done < /etc/modules-load
+fi
+echo "condo-guest: ready"
+
+end=poweroff
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in condo.end=*) end="${arg#condo.end=}" ;; esac
+done
+
+# The kernel passes the words after ` -- ` on its command line as our
+# arguments (split on spaces; a double-quoted word keeps its spaces, quotes
+# removed). They are joined and run by the shell, so `-- nproc; uname -r` and
+# pipes work.
+if [ $# -gt 0 ]; then
+  sh -c "$*"
+  echo "condo-guest: exit=$?"
+fi
+
+case "$end" in
+  reboot) reboot -f ;;
+  panic) exit 1 ;; # init exiting makes the kernel panic
+  wait) while :; do sleep 3600; done ;;
+  shell) setsid cttyhack sh; poweroff -f ;;
+  *) poweroff -f ;;
+esac
+sleep 5

@@ -1,0 +1,21 @@
+#!/bin/sh
+# /init of the nested test host (L1): loads KVM, runs the command it was
+# given, prints its exit status on a marker line and powers off.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /dev/shm /run && mount -t tmpfs tmpfs /dev/shm
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+ip link set lo up 2>/dev/null
+while read -r m; do
+  insmod "/lib/modules/$m.ko" || echo "testhost: cannot load $m" >&2
+done < /etc/modules-load
+[ -c /dev/kvm ] || echo "testhost: /dev/kvm did not appear" >&2
+[ -f /testhost/env ] && . /testhost/env
+cd /tmp
+echo "@@testhost-start"
+sh /testhost/cmd
+echo "@@testhost-exit=$?"
+poweroff -f
