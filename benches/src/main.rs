@@ -79,7 +79,12 @@ const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet condo.end=wait";
 fn condo_cmd(o: &Opts) -> Command {
     let mut c = Command::new(&o.condo);
     c.args(["run", "--kernel", &o.kernel, "--initrd", &o.initrd])
-        .args(["--cpus", &o.cpus.to_string(), "--memory", &o.mem_mib.to_string()])
+        .args([
+            "--cpus",
+            &o.cpus.to_string(),
+            "--memory",
+            &o.mem_mib.to_string(),
+        ])
         .args(["--cmdline", CMDLINE]);
     c
 }
@@ -154,8 +159,8 @@ fn kill(child: &mut Child) {
 /// at least as large as the guest RAM chunk. QEMU and condo both map guest
 /// RAM as one anonymous region for small guests.
 fn vmm_overhead_kib(pid: u32, mem_mib: u64) -> Result<u64, String> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .map_err(|e| format!("smaps: {e}"))?;
+    let smaps =
+        std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("smaps: {e}"))?;
     let mut total = 0u64;
     let mut guest = 0u64;
     let mut cur_size_kib = 0u64;
@@ -234,6 +239,12 @@ fn main() {
         o.rounds, o.cpus, o.mem_mib
     );
     println!("|---|---|---|---|");
-    println!("| boot to /init, median | {cb:.0} ms | {qb:.0} ms | {:.2} |", cb / qb);
-    println!("| VMM memory overhead, median | {cm:.2} MiB | {qm:.2} MiB | {:.2} |", cm / qm);
+    println!(
+        "| boot to /init, median | {cb:.0} ms | {qb:.0} ms | {:.2} |",
+        cb / qb
+    );
+    println!(
+        "| VMM memory overhead, median | {cm:.2} MiB | {qm:.2} MiB | {:.2} |",
+        cm / qm
+    );
 }

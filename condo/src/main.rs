@@ -20,7 +20,11 @@ const EXIT_GUEST_CRASH: u8 = 3;
 const EXIT_VMM_ERROR: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "condo", version, about = "condo: a microVM monitor on Linux KVM")]
+#[command(
+    name = "condo",
+    version,
+    about = "condo: a microVM monitor on Linux KVM"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, default_value = "warn", env = "CONDO_LOG")]

@@ -11,7 +11,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn fake_elf(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("vmlinux");
-    std::fs::write(&p, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0").unwrap();
+    std::fs::write(&p, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0").expect("write fake kernel");
     p
 }
 
@@ -34,8 +34,7 @@ fn kernel_that_is_not_a_kernel() {
     std::fs::write(&k, b"just some text, not a kernel").unwrap();
     run_args(&["run", "--kernel", k.to_str().unwrap()])
         .assert_one_error_line("is neither an ELF vmlinux nor a bzImage");
-    run_args(&["run", "--kernel", d.to_str().unwrap()])
-        .assert_one_error_line("Is a directory");
+    run_args(&["run", "--kernel", d.to_str().unwrap()]).assert_one_error_line("Is a directory");
 }
 
 #[test]
@@ -84,12 +83,40 @@ fn bad_config_files() {
     };
     let ks = k.display();
     let cases = [
-        ("unknown-top", format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}, "gpu": {{}}}}"#), "unknown field `gpu`"),
-        ("unknown-nested", format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}", "kernel": "x"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#), "unknown field `kernel`"),
-        ("missing-section", format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}}}"#), "missing field `machine-config`"),
-        ("missing-field", format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 1}}}}"#), "missing field `mem_size_mib`"),
+        (
+            "unknown-top",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}, "gpu": {{}}}}"#
+            ),
+            "unknown field `gpu`",
+        ),
+        (
+            "unknown-nested",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{ks}", "kernel": "x"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#
+            ),
+            "unknown field `kernel`",
+        ),
+        (
+            "missing-section",
+            format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}}}"#),
+            "missing field `machine-config`",
+        ),
+        (
+            "missing-field",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 1}}}}"#
+            ),
+            "missing field `mem_size_mib`",
+        ),
         ("not-json", "vcpus = 2".to_owned(), "expected value"),
-        ("too-many-cpus", format!(r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 64, "mem_size_mib": 128}}}}"#), "vCPU count 64 out of range"),
+        (
+            "too-many-cpus",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{ks}"}}, "machine-config": {{"vcpu_count": 64, "mem_size_mib": 128}}}}"#
+            ),
+            "vCPU count 64 out of range",
+        ),
     ];
     for (name, body, needle) in cases {
         let p = write(name, body);

@@ -20,7 +20,10 @@ pub struct Outcome {
 impl Outcome {
     /// The stderr lines, ignoring empty ones.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 
     /// Asserts the run failed with exit 1 and exactly one error line that
@@ -30,7 +33,12 @@ impl Outcome {
         assert_eq!(self.code, Some(1), "exit status; stderr: {}", self.stderr);
         assert_eq!(lines.len(), 1, "want one stderr line, got: {:?}", lines);
         assert!(lines[0].starts_with("condo: error: "), "line: {}", lines[0]);
-        assert!(lines[0].contains(needle), "line {:?} lacks {:?}", lines[0], needle);
+        assert!(
+            lines[0].contains(needle),
+            "line {:?} lacks {:?}",
+            lines[0],
+            needle
+        );
         assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
     }
 }

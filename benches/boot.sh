@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Boot benchmark: condo and QEMU `microvm` (Debian's qemu-system-x86) on the
+# same kernel (the minimal vmlinux, PVH entry) and initramfs, alternating,
+# ROUNDS rounds each (default 7); medians and ratios. Runs directly where
+# /dev/kvm can boot Linux, otherwise inside the nested test host (both VMMs
+# in the same test host, so the comparison stays fair).
+#   benches/boot.sh            # prints the table and writes benches/results/boot.md
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+. guest/lib.sh
+rounds="${ROUNDS:-7}"
+
+bash scripts/install-deps.sh
+eval "$(bash guest/build.sh)"
+step "building condo and condo-bench (release)"
+cargo build --release --locked -q -p condo -p condo-bench
+condo_bin="$ROOT/target/release/condo"
+bench_bin="$ROOT/target/release/condo-bench"
+qemu_bin="$(command -v qemu-system-x86_64)"
+args=(boot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX"
+  --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds" --cpus 2 --memory 256)
+
+out="$ROOT/benches/results/boot.md"
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+if bash testhost/kvm-ok; then
+  where="directly on this host's /dev/kvm"
+  "$bench_bin" "${args[@]}" | tee "$tmp"
+else
+  where="inside the nested test host (QEMU TCG L1 with emulated SVM, 2 vCPUs), both VMMs in the same L1"
+  bash testhost/build.sh
+  bash testhost/run --file "$condo_bin" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
+    --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
+    -- "$bench_bin" "${args[@]}" | tee "$tmp"
+fi
+{
+  echo "# Boot benchmark"
+  echo
+  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/boot.sh\`"
+  echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1))."
+  echo "Guest: minimal 6.1 kernel (vmlinux, PVH) + busybox initramfs, 2 vCPUs, 256 MiB."
+  echo "Boot-to-init: VMM spawn to the guest's /init printing its ready line."
+  echo "VMM overhead: VMM RSS minus the RSS of the guest RAM mapping, 300 ms after init."
+  echo
+  grep '^|' "$tmp"
+  echo
+  echo "Rounds:"
+  echo
+  grep '^round' "$tmp" | sed 's/^/    /'
+} > "$out"
+step "results written to benches/results/boot.md"
