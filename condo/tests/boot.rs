@@ -8,11 +8,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{artifact, condo, run, tempdir, Outcome};
+use common::{artifact, condo, run, run_retrying_stall, tempdir, Outcome};
 
 /// A boot takes seconds even in the nested test host; a guest still
 /// running after this is hung.
-const LIMIT: Duration = Duration::from_secs(90);
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn vmlinux() -> PathBuf {
     artifact("CONDO_GUEST_VMLINUX")

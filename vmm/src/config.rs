@@ -111,7 +111,9 @@ impl VmConfig {
             ("drives", fc.drives.as_ref().is_some_and(|v| !v.is_empty())),
             (
                 "network-interfaces",
-                fc.network_interfaces.as_ref().is_some_and(|v| !v.is_empty()),
+                fc.network_interfaces
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty()),
             ),
             ("vsock", is_set(&fc.vsock)),
             ("balloon", is_set(&fc.balloon)),
@@ -269,7 +271,10 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::MemSize(_))));
         c.mem_mib = 5 * 1024;
         c.cmdline = "x".repeat(5000);
-        assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(5000))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::CmdlineTooLong(5000))
+        ));
         c.cmdline = "a\0b".into();
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineInvalid)));
         c.cmdline = "console=ttyS0".into();

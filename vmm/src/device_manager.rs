@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{
-    AcpiPmDevice, I8042, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042_PORT,
+    AcpiPmDevice, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042, I8042_PORT,
     PVPANIC_PORT,
 };
 use devices::{Bus, BusError, ExitSignal};
@@ -49,9 +49,21 @@ impl DeviceManager {
         let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         // Ports 0x60 (data) to 0x64 (command).
-        pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT, 5)?;
-        pio.insert(Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))), ACPI_PM_PORT, 1)?;
-        pio.insert(Arc::new(Mutex::new(PvPanic::new(exit.clone()))), PVPANIC_PORT, 1)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            I8042_PORT,
+            5,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+            ACPI_PM_PORT,
+            1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+            PVPANIC_PORT,
+            1,
+        )?;
 
         Ok(Self {
             pio,

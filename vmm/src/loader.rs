@@ -147,15 +147,15 @@ pub fn check_initrd(path: &Path) -> Result<(File, u64), LoadError> {
 /// kernel knows.
 fn is_initramfs(head: &[u8]) -> bool {
     const MAGICS: [&[u8]; 9] = [
-        b"070701",                      // cpio newc
-        b"070702",                      // cpio crc
-        &[0x1f, 0x8b],                  // gzip
+        b"070701",                       // cpio newc
+        b"070702",                       // cpio crc
+        &[0x1f, 0x8b],                   // gzip
         &[0xfd, b'7', b'z', b'X', b'Z'], // xz
-        &[0x28, 0xb5, 0x2f, 0xfd],      // zstd
-        &[0x02, 0x21, 0x4c, 0x18],      // lz4 legacy
-        b"BZh",                         // bzip2
-        &[0x5d, 0x00, 0x00],            // lzma
-        &[0x89, b'L', b'Z', b'O'],      // lzop
+        &[0x28, 0xb5, 0x2f, 0xfd],       // zstd
+        &[0x02, 0x21, 0x4c, 0x18],       // lz4 legacy
+        b"BZh",                          // bzip2
+        &[0x5d, 0x00, 0x00],             // lzma
+        &[0x89, b'L', b'Z', b'O'],       // lzop
     ];
     MAGICS.iter().any(|m| head.starts_with(m))
 }
@@ -276,7 +276,10 @@ mod tests {
         let m = mem();
         let p = tmp("initrd", b"0707010000");
         let g = tmp("garbage-initrd", b"this is no archive");
-        assert!(matches!(load_initrd(&m, &g), Err(LoadError::NotInitramfs { .. })));
+        assert!(matches!(
+            load_initrd(&m, &g),
+            Err(LoadError::NotInitramfs { .. })
+        ));
         std::fs::remove_file(g).unwrap();
         let (addr, size) = load_initrd(&m, &p).unwrap();
         assert_eq!(size, 10);
@@ -285,7 +288,10 @@ mod tests {
         assert_eq!(&back, b"0707010000");
         std::fs::remove_file(&p).unwrap();
         let e = tmp("empty-initrd", b"");
-        assert!(matches!(load_initrd(&m, &e), Err(LoadError::EmptyInitrd { .. })));
+        assert!(matches!(
+            load_initrd(&m, &e),
+            Err(LoadError::EmptyInitrd { .. })
+        ));
         std::fs::remove_file(e).unwrap();
     }
 
@@ -294,7 +300,8 @@ mod tests {
         let m = mem();
         let n = load_cmdline(&m, "console=ttyS0 -- nproc").unwrap();
         let mut back = vec![0u8; n];
-        m.read_slice(&mut back, GuestAddress(arch::CMDLINE_START)).unwrap();
+        m.read_slice(&mut back, GuestAddress(arch::CMDLINE_START))
+            .unwrap();
         assert_eq!(&back, b"console=ttyS0 -- nproc\0");
     }
 }

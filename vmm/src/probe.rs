@@ -78,10 +78,26 @@ pub fn check(kvm: &Kvm) -> Result<(), ProbeError> {
 /// int3; mov edi, CMPXCHG_ADDR; xor eax/edx/ebx/ecx; lock cmpxchg16b [rdi]; ud2
 const PROBE_CODE: [u8; 21] = [
     0xcc, // int3 (its handler returns with iretq)
-    0xbf, CMPXCHG_ADDR as u8, (CMPXCHG_ADDR >> 8) as u8, 0, 0, // mov edi, imm32
-    0x31, 0xc0, 0x31, 0xd2, 0x31, 0xdb, 0x31, 0xc9, // xor eax,eax; edx; ebx; ecx
-    0xf0, 0x48, 0x0f, 0xc7, 0x0f, // lock cmpxchg16b [rdi]
-    0x0f, 0x0b, // ud2
+    0xbf,
+    CMPXCHG_ADDR as u8,
+    (CMPXCHG_ADDR >> 8) as u8,
+    0,
+    0, // mov edi, imm32
+    0x31,
+    0xc0,
+    0x31,
+    0xd2,
+    0x31,
+    0xdb,
+    0x31,
+    0xc9, // xor eax,eax; edx; ebx; ecx
+    0xf0,
+    0x48,
+    0x0f,
+    0xc7,
+    0x0f, // lock cmpxchg16b [rdi]
+    0x0f,
+    0x0b, // ud2
 ];
 
 /// A 64-bit interrupt gate to `handler` through code selector `cs`.
@@ -97,7 +113,9 @@ fn idt_gate(handler: u64, cs: u16) -> [u8; 16] {
 
 fn exception_probe(kvm: &Kvm) -> Result<(), ProbeError> {
     let setup = |e: String| ProbeError::Setup(e);
-    let vm = kvm.create_vm().map_err(|e| setup(format!("KVM_CREATE_VM: {e}")))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| setup(format!("KVM_CREATE_VM: {e}")))?;
     let mem = memory::create_regions(&[(GuestAddress(0), 2 << 20)], 2 << 20)
         .map_err(|e| setup(e.to_string()))?;
     memory::register(&vm, &mem).map_err(|e| setup(e.to_string()))?;
@@ -111,7 +129,8 @@ fn exception_probe(kvm: &Kvm) -> Result<(), ProbeError> {
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| setup(format!("KVM_SET_CPUID2: {e}")))?;
     arch::setup_sregs(&mem, &vcpu, BootProtocol::LinuxBoot).map_err(|e| setup(e.to_string()))?;
-    arch::setup_regs(&vcpu, CODE_ADDR, BootProtocol::LinuxBoot).map_err(|e| setup(e.to_string()))?;
+    arch::setup_regs(&vcpu, CODE_ADDR, BootProtocol::LinuxBoot)
+        .map_err(|e| setup(e.to_string()))?;
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| setup(format!("KVM_GET_SREGS: {e}")))?;
@@ -128,8 +147,11 @@ fn exception_probe(kvm: &Kvm) -> Result<(), ProbeError> {
     write(&idt_gate(HANDLER_ADDR, cs), IDT_ADDR + 6 * 16)?;
     write(&PROBE_CODE, CODE_ADDR)?;
     write(&[0x48, 0xcf], BP_HANDLER_ADDR)?; // iretq
-    // mov al, 0x42; out 0xf4, al; hlt
-    write(&[0xb0, REPORT_VALUE, 0xe6, REPORT_PORT as u8, 0xf4], HANDLER_ADDR)?;
+                                            // mov al, 0x42; out 0xf4, al; hlt
+    write(
+        &[0xb0, REPORT_VALUE, 0xe6, REPORT_PORT as u8, 0xf4],
+        HANDLER_ADDR,
+    )?;
 
     let (tx, rx) = mpsc::channel();
     let runner = std::thread::Builder::new()

@@ -113,7 +113,8 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -277,7 +278,10 @@ fn event_loop(
                         libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
                     };
                     if r <= 0 {
-                        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        if r == 0
+                            || std::io::Error::last_os_error().kind()
+                                != std::io::ErrorKind::Interrupted
+                        {
                             let _ = epoll.ctl(
                                 ControlOperation::Delete,
                                 libc::STDIN_FILENO,

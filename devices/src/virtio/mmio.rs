@@ -146,7 +146,10 @@ impl MmioTransport {
             0x20 => {
                 if self.status & FEATURES_OK == 0 {
                     match self.driver_features_sel {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(v)
+                        }
                         1 => {
                             self.driver_features =
                                 (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -185,7 +188,10 @@ impl MmioTransport {
         // The driver may only add bits, in the spec's order.
         let added = v & !self.status;
         if v & self.status != self.status {
-            tracing::debug!("virtio-mmio: driver cleared status bits {:#x}", self.status & !v);
+            tracing::debug!(
+                "virtio-mmio: driver cleared status bits {:#x}",
+                self.status & !v
+            );
             return;
         }
         if added & FEATURES_OK != 0 {
@@ -219,8 +225,11 @@ impl MmioTransport {
         };
         // The device gets its own copies; the transport keeps the
         // configuration the driver wrote, for register reads and reset.
-        let queues: Result<Vec<Queue>, _> =
-            self.queues.iter().map(|q| Queue::try_from(q.state())).collect();
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
         let Ok(queues) = queues else {
             self.status |= DEVICE_NEEDS_RESET;
             return;
@@ -246,7 +255,10 @@ impl MmioTransport {
         if self.activated && !self.device.reset() {
             // The device keeps running on its old queues; refuse the reset
             // rather than let two owners touch them.
-            tracing::warn!("virtio-mmio: device type {} cannot be reset", self.device.device_type());
+            tracing::warn!(
+                "virtio-mmio: device type {} cannot be reset",
+                self.device.device_type()
+            );
             self.status |= FAILED;
             return;
         }
@@ -273,7 +285,10 @@ impl BusDevice for MmioTransport {
                 data.copy_from_slice(&v.to_le_bytes());
             }
             _ => {
-                tracing::debug!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+                tracing::debug!(
+                    "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                    data.len()
+                );
                 data.fill(0);
             }
         }
@@ -291,7 +306,10 @@ impl BusDevice for MmioTransport {
             [a, b, c, d] if offset.is_multiple_of(4) => {
                 self.write_reg(offset, u32::from_le_bytes([*a, *b, *c, *d]))
             }
-            _ => tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len()),
+            _ => tracing::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            ),
         }
     }
 }
@@ -338,7 +356,10 @@ mod tests {
             config: [1, 2, 3, 4, 5, 6, 7, 8],
         };
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        (MmioTransport::new(Box::new(dev), mem, irq).unwrap(), activated)
+        (
+            MmioTransport::new(Box::new(dev), mem, irq).unwrap(),
+            activated,
+        )
     }
 
     fn r32(t: &mut MmioTransport, off: u64) -> u32 {

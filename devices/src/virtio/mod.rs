@@ -116,7 +116,9 @@ pub trait VirtioDevice: Send {
 /// bytes past the end read as zero.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(off) = usize::try_from(offset) else { return };
+    let Ok(off) = usize::try_from(offset) else {
+        return;
+    };
     if off >= config.len() {
         return;
     }

@@ -13,8 +13,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{device_type, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING};
 use super::VIRTIO_RING_F_EVENT_IDX;
+use super::{device_type, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING};
 
 /// Most bytes served for one request.
 pub const MAX_REQUEST: u32 = 64 << 10;
@@ -94,11 +94,21 @@ impl Drop for Rng {
     }
 }
 
-fn worker(mem: GuestMemoryMmap, irq: Arc<Interrupt>, mut queue: Queue, evt: EventFd, kill: EventFd) {
+fn worker(
+    mem: GuestMemoryMmap,
+    irq: Arc<Interrupt>,
+    mut queue: Queue,
+    evt: EventFd,
+    kill: EventFd,
+) {
     let Ok(epoll) = Epoll::new() else { return };
     for (fd, token) in [(evt.as_raw_fd(), 0u64), (kill.as_raw_fd(), 1)] {
         if epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
             .is_err()
         {
             return;
@@ -168,9 +178,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: writes at most `buf.len() - done` bytes into `buf[done..]`.
-        let r = unsafe {
-            libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0)
-        };
+        let r = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {

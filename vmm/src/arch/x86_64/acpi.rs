@@ -12,9 +12,9 @@
 //! probing at boot.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::{GenericAddress, Sdt};
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{ACPI_END, IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR};
@@ -47,8 +47,11 @@ fn dsdt(cfg: &AcpiConfig) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CONDODSD", 1);
     // Each object is serialized in one statement so its temporaries live
     // long enough.
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8, &0u8, &0u8]))
-        .to_aml_bytes(&mut dsdt);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&5u8, &0u8, &0u8, &0u8]),
+    )
+    .to_aml_bytes(&mut dsdt);
     aml::Device::new(
         "_SB_.COM1".into(),
         vec![
@@ -123,13 +126,25 @@ fn fadt(dsdt_addr: u64) -> Sdt {
         FADT_IAPC_BOOT_ARCH,
         IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT,
     );
-    f.write_u32(FADT_FLAGS, FLAG_HW_REDUCED_ACPI | FLAG_RESET_REG_SUP | FLAG_TMR_VAL_EXT);
-    f.write(FADT_RESET_REG, GenericAddress::io_port_address::<u8>(PM_PORT));
+    f.write_u32(
+        FADT_FLAGS,
+        FLAG_HW_REDUCED_ACPI | FLAG_RESET_REG_SUP | FLAG_TMR_VAL_EXT,
+    );
+    f.write(
+        FADT_RESET_REG,
+        GenericAddress::io_port_address::<u8>(PM_PORT),
+    );
     f.write_u8(FADT_RESET_VALUE, RESET_VALUE);
     f.write_u8(FADT_MINOR_VERSION, 5);
     f.write_u64(FADT_X_DSDT, dsdt_addr);
-    f.write(FADT_SLEEP_CONTROL_REG, GenericAddress::io_port_address::<u8>(PM_PORT));
-    f.write(FADT_SLEEP_STATUS_REG, GenericAddress::io_port_address::<u8>(PM_PORT));
+    f.write(
+        FADT_SLEEP_CONTROL_REG,
+        GenericAddress::io_port_address::<u8>(PM_PORT),
+    );
+    f.write(
+        FADT_SLEEP_STATUS_REG,
+        GenericAddress::io_port_address::<u8>(PM_PORT),
+    );
     f.write_bytes(FADT_HYPERVISOR_ID, b"CONDOVMM");
     f.update_checksum();
     f
@@ -173,7 +188,8 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, cfg: &AcpiConfig) -> Result<Gue
         if at + bytes.len() as u64 > ACPI_END {
             return Err(Error::AcpiTooBig);
         }
-        mem.write_slice(bytes, GuestAddress(at)).map_err(mem_err(what))?;
+        mem.write_slice(bytes, GuestAddress(at))
+            .map_err(mem_err(what))?;
         next = align16(at + bytes.len() as u64);
         Ok(at)
     };
@@ -218,7 +234,11 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let cfg = AcpiConfig {
             num_cpus: 4,
-            mmio_devices: vec![MmioDeviceDesc { base: 0xd000_0000, size: 0x1000, irq: 5 }],
+            mmio_devices: vec![MmioDeviceDesc {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            }],
         };
         let rsdp_addr = create_acpi_tables(&mem, &cfg).unwrap();
         let mut rsdp = [0u8; 36];
@@ -252,7 +272,11 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         assert_eq!(sum(&dsdt), 0);
         for needle in [&b"_S5_"[..], b"COM1", b"QEMU0001", b"LNRO0005", b"V000"] {
-            assert!(contains(&dsdt, needle), "{}", String::from_utf8_lossy(needle));
+            assert!(
+                contains(&dsdt, needle),
+                "{}",
+                String::from_utf8_lossy(needle)
+            );
         }
     }
 
@@ -262,7 +286,11 @@ mod tests {
         let cfg = AcpiConfig {
             num_cpus: 32,
             mmio_devices: (0..64)
-                .map(|i| MmioDeviceDesc { base: 0xd000_0000 + i * 0x1000, size: 0x1000, irq: 5 + i as u32 })
+                .map(|i| MmioDeviceDesc {
+                    base: 0xd000_0000 + i * 0x1000,
+                    size: 0x1000,
+                    irq: 5 + i as u32,
+                })
                 .collect(),
         };
         create_acpi_tables(&mem, &cfg).unwrap();

@@ -6,8 +6,7 @@ use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::layout::{
-    e820_map, MMIO_GAP_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START,
-    ZERO_PAGE_START,
+    e820_map, MMIO_GAP_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
 use super::regs::BootProtocol;
 use super::{mem_err, Error, Result};
@@ -50,7 +49,14 @@ pub fn configure_system(
     let mem_bytes: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     match proto {
         BootProtocol::LinuxBoot => {
-            let params = linux_boot_params(mem_bytes, cmdline_addr, cmdline_size, initrd, rsdp, setup_hdr);
+            let params = linux_boot_params(
+                mem_bytes,
+                cmdline_addr,
+                cmdline_size,
+                initrd,
+                rsdp,
+                setup_hdr,
+            );
             mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
                 .map_err(mem_err("boot_params"))
         }
@@ -127,7 +133,12 @@ fn write_pvh(
 }
 
 /// `hvm_start_info` (56 bytes) as the PVH ABI lays it out.
-pub fn pvh_start_info(nr_modules: u32, cmdline: GuestAddress, rsdp: GuestAddress, memmap_entries: u32) -> Vec<u8> {
+pub fn pvh_start_info(
+    nr_modules: u32,
+    cmdline: GuestAddress,
+    rsdp: GuestAddress,
+    memmap_entries: u32,
+) -> Vec<u8> {
     let mut s = Vec::with_capacity(56);
     s.extend_from_slice(&XEN_HVM_START_MAGIC_VALUE.to_le_bytes());
     s.extend_from_slice(&1u32.to_le_bytes()); // version
@@ -146,7 +157,10 @@ pub fn pvh_start_info(nr_modules: u32, cmdline: GuestAddress, rsdp: GuestAddress
 #[cfg(test)]
 fn ram_entries(mem_bytes: u64) -> usize {
     use super::layout::E820_RAM;
-    e820_map(mem_bytes).iter().filter(|e| e.kind == E820_RAM).count()
+    e820_map(mem_bytes)
+        .iter()
+        .filter(|e| e.kind == E820_RAM)
+        .count()
 }
 
 #[cfg(test)]
@@ -180,7 +194,10 @@ mod tests {
     fn pvh_start_info_layout() {
         let s = pvh_start_info(1, GuestAddress(0x20000), GuestAddress(0xe0000), 4);
         assert_eq!(s.len(), 56);
-        assert_eq!(u32::from_le_bytes(s[0..4].try_into().unwrap()), XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(
+            u32::from_le_bytes(s[0..4].try_into().unwrap()),
+            XEN_HVM_START_MAGIC_VALUE
+        );
         assert_eq!(u32::from_le_bytes(s[12..16].try_into().unwrap()), 1);
         assert_eq!(u64::from_le_bytes(s[24..32].try_into().unwrap()), 0x20000);
         assert_eq!(u64::from_le_bytes(s[32..40].try_into().unwrap()), 0xe0000);

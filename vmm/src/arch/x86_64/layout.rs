@@ -53,7 +53,10 @@ pub fn guest_ram_regions(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START as usize),
-            (GuestAddress(MMIO_GAP_END), (mem_bytes - MMIO_GAP_START) as usize),
+            (
+                GuestAddress(MMIO_GAP_END),
+                (mem_bytes - MMIO_GAP_START) as usize,
+            ),
         ]
     }
 }
@@ -98,7 +101,10 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn ram(m: &[E820Entry]) -> u64 {
-        m.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
+        m.iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum()
     }
 
     #[test]
@@ -123,7 +129,14 @@ mod tests {
         let r = guest_ram_regions(mem);
         assert_eq!(r[1], (GuestAddress(4 * GIB), (512 * MIB) as usize));
         let m = e820_map(mem);
-        assert_eq!(m[3], E820Entry { addr: 4 * GIB, size: 512 * MIB, kind: E820_RAM });
+        assert_eq!(
+            m[3],
+            E820Entry {
+                addr: 4 * GIB,
+                size: 512 * MIB,
+                kind: E820_RAM
+            }
+        );
 
         let mem = 5 * GIB;
         let r = guest_ram_regions(mem);
@@ -133,6 +146,8 @@ mod tests {
         assert_eq!(m[3].size, 2 * GIB);
         assert_eq!(ram(&m), mem - (HIMEM_START - EBDA_START));
         // No RAM inside the gap.
-        assert!(m.iter().all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
+        assert!(m
+            .iter()
+            .all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
     }
 }

@@ -110,7 +110,10 @@ unsafe impl ByteValued for MpcIoapic {}
 unsafe impl ByteValued for MpcIntsrc {}
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Bytes of the MP structures for `num_cpus`: floating pointer, then table.
@@ -242,7 +245,10 @@ mod tests {
     #[test]
     fn too_many_cpus() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(matches!(setup_mptable(&mem, 64), Err(Error::TooManyCpus(64))));
+        assert!(matches!(
+            setup_mptable(&mem, 64),
+            Err(Error::TooManyCpus(64))
+        ));
         assert!(setup_mptable(&mem, 0).is_err());
     }
 }

@@ -46,7 +46,10 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
 /// Sets the boot MSRs; fails if KVM takes fewer than all of them.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     let entries = boot_msr_entries();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Msrs { set: 0, want: entries.len() })?;
+    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Msrs {
+        set: 0,
+        want: entries.len(),
+    })?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != entries.len() {
         return Err(Error::Msrs {

@@ -85,13 +85,18 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, proto: BootProtocol) ->
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))
 }
 
-fn configure_segments(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs, proto: BootProtocol) -> Result<()> {
+fn configure_segments(
+    mem: &GuestMemoryMmap,
+    sregs: &mut kvm_sregs,
+    proto: BootProtocol,
+) -> Result<()> {
     let gdt = gdt_table(proto);
     for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_ADDR + i as u64 * 8))
             .map_err(mem_err("GDT"))?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_ADDR)).map_err(mem_err("IDT"))?;
+    mem.write_obj(0u64, GuestAddress(IDT_ADDR))
+        .map_err(mem_err("IDT"))?;
     let code = kvm_segment_from_gdt(gdt[1], 1);
     let data = kvm_segment_from_gdt(gdt[2], 2);
     let tss = kvm_segment_from_gdt(gdt[3], 3);
@@ -123,8 +128,10 @@ fn configure_segments(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs, proto: BootP
 /// Identity-maps the first 1 GiB with 2 MiB pages.
 fn setup_page_tables(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<()> {
     let w = mem_err("page tables");
-    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(&w)?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)).map_err(&w)?;
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
+        .map_err(&w)?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
+        .map_err(&w)?;
     let mut pde = [0u8; 512 * 8];
     for (i, chunk) in pde.chunks_exact_mut(8).enumerate() {
         chunk.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());
