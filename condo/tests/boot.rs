@@ -27,22 +27,21 @@ fn initramfs() -> PathBuf {
 /// Boots `kernel` with the test initramfs; the guest runs `cmd` and ends as
 /// `end` says (poweroff, reboot, panic).
 fn boot(kernel: &Path, initrd: &Path, cpus: u32, mem_mib: u64, end: &str, cmd: &str) -> Outcome {
-    let mut c = condo();
-    c.args(["run", "--kernel"])
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .args([
-            "--cpus",
-            &cpus.to_string(),
-            "--memory",
-            &mem_mib.to_string(),
-        ])
-        .arg("--cmdline")
-        .arg(format!(
-            "console=ttyS0 reboot=k panic=1 quiet condo.end={end} -- {cmd}"
-        ));
-    run(c, LIMIT)
+    let make = || {
+        let mut c = condo();
+        c.args(["run", "--kernel"])
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .args(["--cpus", &cpus.to_string()])
+            .args(["--memory", &mem_mib.to_string()])
+            .arg("--cmdline")
+            .arg(format!(
+                "console=ttyS0 reboot=k panic=1 quiet condo.end={end} -- {cmd}"
+            ));
+        c
+    };
+    run_retrying_stall(make, LIMIT)
 }
 
 /// The output of the guest command: lines between the ready marker and
