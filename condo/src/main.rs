@@ -26,7 +26,7 @@ const EXIT_VMM_ERROR: u8 = 1;
     about = "condo: a microVM monitor on Linux KVM"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "warn", env = "CONDO_LOG")]
     log_level: String,
     #[command(subcommand)]
@@ -68,21 +68,38 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    if let Err(e) = init_logging(&cli.log_level) {
+        return fail(e);
+    }
     match cli.command {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(args),
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+fn init_logging(level: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::LevelFilter;
+    // A plain level keeps the binary small (no regex-based filter engine):
+    // the VMM's resident memory is part of what condo promises.
+    let filter = match level.to_ascii_lowercase().as_str() {
+        "off" => LevelFilter::OFF,
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        other => {
+            return Err(format!(
+                "unknown log level {other:?} (off, error, warn, info, debug, trace)"
+            ))
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    Ok(())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

@@ -162,3 +162,9 @@ fn kvm_probe_gives_a_clear_answer() {
         run(c, LIMIT).assert_one_error_line("cannot run a standard guest");
     }
 }
+
+#[test]
+fn unknown_log_level() {
+    run_args(&["--log-level", "loud", "kvm-check"])
+        .assert_one_error_line("unknown log level \"loud\"");
+}
