@@ -155,6 +155,12 @@ fn mem_total_matches_5_gib() {
 }
 
 #[test]
+fn smallest_guest_boots() {
+    let o = boot(&vmlinux(), &initramfs(), 1, 32, "poweroff", "true");
+    assert_clean_exit(&o);
+}
+
+#[test]
 fn bzimage_boots() {
     let o = boot(
         &bzimage(),
