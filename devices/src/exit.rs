@@ -14,16 +14,17 @@ pub enum ExitReason {
     Panic,
 }
 
-/// A one-shot, first-writer-wins exit notification.
+/// A one-shot, first-writer-wins exit notification carrying a reason `R`.
 ///
 /// Devices call [`ExitSignal::signal`] from vCPU threads; the VMM's event loop
-/// waits on [`ExitSignal::eventfd`].
-pub struct ExitSignal {
+/// waits on [`ExitSignal::eventfd`]. The VMM uses the same type for its own
+/// exit reasons (vCPU failures).
+pub struct ExitSignal<R = ExitReason> {
     evt: EventFd,
-    reason: Mutex<Option<ExitReason>>,
+    reason: Mutex<Option<R>>,
 }
 
-impl ExitSignal {
+impl<R: Clone> ExitSignal<R> {
     /// A new signal with its eventfd.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
@@ -33,7 +34,7 @@ impl ExitSignal {
     }
 
     /// Records `reason` (unless one was recorded before) and wakes the VMM.
-    pub fn signal(&self, reason: ExitReason) {
+    pub fn signal(&self, reason: R) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
             *r = Some(reason);
@@ -45,8 +46,11 @@ impl ExitSignal {
     }
 
     /// The reason recorded first, if any.
-    pub fn reason(&self) -> Option<ExitReason> {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn reason(&self) -> Option<R> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The eventfd that becomes readable once an exit is signalled.

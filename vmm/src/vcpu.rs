@@ -6,16 +6,15 @@
 //! stops when the VMM sets the stop flag and kicks it with [`KICK_SIGNAL`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use devices::Bus;
+use devices::{Bus, ExitSignal};
 use kvm_bindings::{
     CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::arch::{self, BootProtocol};
@@ -49,36 +48,7 @@ pub enum VmExit {
 }
 
 /// Where vCPU threads report the end of the VM; first report wins.
-pub struct VmExitSink {
-    evt: EventFd,
-    exit: Mutex<Option<VmExit>>,
-}
-
-impl VmExitSink {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            evt: EventFd::new(EFD_NONBLOCK)?,
-            exit: Mutex::new(None),
-        })
-    }
-
-    pub fn report(&self, exit: VmExit) {
-        let mut e = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if e.is_none() {
-            *e = Some(exit);
-        }
-        drop(e);
-        let _ = self.evt.write(1);
-    }
-
-    pub fn take(&self) -> Option<VmExit> {
-        self.exit.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    pub fn eventfd(&self) -> &EventFd {
-        &self.evt
-    }
-}
+pub type VmExitSink = ExitSignal<VmExit>;
 
 /// The signal that interrupts `KVM_RUN` so a vCPU thread sees its stop flag.
 #[allow(non_snake_case)]
@@ -207,7 +177,7 @@ impl Vcpu {
                 },
             };
             tracing::debug!(vcpu = id, ?exit, "vCPU stopped");
-            sink.report(exit);
+            sink.signal(exit);
             break;
         }
     }

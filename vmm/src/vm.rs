@@ -267,7 +267,7 @@ fn event_loop(
                 }
                 TOKEN_VCPU_EXIT => {
                     let _ = sink.eventfd().read();
-                    if let Some(exit) = sink.take() {
+                    if let Some(exit) = sink.reason() {
                         return Ok(exit);
                     }
                 }
