@@ -13,7 +13,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 out="$CACHE/guest"
 mkdir -p "$out" "$CACHE/debs"
 bb_deb=$(fetch_deb busybox-static)
-stamp="$(sha256sum "$HERE/build-initramfs.sh" "$HERE/init.sh" | sha256sum | cut -c1-16)-$(basename "$bb_deb")"
+stamp="$(cat "$HERE/build-initramfs.sh" "$HERE/init.sh" | sha256sum | cut -c1-16)-$(basename "$bb_deb")"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   exit 0
 fi

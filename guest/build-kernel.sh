@@ -11,7 +11,7 @@ frag="$HERE/kernel/microvm.config"
 mkdir -p "$out" "$CACHE/debs"
 
 deb=$(fetch_deb linux-source-6.1)
-stamp="$(sha256sum "$frag" "$HERE/build-kernel.sh" | sha256sum | cut -c1-16)-$(basename "$deb")"
+stamp="$(cat "$frag" "$HERE/build-kernel.sh" | sha256sum | cut -c1-16)-$(basename "$deb")"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
   exit 0
 fi

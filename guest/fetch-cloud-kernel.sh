@@ -19,7 +19,7 @@ fi
 [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
 deb=$(fetch_deb "$pkg")
 bash "$HERE/build-initramfs.sh"
-stamp="$(sha256sum "$HERE/fetch-cloud-kernel.sh" "$CACHE/guest/stamp" | sha256sum | cut -c1-16)-$(basename "$deb")"
+stamp="$(cat "$HERE/fetch-cloud-kernel.sh" "$CACHE/guest/stamp" | sha256sum | cut -c1-16)-$(basename "$deb")"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then
   exit 0
 fi

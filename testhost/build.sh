@@ -10,7 +10,7 @@ bash "$HERE/../scripts/install-deps.sh"
 bash "$HERE/../guest/fetch-cloud-kernel.sh"
 out="$CACHE/testhost"
 mkdir -p "$out"
-stamp="$(sha256sum "$HERE/build.sh" "$HERE/l1-init.sh" "$CACHE/cloud/stamp" | sha256sum | cut -c1-16)"
+stamp="$(cat "$HERE/build.sh" "$HERE/l1-init.sh" "$CACHE/cloud/stamp" | sha256sum | cut -c1-16)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/base.cpio" ]; then
   exit 0
 fi
