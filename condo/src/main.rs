@@ -44,7 +44,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy"])]
     config_file: Option<PathBuf>,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
     #[arg(long, required_unless_present = "config_file")]
@@ -61,6 +61,9 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// Give the guest a virtio-rng entropy device.
+    #[arg(long)]
+    entropy: bool,
     /// Do not run the KVM exception probe before booting.
     #[arg(long)]
     no_kvm_probe: bool,
@@ -177,6 +180,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
             .unwrap_or_else(|| vmm::DEFAULT_CMDLINE.to_owned()),
         vcpus,
         mem_mib: args.memory,
+        entropy: args.entropy,
     };
     cfg.validate()?;
     Ok(cfg)

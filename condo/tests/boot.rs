@@ -288,3 +288,34 @@ fn truncated_kernel_is_refused() {
     c.args(["run", "--kernel"]).arg(&k);
     run(c, LIMIT).assert_one_error_line("cannot load kernel image");
 }
+
+/// `--entropy`: the guest finds the virtio-rng device (through the ACPI
+/// DSDT) and reads random bytes from /dev/hwrng.
+#[test]
+fn entropy_device_feeds_hwrng() {
+    let cmd = "cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | od -An -tx1 | sort -u | wc -l";
+    for (kernel, initrd) in [
+        (vmlinux(), initramfs()),
+        (
+            artifact("CONDO_CLOUD_KERNEL"),
+            artifact("CONDO_CLOUD_INITRAMFS"),
+        ),
+    ] {
+        let make = || {
+            let mut c = condo();
+            c.args(["run", "--entropy", "--memory", "256", "--kernel"])
+                .arg(&kernel)
+                .arg("--initrd")
+                .arg(&initrd)
+                .arg("--cmdline")
+                .arg(format!("console=ttyS0 panic=1 quiet -- {cmd}"));
+            c
+        };
+        let o = run_retrying_stall(make, LIMIT);
+        assert_clean_exit(&o);
+        let out = guest_output(&o);
+        assert!(out[0].starts_with("virtio_rng"), "rng_current: {out:?}");
+        // 4096 random bytes make 256 distinct lines of 16 bytes.
+        assert_eq!(out[1].trim(), "256", "{out:?}");
+    }
+}

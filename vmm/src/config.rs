@@ -59,6 +59,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub mem_mib: u64,
+    /// A virtio-rng device fed by the host's getrandom.
+    pub entropy: bool,
 }
 
 impl VmConfig {
@@ -117,7 +119,6 @@ impl VmConfig {
             ),
             ("vsock", is_set(&fc.vsock)),
             ("balloon", is_set(&fc.balloon)),
-            ("entropy", is_set(&fc.entropy)),
             ("logger", is_set(&fc.logger)),
             ("metrics", is_set(&fc.metrics)),
             ("mmds-config", is_set(&fc.mmds_config)),
@@ -125,6 +126,13 @@ impl VmConfig {
             if present {
                 return Err(ConfigError::Unsupported(name));
             }
+        }
+        if fc
+            .entropy
+            .as_ref()
+            .is_some_and(|e| e.rate_limiter.is_some())
+        {
+            return Err(ConfigError::Unsupported("entropy.rate_limiter"));
         }
         let m = fc.machine_config;
         if m.smt == Some(true) {
@@ -140,6 +148,7 @@ impl VmConfig {
                 .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
             vcpus,
             mem_mib: m.mem_size_mib,
+            entropy: fc.entropy.is_some(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -164,13 +173,22 @@ struct FirecrackerConfig {
     network_interfaces: Option<Vec<serde_json::Value>>,
     vsock: Option<serde_json::Value>,
     balloon: Option<serde_json::Value>,
-    entropy: Option<serde_json::Value>,
+    entropy: Option<EntropyConfig>,
     logger: Option<serde_json::Value>,
     metrics: Option<serde_json::Value>,
     #[serde(rename = "mmds-config")]
     mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config")]
     _cpu_config: Option<serde_json::Value>,
+}
+
+/// Firecracker's `EntropyDevice` object. The rate limiter is not
+/// implemented yet and is refused rather than ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntropyConfig {
+    #[serde(default)]
+    rate_limiter: Option<serde_json::Value>,
 }
 
 /// Firecracker's `BootSource` object.
@@ -215,7 +233,8 @@ mod tests {
                 initrd: Some("/i".into()),
                 cmdline: "console=ttyS0".into(),
                 vcpus: 2,
-                mem_mib: 256
+                mem_mib: 256,
+                entropy: false,
             }
         );
     }

@@ -10,9 +10,20 @@ use devices::legacy::{
     AcpiPmDevice, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042, I8042_PORT,
     PVPANIC_PORT,
 };
+use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_OFFSET};
+use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError, ExitSignal};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::layout::MMIO_DEVICES_START;
+use crate::arch::MmioDeviceDesc;
+
+/// First GSI for virtio-mmio devices (ISA IRQs 0-4 are taken).
+const VIRTIO_FIRST_IRQ: u32 = 5;
+/// Last IOAPIC pin.
+const LAST_IRQ: u32 = 23;
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +34,12 @@ pub enum DeviceError {
     Irqfd { gsi: u32, err: kvm_ioctls::Error },
     #[error("cannot place device: {0}")]
     Bus(#[from] BusError),
+    #[error("too many devices: at most {} virtio devices", LAST_IRQ - VIRTIO_FIRST_IRQ + 1)]
+    TooManyDevices,
+    #[error("virtio device: {0}")]
+    Transport(#[from] devices::virtio::mmio::TransportError),
+    #[error("cannot register ioeventfd at {addr:#x}: {err}")]
+    Ioeventfd { addr: u64, err: kvm_ioctls::Error },
 }
 
 /// The VM's devices.
@@ -35,6 +52,8 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Guest-requested exits (power off, reset, panic).
     pub exit: Arc<ExitSignal>,
+    /// Where each virtio-mmio device sits, for ACPI and the command line.
+    pub virtio: Vec<MmioDeviceDesc>,
 }
 
 impl DeviceManager {
@@ -70,7 +89,56 @@ impl DeviceManager {
             mmio: Bus::new(),
             serial,
             exit,
+            virtio: Vec::new(),
         })
+    }
+
+    /// Puts `device` behind a virtio-mmio window with its own interrupt;
+    /// queue notifications become ioeventfds, the interrupt an irqfd.
+    pub fn add_virtio(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(), DeviceError> {
+        let index = self.virtio.len() as u64;
+        let irq = VIRTIO_FIRST_IRQ + index as u32;
+        if irq > LAST_IRQ {
+            return Err(DeviceError::TooManyDevices);
+        }
+        let base = MMIO_DEVICES_START + index * MMIO_WINDOW;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irq_evt, irq)
+            .map_err(|err| DeviceError::Irqfd { gsi: irq, err })?;
+        let transport = MmioTransport::new(device, mem.clone(), irq_evt)?;
+        let addr = base + NOTIFY_OFFSET;
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), queue as u32)
+                .map_err(|err| DeviceError::Ioeventfd { addr, err })?;
+        }
+        tracing::info!(
+            device_type = transport.device_type(),
+            base = format_args!("{base:#x}"),
+            irq,
+            "virtio device"
+        );
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
+        self.virtio.push(MmioDeviceDesc {
+            base,
+            size: MMIO_WINDOW,
+            irq,
+        });
+        Ok(())
+    }
+
+    /// `virtio_mmio.device=` arguments announcing every virtio device, for
+    /// guests that run without ACPI.
+    pub fn virtio_cmdline_args(&self) -> String {
+        self.virtio
+            .iter()
+            .map(|d| format!(" virtio_mmio.device=4K@{:#x}:{}", d.base, d.irq))
+            .collect()
     }
 }
 

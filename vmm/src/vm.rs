@@ -129,13 +129,27 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
         Some(p) => Some(loader::load_initrd(&mem, p)?),
         None => None,
     };
-    let cmdline_size = loader::load_cmdline(&mem, &config.cmdline)?;
+    let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
+    if config.entropy {
+        devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;
+    }
+    // Devices are described in the DSDT; a guest booted without ACPI finds
+    // them on its command line instead (both at once would probe twice).
+    let mut cmdline = config.cmdline.clone();
+    if cmdline.split_whitespace().any(|w| w == "acpi=off") {
+        let (before, after) = match cmdline.find(" -- ") {
+            Some(i) => cmdline.split_at(i),
+            None => (cmdline.as_str(), ""),
+        };
+        cmdline = format!("{before}{}{after}", devices.virtio_cmdline_args());
+    }
+    let cmdline_size = loader::load_cmdline(&mem, &cmdline)?;
 
     let arch_err = |e: arch::Error| VmmError::Arch(e.to_string());
     arch::setup_mptable(&mem, config.vcpus).map_err(arch_err)?;
     let acpi = AcpiConfig {
         num_cpus: config.vcpus,
-        mmio_devices: Vec::new(),
+        mmio_devices: devices.virtio.clone(),
     };
     let rsdp = arch::create_acpi_tables(&mem, &acpi).map_err(arch_err)?;
     arch::configure_system(
@@ -149,8 +163,6 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
         kernel.setup_header,
     )
     .map_err(arch_err)?;
-
-    let devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
