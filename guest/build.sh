@@ -8,10 +8,12 @@ bash "$HERE/../scripts/install-deps.sh"
 bash "$HERE/build-kernel.sh"
 bash "$HERE/build-initramfs.sh"
 bash "$HERE/fetch-cloud-kernel.sh"
+bash "$HERE/build-rootfs.sh"
 cat <<EOT
 export CONDO_GUEST_VMLINUX=$CACHE/kernel/vmlinux
 export CONDO_GUEST_BZIMAGE=$CACHE/kernel/bzImage
 export CONDO_GUEST_INITRAMFS=$CACHE/guest/initramfs.cpio.gz
 export CONDO_CLOUD_KERNEL=$CACHE/cloud/vmlinuz
 export CONDO_CLOUD_INITRAMFS=$CACHE/cloud/initramfs.cpio.gz
+export CONDO_GUEST_ROOTFS=$CACHE/guest/rootfs.ext4
 EOT

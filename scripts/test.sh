@@ -24,14 +24,15 @@ boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=js
 condo_bin="$ROOT/target/debug/condo"
 [ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
 
-envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS)
+envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)
 if bash testhost/kvm-ok; then
   step "boot tests on this host's /dev/kvm"
   "$boot_bin" --test-threads=2
 else
   step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
   bash testhost/build.sh
-  args=(--file "$condo_bin")
+  # debugfs lets the tests read the disk images the guests wrote.
+  args=(--file "$condo_bin" --file "$(command -v debugfs)")
   for v in "${envs[@]}"; do
     args+=(--file "${!v}" --env "$v=${!v}")
   done

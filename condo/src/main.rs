@@ -44,7 +44,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks"])]
     config_file: Option<PathBuf>,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
     #[arg(long, required_unless_present = "config_file")]
@@ -61,6 +61,10 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,id=SERIAL][,root=on].
+    /// Repeat for more disks (vda, vdb, ...).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
@@ -181,6 +185,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
         vcpus,
         mem_mib: args.memory,
         entropy: args.entropy,
+        disks: args
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| vmm::DiskConfig::parse(spec, i))
+            .collect::<Result<_, _>>()?,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -44,6 +44,12 @@ pub enum ConfigError {
     Unsupported(&'static str),
     #[error("config file: SMT is not supported; set \"smt\": false")]
     Smt,
+    #[error("disk {0}")]
+    Disk(String),
+    #[error("disk id {0:?} is longer than 20 bytes")]
+    DiskId(String),
+    #[error("more than one root disk")]
+    TwoRoots,
 }
 
 /// A validated VM description.
@@ -61,6 +67,56 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// A virtio-rng device fed by the host's getrandom.
     pub entropy: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file (or block device).
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+    /// Serial number the guest reads (GET_ID); at most 20 bytes.
+    pub id: String,
+    /// The guest's root file system: `root=/dev/vdX` is added to the
+    /// kernel command line.
+    pub root: bool,
+}
+
+impl DiskConfig {
+    /// Parses `path=FILE[,readonly=on|off][,id=SERIAL][,root=on|off]`.
+    pub fn parse(spec: &str, index: usize) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Disk(format!("{spec:?}: {why}"));
+        let mut d = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: format!("condo-disk-{index}"),
+            root: false,
+        };
+        let on_off = |k: &str, v: &str| match v {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(bad(format!("{k} must be on or off"))),
+        };
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+            match k {
+                "path" => d.path = PathBuf::from(v),
+                "readonly" => d.read_only = on_off(k, v)?,
+                "root" => d.root = on_off(k, v)?,
+                "id" => d.id = v.to_owned(),
+                _ => return Err(bad(format!("unknown key {k:?} (path, readonly, id, root)"))),
+            }
+        }
+        if d.path.as_os_str().is_empty() {
+            return Err(bad("path= is required".into()));
+        }
+        Ok(d)
+    }
 }
 
 impl VmConfig {
@@ -77,6 +133,12 @@ impl VmConfig {
         }
         if !self.cmdline.is_ascii() || self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineInvalid);
+        }
+        if let Some(d) = self.disks.iter().find(|d| d.id.len() > 20) {
+            return Err(ConfigError::DiskId(d.id.clone()));
+        }
+        if self.disks.iter().filter(|d| d.root).count() > 1 {
+            return Err(ConfigError::TwoRoots);
         }
         Ok(())
     }
@@ -110,7 +172,6 @@ impl VmConfig {
             err: e.to_string(),
         })?;
         for (name, present) in [
-            ("drives", fc.drives.as_ref().is_some_and(|v| !v.is_empty())),
             (
                 "network-interfaces",
                 fc.network_interfaces
@@ -134,6 +195,25 @@ impl VmConfig {
         {
             return Err(ConfigError::Unsupported("entropy.rate_limiter"));
         }
+        let mut disks = Vec::new();
+        for d in fc.drives.unwrap_or_default() {
+            if d.rate_limiter.is_some() {
+                return Err(ConfigError::Unsupported("drives.rate_limiter"));
+            }
+            if d.socket.is_some() {
+                return Err(ConfigError::Unsupported("drives.socket (vhost-user)"));
+            }
+            if d.partuuid.is_some() {
+                return Err(ConfigError::Unsupported("drives.partuuid"));
+            }
+            let _ = (d.cache_type, d.io_engine);
+            disks.push(DiskConfig {
+                path: d.path_on_host,
+                read_only: d.is_read_only.unwrap_or(false),
+                id: d.drive_id,
+                root: d.is_root_device,
+            });
+        }
         let m = fc.machine_config;
         if m.smt == Some(true) {
             return Err(ConfigError::Smt);
@@ -149,6 +229,7 @@ impl VmConfig {
             vcpus,
             mem_mib: m.mem_size_mib,
             entropy: fc.entropy.is_some(),
+            disks,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -168,7 +249,7 @@ struct FirecrackerConfig {
     boot_source: BootSource,
     #[serde(rename = "machine-config")]
     machine_config: MachineConfig,
-    drives: Option<Vec<serde_json::Value>>,
+    drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
     network_interfaces: Option<Vec<serde_json::Value>>,
     vsock: Option<serde_json::Value>,
@@ -180,6 +261,27 @@ struct FirecrackerConfig {
     mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config")]
     _cpu_config: Option<serde_json::Value>,
+}
+
+/// Firecracker's `Drive` object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Drive {
+    drive_id: String,
+    path_on_host: PathBuf,
+    is_root_device: bool,
+    #[serde(default)]
+    is_read_only: Option<bool>,
+    #[serde(default)]
+    partuuid: Option<String>,
+    #[serde(default)]
+    cache_type: Option<String>,
+    #[serde(default)]
+    io_engine: Option<String>,
+    #[serde(default)]
+    rate_limiter: Option<serde_json::Value>,
+    #[serde(default)]
+    socket: Option<String>,
 }
 
 /// Firecracker's `EntropyDevice` object. The rate limiter is not
@@ -235,6 +337,7 @@ mod tests {
                 vcpus: 2,
                 mem_mib: 256,
                 entropy: false,
+                disks: vec![],
             }
         );
     }
@@ -268,8 +371,10 @@ mod tests {
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 300, "mem_size_mib": 128}}"#,
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#,
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8}}"#,
-            // unsupported section with content
+            // drive without its required fields
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [{"drive_id": "x"}]}"#,
+            // unsupported section with content
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "vsock": {"guest_cid": 3}}"#,
             // SMT
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 128, "smt": true}}"#,
             "not json",
@@ -277,6 +382,39 @@ mod tests {
         ];
         for c in cases {
             assert!(VmConfig::from_firecracker_json(c).is_err(), "accepted: {c}");
+        }
+    }
+
+    #[test]
+    fn drives_and_disk_specs() {
+        let c = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+                "drives": [{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false},
+                           {"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false, "is_read_only": true}],
+                "entropy": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[0].root && !c.disks[0].read_only);
+        assert!(c.disks[1].read_only);
+        assert_eq!(c.disks[1].id, "data");
+        assert!(c.entropy);
+
+        let d = DiskConfig::parse("path=/x.img,readonly=on,id=abc", 0).unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.read_only, d.id.as_str(), d.root),
+            (Some("/x.img"), true, "abc", false)
+        );
+        assert_eq!(DiskConfig::parse("path=/y", 3).unwrap().id, "condo-disk-3");
+        for bad in [
+            "",
+            "readonly=on",
+            "path=/x,readonly=maybe",
+            "path=/x,color=red",
+            "path",
+        ] {
+            assert!(DiskConfig::parse(bad, 0).is_err(), "{bad}");
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devices::virtio::block::{Block, Disk};
 use devices::ExitReason;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::Kvm;
@@ -52,6 +53,8 @@ pub enum VmmError {
     Arch(String),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Disk(devices::virtio::block::BlockError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("event loop: {0}")]
@@ -130,19 +133,30 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
         None => None,
     };
     let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
+    let mut root_args = String::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
+        devices.add_virtio(&vm, &mem, Box::new(Block::new(disk)))?;
+        if d.root {
+            let letter = char::from(b'a' + i as u8);
+            let mode = if d.read_only { "ro" } else { "rw" };
+            root_args = format!(" root=/dev/vd{letter} {mode}");
+        }
+    }
     if config.entropy {
         devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;
     }
     // Devices are described in the DSDT; a guest booted without ACPI finds
     // them on its command line instead (both at once would probe twice).
-    let mut cmdline = config.cmdline.clone();
-    if cmdline.split_whitespace().any(|w| w == "acpi=off") {
-        let (before, after) = match cmdline.find(" -- ") {
-            Some(i) => cmdline.split_at(i),
-            None => (cmdline.as_str(), ""),
-        };
-        cmdline = format!("{before}{}{after}", devices.virtio_cmdline_args());
+    let mut extra = root_args;
+    if config.cmdline.split_whitespace().any(|w| w == "acpi=off") {
+        extra.push_str(&devices.virtio_cmdline_args());
     }
+    // Kernel parameters go before ` -- `, where init's arguments start.
+    let cmdline = match config.cmdline.find(" -- ") {
+        Some(i) => format!("{}{extra}{}", &config.cmdline[..i], &config.cmdline[i..]),
+        None => format!("{}{extra}", config.cmdline),
+    };
     let cmdline_size = loader::load_cmdline(&mem, &cmdline)?;
 
     let arch_err = |e: arch::Error| VmmError::Arch(e.to_string());

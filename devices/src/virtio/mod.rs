@@ -6,8 +6,10 @@
 //! device. Guest notifications arrive on eventfds (KVM ioeventfds registered
 //! by the VMM) and interrupts leave through [`Interrupt`] (a KVM irqfd).
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
+mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -4,15 +4,10 @@
 //! random bytes (at most [`MAX_REQUEST`] per chain, so a guest cannot make
 //! the VMM read without bound).
 
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::worker::QueueWorker;
 use super::VIRTIO_RING_F_EVENT_IDX;
 use super::{device_type, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING};
 
@@ -21,20 +16,15 @@ pub const MAX_REQUEST: u32 = 64 << 10;
 const QUEUE_SIZE: u16 = 256;
 
 /// The entropy device.
+#[derive(Default)]
 pub struct Rng {
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    worker: Option<QueueWorker>,
 }
 
 impl Rng {
     /// A new, inactive device.
     pub fn new() -> Self {
-        Self { worker: None }
-    }
-}
-
-impl Default for Rng {
-    fn default() -> Self {
-        Self::new()
+        Self::default()
     }
 }
 
@@ -56,81 +46,34 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let fail = |e: std::io::Error| ActivateError::Failed(format!("rng: {e}"));
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(fail)?;
-        let kill2 = kill.try_clone().map_err(fail)?;
         let Activation {
             mem,
             interrupt,
             mut queues,
-            mut queue_evts,
+            queue_evts,
             acked_features,
         } = a;
-        let (Some(mut queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
+        let Some(mut queue) = queues.pop() else {
             return Err(ActivateError::Failed("rng: no queue".into()));
         };
         queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        let handle = std::thread::Builder::new()
-            .name("virtio-rng".into())
-            .stack_size(128 << 10)
-            .spawn(move || worker(mem, interrupt, queue, evt, kill2))
-            .map_err(fail)?;
-        self.worker = Some((kill, handle));
+        let worker = QueueWorker::spawn("virtio-rng", queue_evts, move |_| {
+            match process_queue(&mem, &mut queue, &interrupt) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("virtio-rng: {e}; device stopped");
+                    false
+                }
+            }
+        })
+        .map_err(|e| ActivateError::Failed(format!("rng: {e}")))?;
+        self.worker = Some(worker);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some((kill, handle)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
+        self.worker = None;
         true
-    }
-}
-
-impl Drop for Rng {
-    fn drop(&mut self) {
-        self.reset();
-    }
-}
-
-fn worker(
-    mem: GuestMemoryMmap,
-    irq: Arc<Interrupt>,
-    mut queue: Queue,
-    evt: EventFd,
-    kill: EventFd,
-) {
-    let Ok(epoll) = Epoll::new() else { return };
-    for (fd, token) in [(evt.as_raw_fd(), 0u64), (kill.as_raw_fd(), 1)] {
-        if epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .is_err()
-        {
-            return;
-        }
-    }
-    let mut events = [EpollEvent::default(); 2];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        for e in &events[..n] {
-            if e.data() == 1 {
-                return;
-            }
-            let _ = evt.read();
-            if let Err(e) = process_queue(&mem, &mut queue, &irq) {
-                tracing::warn!("virtio-rng: {e}; device stopped");
-                return;
-            }
-        }
     }
 }
 
@@ -197,6 +140,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;

@@ -1,0 +1,596 @@
+//! virtio-blk on a raw image file.
+//!
+//! Requests: read, write, flush (fdatasync: nothing the guest was told is
+//! written is lost once the flush completes), GET_ID (the serial), discard
+//! (hole punching) and write-zeroes. A read-only disk refuses every request
+//! that would change the file. Every request is checked against the disk's
+//! size and the chain's shape before any I/O; a malformed request fails with
+//! an I/O error status, a broken queue stops the device.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+use super::worker::QueueWorker;
+use super::{
+    device_type, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Largest data transfer of one request (bounded bounce buffer).
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+const VIRTIO_BLK_F_RO: u32 = 5;
+const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+const VIRTIO_BLK_F_FLUSH: u32 = 9;
+const VIRTIO_BLK_F_DISCARD: u32 = 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+const VIRTIO_BLK_T_DISCARD: u32 = 11;
+const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+const VIRTIO_BLK_ID_BYTES: usize = 20;
+const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// Errors opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}: {err}")]
+    Open { path: PathBuf, err: std::io::Error },
+    #[error("disk image {path} is not a regular file or block device")]
+    NotAFile { path: PathBuf },
+    #[error("disk image {path} size {size} is not a multiple of 512 bytes")]
+    Size { path: PathBuf, size: u64 },
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RequestHeader {
+    type_: u32,
+    reserved: u32,
+    sector: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct DiscardSegment {
+    sector: u64,
+    num_sectors: u32,
+    flags: u32,
+}
+
+// SAFETY: plain integer structs with no padding; any bit pattern is valid.
+unsafe impl ByteValued for RequestHeader {}
+// SAFETY: as above.
+unsafe impl ByteValued for DiscardSegment {}
+
+/// The backing file and what the guest may do with it.
+pub struct Disk {
+    file: File,
+    size: u64,
+    read_only: bool,
+    id: [u8; VIRTIO_BLK_ID_BYTES],
+}
+
+impl Disk {
+    /// Opens `path`; `id` is the serial the guest reads with GET_ID.
+    pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|err| BlockError::Open {
+                path: path.to_owned(),
+                err,
+            })?;
+        let meta = file.metadata().map_err(|err| BlockError::Open {
+            path: path.to_owned(),
+            err,
+        })?;
+        if meta.is_dir() {
+            return Err(BlockError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        // Block devices report size 0 in metadata; ask the file.
+        let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(|err| {
+            BlockError::Open {
+                path: path.to_owned(),
+                err,
+            }
+        })?;
+        if !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(BlockError::Size {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let mut idb = [0u8; VIRTIO_BLK_ID_BYTES];
+        let n = id.len().min(VIRTIO_BLK_ID_BYTES);
+        idb[..n].copy_from_slice(&id.as_bytes()[..n]);
+        Ok(Self {
+            file,
+            size,
+            read_only,
+            id: idb,
+        })
+    }
+
+    fn check_range(&self, sector: u64, len: u64) -> bool {
+        sector
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|off| off.checked_add(len))
+            .is_some_and(|end| end <= self.size)
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+        // SAFETY: fallocate on a file descriptor we own, with plain integers.
+        let r =
+            unsafe { libc::fallocate64(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// The block device.
+pub struct Block {
+    disk: Arc<Disk>,
+    features: u64,
+    config: [u8; 60],
+    worker: Option<QueueWorker>,
+}
+
+impl Block {
+    /// A device serving `disk`.
+    pub fn new(disk: Disk) -> Self {
+        let mut features = (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if disk.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let mut config = [0u8; 60];
+        config[0..8].copy_from_slice(&(disk.size / SECTOR_SIZE).to_le_bytes());
+        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        let max_sectors = (MAX_REQUEST_BYTES as u64 / SECTOR_SIZE) as u32;
+        config[36..40].copy_from_slice(&u32::MAX.to_le_bytes()); // max_discard_sectors
+        config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+        config[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
+        config[48..52].copy_from_slice(&max_sectors.max(1).to_le_bytes()); // max_write_zeroes_sectors
+        config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
+        Self {
+            disk: Arc::new(disk),
+            features,
+            config,
+            worker: None,
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        // A previous activation's worker must be gone before a new one
+        // serves the queue.
+        self.worker = None;
+        let disk = self.disk.clone();
+        let Activation {
+            mem,
+            interrupt,
+            mut queues,
+            queue_evts,
+            acked_features,
+        } = a;
+        let Some(mut queue) = queues.pop() else {
+            return Err(ActivateError::Failed("block: no queue".into()));
+        };
+        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+        let worker = QueueWorker::spawn("virtio-blk", queue_evts, move |_| {
+            match process_queue(&mem, &mut queue, &interrupt, &disk, &mut buf) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("virtio-blk: {e}; device stopped");
+                    false
+                }
+            }
+        })
+        .map_err(|e| ActivateError::Failed(format!("block: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        // Joining the worker finishes the request in progress; requests
+        // already completed were written with pwrite, and a guest that wants
+        // them durable has flushed.
+        self.worker = None;
+        true
+    }
+}
+
+/// Serves every available request on `queue`.
+pub fn process_queue(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    irq: &Arc<Interrupt>,
+    disk: &Disk,
+    buf: &mut [u8],
+) -> Result<(), virtio_queue::Error> {
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let written = match (chain.clone().reader(mem), chain.writer(mem)) {
+                (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf),
+                _ => {
+                    tracing::debug!("virtio-blk: malformed descriptor chain");
+                    0
+                }
+            };
+            queue.add_used(mem, head, written)?;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if queue.needs_notification(mem)? {
+        irq.trigger(INT_VRING);
+    }
+    Ok(())
+}
+
+type Reader<'a> = virtio_queue::Reader<'a, ()>;
+type Writer<'a> = virtio_queue::Writer<'a, ()>;
+
+/// Serves one request; returns the bytes written to the guest (data plus
+/// the status byte), 0 when not even a status could be written.
+fn serve(disk: &Disk, r: &mut Reader, w: &mut Writer, buf: &mut [u8]) -> u32 {
+    let Some(status_at) = w.available_bytes().checked_sub(1) else {
+        return 0; // no room for a status byte: nothing to report to
+    };
+    let Ok(mut status_w) = w.split_at(status_at) else {
+        return 0;
+    };
+    let (status, data_len) = match r.read_obj::<RequestHeader>() {
+        Ok(h) => execute(disk, h, r, w, buf),
+        Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+    };
+    if status_w.write_all(&[status]).is_err() {
+        return 0;
+    }
+    data_len.saturating_add(1)
+}
+
+fn execute(
+    disk: &Disk,
+    h: RequestHeader,
+    r: &mut Reader,
+    w: &mut Writer,
+    buf: &mut [u8],
+) -> (u8, u32) {
+    let changes = matches!(
+        h.type_,
+        VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES
+    );
+    if changes && disk.read_only {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    }
+    let ok = |res: std::io::Result<u32>| match res {
+        Ok(n) => (VIRTIO_BLK_S_OK, n),
+        Err(e) => {
+            tracing::debug!("virtio-blk: request failed: {e}");
+            (VIRTIO_BLK_S_IOERR, 0)
+        }
+    };
+    match h.type_ {
+        VIRTIO_BLK_T_IN => {
+            let len = w.available_bytes();
+            if !len.is_multiple_of(SECTOR_SIZE as usize)
+                || len > buf.len()
+                || !disk.check_range(h.sector, len as u64)
+            {
+                return (VIRTIO_BLK_S_IOERR, 0);
+            }
+            ok(disk
+                .file
+                .read_exact_at(&mut buf[..len], h.sector * SECTOR_SIZE)
+                .and_then(|()| w.write_all(&buf[..len]))
+                .map(|()| len as u32))
+        }
+        VIRTIO_BLK_T_OUT => {
+            let len = r.available_bytes();
+            if !len.is_multiple_of(SECTOR_SIZE as usize)
+                || len > buf.len()
+                || !disk.check_range(h.sector, len as u64)
+            {
+                return (VIRTIO_BLK_S_IOERR, 0);
+            }
+            ok(r.read_exact(&mut buf[..len])
+                .and_then(|()| disk.file.write_all_at(&buf[..len], h.sector * SECTOR_SIZE))
+                .map(|()| 0))
+        }
+        VIRTIO_BLK_T_FLUSH => ok(disk.file.sync_data().map(|()| 0)),
+        VIRTIO_BLK_T_GET_ID => {
+            let n = w.available_bytes().min(VIRTIO_BLK_ID_BYTES);
+            ok(w.write_all(&disk.id[..n]).map(|()| n as u32))
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            if r.available_bytes() != std::mem::size_of::<DiscardSegment>() {
+                return (VIRTIO_BLK_S_UNSUPP, 0);
+            }
+            let Ok(seg) = r.read_obj::<DiscardSegment>() else {
+                return (VIRTIO_BLK_S_IOERR, 0);
+            };
+            let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
+            if !disk.check_range(seg.sector, len) {
+                return (VIRTIO_BLK_S_IOERR, 0);
+            }
+            let off = seg.sector * SECTOR_SIZE;
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            let res = if h.type_ == VIRTIO_BLK_T_DISCARD || seg.flags & WRITE_ZEROES_FLAG_UNMAP != 0
+            {
+                disk.fallocate(punch, off, len)
+            } else {
+                disk.fallocate(
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    len,
+                )
+                .or_else(|_| disk.fallocate(punch, off, len))
+            };
+            ok(res.map(|()| 0))
+        }
+        _ => (VIRTIO_BLK_S_UNSUPP, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const WRITE: u16 = 2;
+    const NEXT: u16 = 1;
+
+    fn disk(read_only: bool) -> (Disk, PathBuf) {
+        let p = std::env::temp_dir().join(format!(
+            "condo-blk-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::write(&p, vec![0xabu8; 64 * 1024]).unwrap();
+        (Disk::open(&p, read_only, "condo-disk-0").unwrap(), p)
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs one request chain; returns (used length, status byte).
+    fn request(d: &Disk, mem: &GuestMemoryMmap, descs: &[D], status_addr: u64) -> (u32, u8) {
+        let mq = MockSplitQueue::new(mem, 16);
+        let raw: Vec<RawDescriptor> = descs.iter().copied().map(RawDescriptor::from).collect();
+        mq.build_desc_chain(&raw).unwrap();
+        let mut q: Queue = mq.create_queue().unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+        let _ = process_queue(mem, &mut q, &irq, d, &mut buf);
+        let used_len: u32 = mem
+            .read_obj(GuestAddress(mq.used_addr().0 + 8))
+            .unwrap_or(0);
+        let status: u8 = mem.read_obj(GuestAddress(status_addr)).unwrap();
+        (used_len, status)
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    fn header(mem: &GuestMemoryMmap, at: u64, type_: u32, sector: u64) {
+        mem.write_obj(
+            RequestHeader {
+                type_,
+                reserved: 0,
+                sector,
+            },
+            GuestAddress(at),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn write_then_read_back() {
+        let (d, p) = disk(false);
+        let m = mem();
+        header(&m, 0x1_0000, VIRTIO_BLK_T_OUT, 2);
+        m.write_slice(&[0x5a; 512], GuestAddress(0x2_0000)).unwrap();
+        let (_, st) = request(
+            &d,
+            &m,
+            &[
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x2_0000, 512, NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            0x3_0000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+        let on_disk = std::fs::read(&p).unwrap();
+        assert!(on_disk[1024..1536].iter().all(|b| *b == 0x5a));
+        assert_eq!(on_disk[1536], 0xab);
+
+        header(&m, 0x1_0000, VIRTIO_BLK_T_IN, 2);
+        let (used, st) = request(
+            &d,
+            &m,
+            &[
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x4_0000, 1024, WRITE | NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            0x3_0000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+        assert_eq!(used, 1025);
+        let mut back = [0u8; 1024];
+        m.read_slice(&mut back, GuestAddress(0x4_0000)).unwrap();
+        assert!(back[..512].iter().all(|b| *b == 0x5a));
+        assert!(back[512..].iter().all(|b| *b == 0xab));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn get_id_flush_and_unknown() {
+        let (d, p) = disk(false);
+        let m = mem();
+        header(&m, 0x1_0000, VIRTIO_BLK_T_GET_ID, 0);
+        let (_, st) = request(
+            &d,
+            &m,
+            &[
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x4_0000, 20, WRITE | NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            0x3_0000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+        let mut id = [0u8; 12];
+        m.read_slice(&mut id, GuestAddress(0x4_0000)).unwrap();
+        assert_eq!(&id, b"condo-disk-0");
+        for (t, want) in [
+            (VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK),
+            (99, VIRTIO_BLK_S_UNSUPP),
+        ] {
+            header(&m, 0x1_0000, t, 0);
+            let (_, st) = request(
+                &d,
+                &m,
+                &[D::new(0x1_0000, 16, NEXT, 1), D::new(0x3_0000, 1, WRITE, 0)],
+                0x3_0000,
+            );
+            assert_eq!(st, want);
+        }
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn read_only_and_out_of_range_fail() {
+        let (d, p) = disk(true);
+        let m = mem();
+        header(&m, 0x1_0000, VIRTIO_BLK_T_OUT, 0);
+        let (_, st) = request(
+            &d,
+            &m,
+            &[
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x2_0000, 512, NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            0x3_0000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_IOERR);
+        assert!(std::fs::read(&p).unwrap().iter().all(|b| *b == 0xab));
+        // Past the end of the 64 KiB disk, and a sector number that overflows.
+        for sector in [127, u64::MAX / 2] {
+            header(&m, 0x1_0000, VIRTIO_BLK_T_IN, sector);
+            let (_, st) = request(
+                &d,
+                &m,
+                &[
+                    D::new(0x1_0000, 16, NEXT, 1),
+                    D::new(0x4_0000, 1024, WRITE | NEXT, 2),
+                    D::new(0x3_0000, 1, WRITE, 0),
+                ],
+                0x3_0000,
+            );
+            assert_eq!(st, VIRTIO_BLK_S_IOERR);
+        }
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn hostile_chains_do_not_panic() {
+        let (d, p) = disk(false);
+        let m = mem();
+        header(&m, 0x1_0000, VIRTIO_BLK_T_IN, 0);
+        for descs in [
+            // header outside memory
+            vec![
+                D::new(0xffff_0000_0000, 16, NEXT, 1),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            // huge data length
+            vec![
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x4_0000, u32::MAX, WRITE | NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            // no writable status
+            vec![D::new(0x1_0000, 16, 0, 0)],
+            // short header
+            vec![D::new(0x1_0000, 4, NEXT, 1), D::new(0x3_0000, 1, WRITE, 0)],
+            // data not a multiple of the sector size
+            vec![
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x4_0000, 100, WRITE | NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+            // data straddling the end of guest memory
+            vec![
+                D::new(0x1_0000, 16, NEXT, 1),
+                D::new(0x1f_ff00, 512, WRITE | NEXT, 2),
+                D::new(0x3_0000, 1, WRITE, 0),
+            ],
+        ] {
+            let _ = request(&d, &m, &descs, 0x3_0000);
+        }
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -1,0 +1,91 @@
+//! The thread that serves a device's queues: waits (epoll) on the queues'
+//! notification eventfds and a stop eventfd, and calls the device's handler
+//! for the queue that was notified. Stopping joins the thread.
+
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// A running queue worker; stopped and joined on drop.
+pub struct QueueWorker {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl QueueWorker {
+    /// Spawns thread `name` calling `handler(queue_index)` whenever queue
+    /// `queue_index` is notified. The handler returns false to stop serving
+    /// (a broken queue); the thread then ends.
+    pub fn spawn(
+        name: &str,
+        queue_evts: Vec<EventFd>,
+        mut handler: impl FnMut(usize) -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop_rx = stop.try_clone()?;
+        let epoll = Epoll::new()?;
+        let stop_token = queue_evts.len() as u64;
+        for (i, evt) in queue_evts.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        epoll.ctl(
+            ControlOperation::Add,
+            stop_rx.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, stop_token),
+        )?;
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let _stop_rx = stop_rx;
+                let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::error!("virtio worker: epoll: {e}");
+                            return;
+                        }
+                    };
+                    for e in &events[..n] {
+                        let token = e.data();
+                        if token == stop_token {
+                            return;
+                        }
+                        let q = token as usize;
+                        if let Some(evt) = queue_evts.get(q) {
+                            let _ = evt.read();
+                        }
+                        if !handler(q) {
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.stop.write(1);
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
