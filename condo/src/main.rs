@@ -44,7 +44,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks", "nets"])]
     config_file: Option<PathBuf>,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
     #[arg(long, required_unless_present = "config_file")]
@@ -65,6 +65,9 @@ struct RunArgs {
     /// Repeat for more disks (vda, vdb, ...).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A virtio-net interface on a host TAP device: tap=NAME[,mac=MAC].
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
@@ -190,6 +193,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
             .iter()
             .enumerate()
             .map(|(i, spec)| vmm::DiskConfig::parse(spec, i))
+            .collect::<Result<_, _>>()?,
+        nets: args
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| vmm::NetConfig::parse(spec, i))
             .collect::<Result<_, _>>()?,
     };
     cfg.validate()?;

@@ -12,7 +12,7 @@ use common::{artifact, condo, run, run_retrying_stall, tempdir, Outcome};
 
 /// A boot takes seconds even in the nested test host; a guest still
 /// running after this is hung.
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(45);
 
 fn vmlinux() -> PathBuf {
     artifact("CONDO_GUEST_VMLINUX")
@@ -37,7 +37,7 @@ fn boot(kernel: &Path, initrd: &Path, cpus: u32, mem_mib: u64, end: &str, cmd: &
             .args(["--memory", &mem_mib.to_string()])
             .arg("--cmdline")
             .arg(format!(
-                "console=ttyS0 reboot=k panic=1 quiet condo.end={end} -- {cmd}"
+                "console=ttyS0 reboot=k panic=1 quiet condo.end={end} -- \"{cmd}\""
             ));
         c
     };
@@ -308,7 +308,7 @@ fn entropy_device_feeds_hwrng() {
                 .arg("--initrd")
                 .arg(&initrd)
                 .arg("--cmdline")
-                .arg(format!("console=ttyS0 panic=1 quiet -- {cmd}"));
+                .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
             c
         };
         let o = run_retrying_stall(make, LIMIT);
@@ -352,7 +352,9 @@ fn ext4_root_on_virtio_blk_keeps_written_data() {
             .arg("--disk")
             .arg(format!("path={},readonly=on", data.display()))
             .arg("--cmdline")
-            .arg(format!("console=ttyS0 panic=1 quiet init=/init -- {cmd}"));
+            .arg(format!(
+                "console=ttyS0 panic=1 quiet init=/init -- \"{cmd}\""
+            ));
         c
     };
     let o = run_retrying_stall(make, LIMIT);
@@ -381,7 +383,7 @@ fn cloud_kernel_finds_virtio_devices_through_acpi() {
             .arg("--disk")
             .arg(format!("path={}", data.display()))
             .arg("--cmdline")
-            .arg(format!("console=ttyS0 panic=1 quiet -- {cmd}"));
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
         c
     };
     let o = run_retrying_stall(make, LIMIT);
@@ -390,4 +392,142 @@ fn cloud_kernel_finds_virtio_devices_through_acpi() {
     assert_eq!(out[0], "4096", "{out:?}");
     assert_eq!(out[1].trim(), "22 22 22 22 22 22 22 22");
     assert!(out[2].starts_with("virtio_rng"), "{out:?}");
+}
+
+/// CRC-32 (IEEE, as zlib and busybox `crc32` compute it), in hex.
+fn crc32(data: &[u8]) -> String {
+    let mut crc = 0xffff_ffffu32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    format!("{:08x}", !crc)
+}
+
+/// Creates TAP `name` with `addr/24`, up (iproute2, or busybox tunctl in
+/// the test host).
+fn make_tap(name: &str, addr: &str) {
+    let sh = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        sh(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]) || sh(&["tunctl", "-t", name]),
+        "cannot create TAP {name} (needs root)"
+    );
+    assert!(sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        name
+    ]));
+    assert!(sh(&["ip", "link", "set", name, "up"]));
+}
+
+/// Accepts one connection on `l` within `limit`, then runs `f` on it.
+fn serve_once<T: Send + 'static>(
+    l: std::net::TcpListener,
+    limit: Duration,
+    f: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+) -> std::thread::JoinHandle<Option<T>> {
+    std::thread::spawn(move || {
+        l.set_nonblocking(true).ok()?;
+        let start = std::time::Instant::now();
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).ok()?;
+                    s.set_read_timeout(Some(limit)).ok()?;
+                    s.set_write_timeout(Some(limit)).ok()?;
+                    return Some(f(s));
+                }
+                Err(_) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+/// Guest and host exchange 1 MiB each way over TCP on a TAP (checksums
+/// compared on both ends), after a ping.
+#[test]
+fn virtio_net_tcp_both_ways_over_tap() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    // Link-local addresses: the traffic never leaves this machine.
+    let host = "169.254.77.1";
+    make_tap("condotap0", host);
+    const N: usize = 1 << 20;
+    let down: Vec<u8> = (0..N as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let down_sum = crc32(&down);
+    let cmd = format!(
+        "ip addr add 169.254.77.2/24 dev eth0; ip link set eth0 up; \
+         ping -c 1 -W 10 {host} >/dev/null && echo ping-ok; \
+         dd if=/dev/urandom of=/tmp/up bs=1024 count=1024 2>/dev/null; crc32 < /tmp/up; \
+         nc {host} 5000 < /tmp/up; nc {host} 5001 > /tmp/down; crc32 < /tmp/down"
+    );
+    // A stalled attempt (see run_retrying_stall) is retried with fresh
+    // listeners.
+    for attempt in 0..3 {
+        let up = serve_once(
+            TcpListener::bind((host, 5000)).expect("bind 5000"),
+            LIMIT,
+            |mut s| {
+                let mut got = vec![0u8; N];
+                s.read_exact(&mut got).map(|()| crc32(&got)).ok()
+            },
+        );
+        let data = down.clone();
+        let dl = serve_once(
+            TcpListener::bind((host, 5001)).expect("bind 5001"),
+            LIMIT,
+            move |mut s| s.write_all(&data).is_ok(),
+        );
+        let mut c = condo();
+        c.args(["run", "--memory", "256", "--kernel"])
+            .arg(vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .args(["--net", "tap=condotap0,mac=06:00:ac:10:00:02"])
+            .arg("--cmdline")
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        let result = if attempt < 2 {
+            common::try_run(c, LIMIT)
+        } else {
+            Ok(run(c, LIMIT))
+        };
+        let up_sum = up.join().ok().flatten().flatten();
+        let sent = dl.join().ok().flatten();
+        let o = match result {
+            Ok(o) => o,
+            Err(hung) => {
+                eprintln!("warning: retrying a stalled run: {hung}");
+                continue;
+            }
+        };
+        assert_clean_exit(&o);
+        let out = guest_output(&o);
+        assert_eq!(sent, Some(true), "host could not send its 1 MiB");
+        let up_sum = up_sum.expect("host did not receive 1 MiB");
+        assert_eq!(
+            out,
+            ["ping-ok".to_owned(), up_sum, down_sum],
+            "guest output"
+        );
+        return;
+    }
 }

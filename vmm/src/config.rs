@@ -17,8 +17,8 @@ pub const MAX_VCPUS: u8 = 32;
 pub const MIN_MEM_MIB: u64 = 32;
 /// Largest guest: 1 TiB of guest-physical RAM.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
-/// The longest kernel command line accepted (the x86 boot protocol's limit).
-pub const MAX_CMDLINE_LEN: usize = 4095;
+/// The longest kernel command line accepted: x86 COMMAND_LINE_SIZE (2048) less the NUL.
+pub const MAX_CMDLINE_LEN: usize = 2047;
 
 /// Command line used when none is given: serial console, `reboot=k` so a
 /// reboot reaches the i8042 reset line, and `panic=1` so a panicking kernel
@@ -46,6 +46,8 @@ pub enum ConfigError {
     Smt,
     #[error("disk {0}")]
     Disk(String),
+    #[error("network interface {0}")]
+    Net(String),
     #[error("disk id {0:?} is longer than 20 bytes")]
     DiskId(String),
     #[error("more than one root disk")]
@@ -69,6 +71,52 @@ pub struct VmConfig {
     pub entropy: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
+}
+
+/// One virtio-net interface on a host TAP device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Host TAP interface name.
+    pub tap: String,
+    /// Guest MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Parses `06:00:ac:10:00:02`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=MAC]`; the MAC defaults to 06:00:00:00:00:NN.
+    pub fn parse(spec: &str, index: usize) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Net(format!("{spec:?}: {why}"));
+        let mut tap = None;
+        let mut mac = [0x06, 0, 0, 0, 0, index as u8 + 1];
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+            match k {
+                "tap" => tap = Some(v.to_owned()),
+                "mac" => mac = parse_mac(v).ok_or_else(|| bad(format!("bad MAC address {v:?}")))?,
+                _ => return Err(bad(format!("unknown key {k:?} (tap, mac)"))),
+            }
+        }
+        let tap = tap.ok_or_else(|| bad("tap= is required".into()))?;
+        Ok(Self { tap, mac })
+    }
 }
 
 /// One virtio-blk disk.
@@ -214,6 +262,22 @@ impl VmConfig {
                 root: d.is_root_device,
             });
         }
+        let mut nets = Vec::new();
+        for (i, n) in fc
+            .network_interfaces
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
+                return Err(ConfigError::Unsupported("network-interfaces rate limiters"));
+            }
+            let mut spec = format!("tap={}", n.host_dev_name);
+            if let Some(mac) = n.guest_mac {
+                spec.push_str(&format!(",mac={mac}"));
+            }
+            nets.push(NetConfig::parse(&spec, i)?);
+        }
         let m = fc.machine_config;
         if m.smt == Some(true) {
             return Err(ConfigError::Smt);
@@ -230,6 +294,7 @@ impl VmConfig {
             mem_mib: m.mem_size_mib,
             entropy: fc.entropy.is_some(),
             disks,
+            nets,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -251,7 +316,7 @@ struct FirecrackerConfig {
     machine_config: MachineConfig,
     drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
-    network_interfaces: Option<Vec<serde_json::Value>>,
+    network_interfaces: Option<Vec<NetworkInterface>>,
     vsock: Option<serde_json::Value>,
     balloon: Option<serde_json::Value>,
     entropy: Option<EntropyConfig>,
@@ -282,6 +347,21 @@ struct Drive {
     rate_limiter: Option<serde_json::Value>,
     #[serde(default)]
     socket: Option<String>,
+}
+
+/// Firecracker's `NetworkInterface` object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkInterface {
+    #[allow(dead_code)]
+    iface_id: String,
+    host_dev_name: String,
+    #[serde(default)]
+    guest_mac: Option<String>,
+    #[serde(default)]
+    rx_rate_limiter: Option<serde_json::Value>,
+    #[serde(default)]
+    tx_rate_limiter: Option<serde_json::Value>,
 }
 
 /// Firecracker's `EntropyDevice` object. The rate limiter is not
@@ -338,6 +418,7 @@ mod tests {
                 mem_mib: 256,
                 entropy: false,
                 disks: vec![],
+                nets: vec![],
             }
         );
     }
@@ -407,6 +488,16 @@ mod tests {
             (Some("/x.img"), true, "abc", false)
         );
         assert_eq!(DiskConfig::parse("path=/y", 3).unwrap().id, "condo-disk-3");
+        let n = NetConfig::parse("tap=tap0,mac=06:00:ac:10:00:02", 0).unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", [6, 0, 0xac, 0x10, 0, 2]));
+        for bad in [
+            "mac=06:00:00:00:00:01",
+            "tap=t,mac=06:00",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=t,x=1",
+        ] {
+            assert!(NetConfig::parse(bad, 0).is_err(), "{bad}");
+        }
         for bad in [
             "",
             "readonly=on",

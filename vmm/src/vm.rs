@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::virtio::block::{Block, Disk};
+use devices::virtio::net::{tap::Tap, Net};
 use devices::ExitReason;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::Kvm;
@@ -55,6 +56,8 @@ pub enum VmmError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Disk(devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Net(devices::virtio::net::tap::TapError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("event loop: {0}")]
@@ -142,6 +145,10 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
             let mode = if d.read_only { "ro" } else { "rw" };
             root_args = format!(" root=/dev/vd{letter} {mode}");
         }
+    }
+    for n in &config.nets {
+        let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
+        devices.add_virtio(&vm, &mem, Box::new(Net::new(tap, n.mac)))?;
     }
     if config.entropy {
         devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;

@@ -21,17 +21,38 @@ impl QueueWorker {
     pub fn spawn(
         name: &str,
         queue_evts: Vec<EventFd>,
+        handler: impl FnMut(usize) -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
+        Self::spawn_with_fds(name, queue_evts, &[], handler)
+    }
+
+    /// Like [`QueueWorker::spawn`], also watching `fds` (readable, edge
+    /// triggered): the handler gets `queue_evts.len() + i` for `fds[i]`.
+    pub fn spawn_with_fds(
+        name: &str,
+        queue_evts: Vec<EventFd>,
+        fds: &[std::os::fd::RawFd],
         mut handler: impl FnMut(usize) -> bool + Send + 'static,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop_rx = stop.try_clone()?;
         let epoll = Epoll::new()?;
-        let stop_token = queue_evts.len() as u64;
+        let stop_token = (queue_evts.len() + fds.len()) as u64;
         for (i, evt) in queue_evts.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
                 evt.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(
+                    EventSet::IN | EventSet::EDGE_TRIGGERED,
+                    (queue_evts.len() + i) as u64,
+                ),
             )?;
         }
         epoll.ctl(
@@ -44,7 +65,7 @@ impl QueueWorker {
             .stack_size(256 << 10)
             .spawn(move || {
                 let _stop_rx = stop_rx;
-                let mut events = vec![EpollEvent::default(); queue_evts.len() + 1];
+                let mut events = vec![EpollEvent::default(); stop_token as usize + 1];
                 loop {
                     let n = match epoll.wait(-1, &mut events) {
                         Ok(n) => n,

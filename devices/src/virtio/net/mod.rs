@@ -1,0 +1,323 @@
+//! virtio-net on a TAP interface.
+//!
+//! One receive and one transmit queue. Frames cross with their 12-byte
+//! `virtio_net_hdr_v1` unchanged (the TAP is opened with IFF_VNET_HDR), so
+//! checksum and segmentation offloads (TSO4/6, UFO) work end to end; the
+//! TAP's receive offloads follow what the guest acknowledged. Mergeable
+//! receive buffers let a 64 KiB frame span several guest buffers.
+//! A frame that fits no buffer, or a malformed transmit chain, is dropped
+//! with a debug log; the guest cannot make the VMM buffer more than one
+//! pending frame.
+
+pub mod tap;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
+use super::worker::QueueWorker;
+use super::{
+    device_type, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+const QUEUE_SIZE: u16 = 256;
+/// Largest frame: 64 KiB of TSO payload plus headers, plus the vnet header.
+const MAX_FRAME: usize = 65562 + VNET_HDR_LEN;
+
+const VIRTIO_NET_F_CSUM: u32 = 0;
+const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+const VIRTIO_NET_F_MAC: u32 = 5;
+const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+const VIRTIO_NET_F_GUEST_UFO: u32 = 10;
+const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+const VIRTIO_NET_F_HOST_UFO: u32 = 14;
+const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+const VIRTIO_NET_F_STATUS: u32 = 16;
+const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const TAP_TOKEN: usize = 2;
+
+/// The network device.
+pub struct Net {
+    tap: Arc<Mutex<Tap>>,
+    config: [u8; 10],
+    worker: Option<QueueWorker>,
+}
+
+impl Net {
+    /// A device on `tap` with guest MAC address `mac`.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        Self {
+            tap: Arc::new(Mutex::new(tap)),
+            config,
+            worker: None,
+        }
+    }
+}
+
+fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_GUEST_UFO,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_HOST_UFO,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_RING_F_EVENT_IDX,
+        ]
+        .into_iter()
+        .fold(0, |f, b| f | bit(b))
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        self.worker = None;
+        let fail = |e: String| ActivateError::Failed(format!("net: {e}"));
+        let Activation {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            acked_features,
+        } = a;
+        let mut offload = 0;
+        for (feature, flag) in [
+            (VIRTIO_NET_F_GUEST_CSUM, TUN_F_CSUM),
+            (VIRTIO_NET_F_GUEST_TSO4, TUN_F_TSO4),
+            (VIRTIO_NET_F_GUEST_TSO6, TUN_F_TSO6),
+            (VIRTIO_NET_F_GUEST_UFO, TUN_F_UFO),
+        ] {
+            if acked_features & bit(feature) != 0 {
+                offload |= flag;
+            }
+        }
+        let tap_fd = {
+            let tap = self
+                .tap
+                .lock()
+                .map_err(|_| fail("TAP lock poisoned".into()))?;
+            tap.set_offload(offload).map_err(|e| fail(e.to_string()))?;
+            tap.as_raw_fd()
+        };
+        let event_idx = acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = queues.into_iter();
+        let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
+            return Err(fail("two queues needed".into()));
+        };
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
+        let mut w = NetWorker {
+            mem,
+            irq: interrupt,
+            rx,
+            tx,
+            tap: self.tap.clone(),
+            frame: vec![0u8; MAX_FRAME],
+            pending: 0,
+            tx_buf: vec![0u8; MAX_FRAME],
+            mergeable: acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
+        };
+        let worker =
+            QueueWorker::spawn_with_fds("virtio-net", queue_evts, &[tap_fd], move |token| {
+                let r = match token {
+                    TX => w.process_tx(),
+                    RX | TAP_TOKEN => w.process_rx(),
+                    _ => Ok(()),
+                };
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("virtio-net: {e}; device stopped");
+                        false
+                    }
+                }
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.worker = None;
+        true
+    }
+}
+
+struct NetWorker {
+    mem: GuestMemoryMmap,
+    irq: Arc<Interrupt>,
+    rx: Queue,
+    tx: Queue,
+    tap: Arc<Mutex<Tap>>,
+    /// The frame read from the TAP and not yet delivered.
+    frame: Vec<u8>,
+    pending: usize,
+    tx_buf: Vec<u8>,
+    mergeable: bool,
+}
+
+impl NetWorker {
+    fn process_tx(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            self.tx.disable_notification(mem)?;
+            while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match chain.reader(mem) {
+                    Ok(mut r) => {
+                        let len = r.available_bytes();
+                        if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                            if r.read_exact(&mut self.tx_buf[..len]).is_ok() {
+                                if let Err(e) = tap.write_frame(&self.tx_buf[..len]) {
+                                    tracing::debug!("virtio-net: TAP write: {e}");
+                                }
+                            }
+                        } else {
+                            tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
+                        }
+                    }
+                    Err(_) => tracing::debug!("virtio-net: malformed transmit chain"),
+                }
+                self.tx.add_used(mem, head, 0)?;
+            }
+            if !self.tx.enable_notification(mem)? {
+                break;
+            }
+        }
+        if self.tx.needs_notification(mem)? {
+            self.irq.trigger(INT_VRING);
+        }
+        Ok(())
+    }
+
+    fn process_rx(&mut self) -> Result<(), virtio_queue::Error> {
+        let mut delivered = false;
+        loop {
+            if self.pending == 0 {
+                let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+                match tap.read_frame(&mut self.frame) {
+                    Ok(n) if n >= VNET_HDR_LEN => self.pending = n,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!("virtio-net: TAP read: {e}");
+                        break;
+                    }
+                }
+            }
+            match self.deliver()? {
+                Delivery::Done => delivered = true,
+                Delivery::Dropped => {}
+                Delivery::NoBuffers => {
+                    // Wait for the guest to add buffers; it notifies then.
+                    if self.rx.enable_notification(&self.mem)? {
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        if delivered && self.rx.needs_notification(&self.mem)? {
+            self.irq.trigger(INT_VRING);
+        }
+        Ok(())
+    }
+
+    /// Copies the pending frame into as many receive buffers as it needs.
+    fn deliver(&mut self) -> Result<Delivery, virtio_queue::Error> {
+        let mem = &self.mem;
+        let len = self.pending;
+        let mut chains = Vec::new();
+        let mut room = 0usize;
+        while room < len {
+            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let cap: usize = chain
+                .clone()
+                .writable()
+                .map(|d| d.len() as usize)
+                .fold(0usize, |a, b| a.saturating_add(b));
+            room = room.saturating_add(cap);
+            chains.push(chain);
+            if !self.mergeable {
+                break;
+            }
+        }
+        if room < len {
+            if !self.mergeable && !chains.is_empty() {
+                // One buffer per frame and this one is too small: drop.
+                for c in &chains {
+                    self.rx.add_used(mem, c.head_index(), 0)?;
+                }
+                self.pending = 0;
+                tracing::debug!("virtio-net: dropped a {len}-byte frame (buffer too small)");
+                return Ok(Delivery::Dropped);
+            }
+            // Give the buffers back and wait for more.
+            let back = chains.len() as u16;
+            self.rx
+                .set_next_avail(self.rx.next_avail().wrapping_sub(back));
+            return Ok(Delivery::NoBuffers);
+        }
+        let count = chains.len() as u16;
+        self.frame[10..12].copy_from_slice(&count.to_le_bytes());
+        let mut off = 0;
+        for chain in chains {
+            let head = chain.head_index();
+            let mut written = 0;
+            if let Ok(mut w) = chain.writer(mem) {
+                let n = w.available_bytes().min(len - off);
+                if w.write_all(&self.frame[off..off + n]).is_ok() {
+                    written = n;
+                }
+            }
+            off += written;
+            self.rx.add_used(mem, head, written as u32)?;
+        }
+        self.pending = 0;
+        Ok(Delivery::Done)
+    }
+}
+
+enum Delivery {
+    Done,
+    Dropped,
+    NoBuffers,
+}
