@@ -321,3 +321,149 @@ enum Delivery {
     Dropped,
     NoBuffers,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const WRITE: u16 = 2;
+    const NEXT: u16 = 1;
+
+    /// A TAP for the test, or None where this process may not create one
+    /// (TAP devices need CAP_NET_ADMIN).
+    fn tap(tag: &str) -> Option<Tap> {
+        let name = format!("cut{}{tag}", std::process::id() % 10000);
+        match Tap::open(&name) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("skipping: cannot create TAP {name}: {e}");
+                None
+            }
+        }
+    }
+
+    fn worker(tap: Tap, mem: &GuestMemoryMmap, rx: Queue, tx: Queue, mergeable: bool) -> NetWorker {
+        NetWorker {
+            mem: mem.clone(),
+            irq: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            rx,
+            tx,
+            tap: Arc::new(Mutex::new(tap)),
+            frame: vec![0u8; MAX_FRAME],
+            pending: 0,
+            tx_buf: vec![0u8; MAX_FRAME],
+            mergeable,
+        }
+    }
+
+    fn queue<'a>(
+        mem: &'a GuestMemoryMmap,
+        descs: &[D],
+        at: u64,
+    ) -> (Queue, MockSplitQueue<'a, GuestMemoryMmap>) {
+        let mq = MockSplitQueue::create(mem, GuestAddress(at), 16);
+        let raw: Vec<RawDescriptor> = descs.iter().copied().map(RawDescriptor::from).collect();
+        if !raw.is_empty() {
+            mq.build_desc_chain(&raw).unwrap();
+        }
+        (mq.create_queue().unwrap(), mq)
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+    }
+
+    #[test]
+    fn frame_spans_mergeable_buffers() {
+        let Some(t) = tap("a") else { return };
+        let m = mem();
+        // Three 2 KiB receive buffers as three separate chains.
+        let mq = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+        for i in 0..3u64 {
+            mq.add_desc_chains(
+                &[RawDescriptor::from(D::new(
+                    0x10_0000 + i * 0x1000,
+                    2048,
+                    WRITE,
+                    0,
+                ))],
+                i as u16,
+            )
+            .unwrap();
+        }
+        let rx: Queue = mq.create_queue().unwrap();
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        let mut w = worker(t, &m, rx, tx, true);
+        let len = 5000;
+        for (i, b) in w.frame[..len].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        w.pending = len;
+        assert!(matches!(w.deliver().unwrap(), Delivery::Done));
+        assert_eq!(w.pending, 0);
+        // num_buffers in the header of the first buffer.
+        let n: u16 = m.read_obj(GuestAddress(0x10_0000 + 10)).unwrap();
+        assert_eq!(n, 3);
+        let mut tail = [0u8; 4];
+        m.read_slice(&mut tail, GuestAddress(0x10_2000 + 4996 - 4096))
+            .unwrap();
+        assert_eq!(
+            tail,
+            [4996u32 as u8, 4997u32 as u8, 4998u32 as u8, 4999u32 as u8]
+        );
+    }
+
+    #[test]
+    fn too_few_buffers_waits_and_gives_them_back() {
+        let Some(t) = tap("b") else { return };
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[D::new(0x10_0000, 1024, WRITE, 0)], 0x1_0000);
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        let mut w = worker(t, &m, rx, tx, true);
+        w.pending = 4000;
+        assert!(matches!(w.deliver().unwrap(), Delivery::NoBuffers));
+        assert_eq!(w.rx.next_avail(), 0, "buffer returned to the ring");
+        assert_eq!(w.pending, 4000, "frame kept for later");
+    }
+
+    #[test]
+    fn without_mergeable_a_small_buffer_drops_the_frame() {
+        let Some(t) = tap("c") else { return };
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[D::new(0x10_0000, 1024, WRITE, 0)], 0x1_0000);
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        let mut w = worker(t, &m, rx, tx, false);
+        w.pending = 4000;
+        assert!(matches!(w.deliver().unwrap(), Delivery::Dropped));
+        assert_eq!(w.pending, 0);
+        assert_eq!(w.rx.next_used(), 1);
+    }
+
+    #[test]
+    fn hostile_transmit_chains_are_consumed() {
+        let m = mem();
+        for (i, descs) in [
+            vec![D::new(0x10_0000, 4, 0, 0)], // shorter than a vnet header
+            vec![D::new(0x10_0000, u32::MAX, 0, 0)], // huge
+            vec![D::new(0xffff_0000_0000, 64, 0, 0)], // outside guest memory
+            vec![D::new(0x10_0000, 64, WRITE, 0)], // wrong direction
+            vec![D::new(0x10_0000, 12, NEXT, 1), D::new(0x3f_fff0, 64, 0, 0)], // straddles the end
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(t) = tap(&format!("d{i}")) else {
+                return;
+            };
+            let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+            let (tx, _txm) = queue(&m, &descs, 0x2_0000);
+            let mut w = worker(t, &m, rx, tx, true);
+            w.process_tx().unwrap();
+            assert_eq!(w.tx.next_used(), 1, "{descs:?}");
+        }
+    }
+}
