@@ -1,0 +1,54 @@
+#!/bin/sh
+# Runs inside the machine that has the working KVM (the nested test host or
+# a hardware host): alternates condo and QEMU microvm on the same guest, raw
+# disk image and TAP, ROUNDS times, and prints one line per measurement:
+#   <vmm> <metric> <MB/s>
+# Usage: io-rounds.sh CONDO QEMU VMLINUX INITRAMFS ROUNDS WORKDIR
+set -eu
+condo=$1 qemu=$2 kernel=$3 initrd=$4 rounds=$5 work=$6
+mkdir -p "$work"
+img="$work/disk.img"
+dd if=/dev/zero of="$img" bs=1M count=256 2>/dev/null
+# Link-local addresses: nothing leaves this machine.
+if ! ip link show condobench0 >/dev/null 2>&1; then
+  ip tuntap add dev condobench0 mode tap 2>/dev/null || tunctl -t condobench0 >/dev/null
+  ip addr add 169.254.88.1/24 dev condobench0
+  ip link set condobench0 up
+fi
+# No double quotes in the guest script: it travels as one quoted kernel
+# argument. Each line is "<metric> <MiB moved> <start> <end>" with times
+# from /proc/uptime (10 ms resolution); the rate is worked out here.
+guest='ip addr add 169.254.88.2/24 dev eth0; ip link set eth0 up; ping -c 1 -W 10 169.254.88.1 >/dev/null;
+t() { read -r up idle < /proc/uptime; echo $up; };
+a=$(t); dd if=/dev/zero of=/dev/vda bs=1M count=128 conv=fsync 2>/dev/null; echo seqwrite 128 $a $(t);
+echo 3 > /proc/sys/vm/drop_caches;
+a=$(t); dd if=/dev/vda of=/dev/null bs=1M count=128 2>/dev/null; echo seqread 128 $a $(t);
+a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 5000; echo nettx 64 $a $(t)'
+cmdline="console=ttyS0 reboot=k panic=1 quiet -- \"$guest\""
+for r in $(seq 1 "$rounds"); do
+  for vmm in condo qemu; do
+    rm -f "$work/netbytes"
+    ( nc -l -p 5000 | wc -c > "$work/netbytes" ) &
+    sink=$!
+    sleep 0.2
+    if [ "$vmm" = condo ]; then
+      "$condo" run --kernel "$kernel" --initrd "$initrd" --cpus 2 --memory 256 \
+        --disk "path=$img" --net tap=condobench0 --cmdline "$cmdline" > "$work/out" 2>&1 || true
+    else
+      "$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -accel kvm -cpu host \
+        -nodefaults -no-user-config -nographic -no-reboot -serial stdio -monitor none \
+        -smp 2 -m 256 -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
+        -drive id=d0,file="$img",format=raw,if=none -device virtio-blk-device,drive=d0 \
+        -netdev tap,id=n0,ifname=condobench0,script=no,downscript=no \
+        -device virtio-net-device,netdev=n0 > "$work/out" 2>&1 < /dev/null || true
+    fi
+    sleep 0.5
+    kill "$sink" 2>/dev/null || true
+    wait "$sink" 2>/dev/null || true
+    # The network figure only counts when all 64 MiB arrived.
+    [ "$(cat "$work/netbytes" 2>/dev/null)" = 67108864 ] || sed -i '/^nettx /d' "$work/out"
+    tr -d '\r' < "$work/out" | awk -v vmm="$vmm" '
+      /^(seqwrite|seqread|nettx) [0-9]+ [0-9.]+ [0-9.]+$/ {
+        d = $4 - $3; if (d <= 0) d = 0.01; printf "%s %s %.1f\n", vmm, $1, $2 * 1.048576 / d }'
+  done
+done

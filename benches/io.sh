@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Device benchmark: sequential disk write (with fsync) and read, and TCP
+# throughput guest to host over a TAP, condo and QEMU microvm (virtio-mmio)
+# side by side on the same guest and image, ROUNDS rounds (default 5);
+# medians and ratios to benches/results/io.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+. guest/lib.sh
+rounds="${ROUNDS:-5}"
+bash scripts/install-deps.sh
+eval "$(bash guest/build.sh)"
+cargo build --release --locked -q -p condo
+condo_bin="$ROOT/target/release/condo"
+qemu_bin="$(command -v qemu-system-x86_64)"
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+args=("$condo_bin" "$qemu_bin" "$CONDO_GUEST_VMLINUX" "$CONDO_GUEST_INITRAMFS" "$rounds")
+if bash testhost/kvm-ok; then
+  where="directly on this host's /dev/kvm"
+  sh benches/io-rounds.sh "${args[@]}" "$(mktemp -d)" | tee "$tmp"
+else
+  where="inside the nested test host, both VMMs in the same L1"
+  bash testhost/build.sh
+  bash testhost/run --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
+    --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" --file "$ROOT/benches/io-rounds.sh" \
+    -- /bin/sh "$ROOT/benches/io-rounds.sh" "${args[@]}" /var/bench | tee "$tmp"
+fi
+median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+mbps() { awk -v v="$1" -v m="$2" '$1 == v && $2 == m {print $3}' "$tmp"; } # vmm metric -> MB/s values
+{
+  echo "# Device benchmark"
+  echo
+  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/io.sh\` ($rounds rounds)."
+  echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, 256 MiB; 256 MiB raw image; TAP with link-local addresses."
+  echo "Disk: busybox dd, 1 MiB blocks, 128 MiB (write with conv=fsync; read after drop_caches). Net: 64 MiB guest to host over TCP (busybox nc). Times from the guest's /proc/uptime."
+  echo
+  echo "| metric, median MB/s | condo | QEMU microvm | condo / QEMU |"
+  echo "|---|---|---|---|"
+  for m in seqwrite seqread nettx; do
+    c=$(mbps condo $m | median); q=$(mbps qemu $m | median)
+    ratio=$(awk -v c="$c" -v q="$q" 'BEGIN { if (q + 0 > 0) printf "%.2f", c / q; else print "n/a" }')
+    echo "| $m | $c | $q | $ratio |"
+  done
+} > benches/results/io.md
+cat benches/results/io.md
