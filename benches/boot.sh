@@ -32,7 +32,7 @@ else
   bash testhost/build.sh
   bash testhost/run --file "$condo_bin" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
-    -- "$bench_bin" "${args[@]}" | tee "$tmp"
+    --timeout 1800 -- "$bench_bin" "${args[@]}" | tee "$tmp"
 fi
 {
   echo "# Boot benchmark"
