@@ -17,7 +17,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::worker::QueueWorker;
+use super::worker::{single_queue_worker, QueueWorker};
 use super::{
     device_type, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING,
     VIRTIO_RING_F_EVENT_IDX,
@@ -214,29 +214,10 @@ impl VirtioDevice for Block {
         // serves the queue.
         self.worker = None;
         let disk = self.disk.clone();
-        let Activation {
-            mem,
-            interrupt,
-            mut queues,
-            queue_evts,
-            acked_features,
-        } = a;
-        let Some(mut queue) = queues.pop() else {
-            return Err(ActivateError::Failed("block: no queue".into()));
-        };
-        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
         let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-        let worker = QueueWorker::spawn("virtio-blk", queue_evts, move |_| {
-            match process_queue(&mem, &mut queue, &interrupt, &disk, &mut buf) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("virtio-blk: {e}; device stopped");
-                    false
-                }
-            }
-        })
-        .map_err(|e| ActivateError::Failed(format!("block: {e}")))?;
-        self.worker = Some(worker);
+        self.worker = Some(single_queue_worker("virtio-blk", a, move |mem, q, irq| {
+            process_queue(mem, q, irq, &disk, &mut buf)
+        })?);
         Ok(())
     }
 
@@ -253,7 +234,7 @@ impl VirtioDevice for Block {
 pub fn process_queue(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
-    irq: &Arc<Interrupt>,
+    irq: &Interrupt,
     disk: &Disk,
     buf: &mut [u8],
 ) -> Result<(), virtio_queue::Error> {

@@ -7,7 +7,7 @@
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::worker::QueueWorker;
+use super::worker::{single_queue_worker, QueueWorker};
 use super::VIRTIO_RING_F_EVENT_IDX;
 use super::{device_type, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING};
 
@@ -46,28 +46,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            interrupt,
-            mut queues,
-            queue_evts,
-            acked_features,
-        } = a;
-        let Some(mut queue) = queues.pop() else {
-            return Err(ActivateError::Failed("rng: no queue".into()));
-        };
-        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        let worker = QueueWorker::spawn("virtio-rng", queue_evts, move |_| {
-            match process_queue(&mem, &mut queue, &interrupt) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("virtio-rng: {e}; device stopped");
-                    false
-                }
-            }
-        })
-        .map_err(|e| ActivateError::Failed(format!("rng: {e}")))?;
-        self.worker = Some(worker);
+        self.worker = Some(single_queue_worker("virtio-rng", a, process_queue)?);
         Ok(())
     }
 

@@ -5,8 +5,45 @@
 use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{ActivateError, Activation, Interrupt, VIRTIO_RING_F_EVENT_IDX};
+
+/// Activates a one-queue device: its queue (with event-index suppression as
+/// negotiated) is served on thread `name` by `serve`, called on every
+/// notification; an error from `serve` (a broken queue) stops the device.
+pub fn single_queue_worker(
+    name: &'static str,
+    a: Activation,
+    mut serve: impl FnMut(&GuestMemoryMmap, &mut Queue, &Interrupt) -> Result<(), virtio_queue::Error>
+        + Send
+        + 'static,
+) -> Result<QueueWorker, ActivateError> {
+    let Activation {
+        mem,
+        interrupt,
+        mut queues,
+        queue_evts,
+        acked_features,
+    } = a;
+    let Some(mut queue) = queues.pop() else {
+        return Err(ActivateError::Failed(format!("{name}: no queue")));
+    };
+    queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+    QueueWorker::spawn(name, queue_evts, move |_| {
+        match serve(&mem, &mut queue, &interrupt) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{name}: {e}; device stopped");
+                false
+            }
+        }
+    })
+    .map_err(|e| ActivateError::Failed(format!("{name}: {e}")))
+}
 
 /// A running queue worker; stopped and joined on drop.
 pub struct QueueWorker {
