@@ -168,3 +168,15 @@ fn unknown_log_level() {
     run_args(&["--log-level", "loud", "kvm-check"])
         .assert_one_error_line("unknown log level \"loud\"");
 }
+
+/// The harness's hang report names the threads of the stuck process.
+#[test]
+fn hang_report_lists_threads() {
+    let mut c = std::process::Command::new("sleep");
+    c.arg("30");
+    let err = common::try_run(c, Duration::from_millis(300)).expect_err("sleep outlived the limit");
+    assert!(
+        err.contains("threads (name state wchan):\n  sleep S"),
+        "{err}"
+    );
+}

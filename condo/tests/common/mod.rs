@@ -96,12 +96,13 @@ pub fn try_run(mut cmd: Command, limit: Duration) -> Result<Outcome, String> {
             break st;
         }
         if start.elapsed() > limit {
+            let threads = thread_states(child.id());
             let _ = child.kill();
             let _ = child.wait();
             let so = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
             let se = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
             return Err(format!(
-                "condo did not finish within {limit:?}\nstdout:\n{so}\nstderr:\n{se}"
+                "condo did not finish within {limit:?}\nthreads (name state wchan):\n{threads}\nstdout:\n{so}\nstderr:\n{se}"
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -113,6 +114,34 @@ pub fn try_run(mut cmd: Command, limit: Duration) -> Result<Outcome, String> {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
         elapsed,
     })
+}
+
+/// Where each thread of process `pid` is, for diagnosing a hang: name,
+/// scheduler state and kernel wait channel (a vCPU in KVM_RUN shows as
+/// running or in kvm_vcpu_block; a blocked lock as futex_wait).
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(unavailable)".into();
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        out.push_str(&format!(
+            "  {} {} {}\n",
+            read("comm").trim(),
+            state,
+            read("wchan").trim()
+        ));
+    }
+    out
 }
 
 /// A guest artifact named by an environment variable that `scripts/test.sh`
