@@ -28,7 +28,8 @@ cmdline="console=ttyS0 reboot=k panic=1 quiet -- \"$guest\""
 for r in $(seq 1 "$rounds"); do
   for vmm in condo qemu; do
     rm -f "$work/netbytes"
-    ( nc -l -p 5000 | wc -c > "$work/netbytes" ) &
+    # busybox nc ends a connection when its own stdin ends: keep it open.
+    ( sleep 300 | nc -l -p 5000 | wc -c > "$work/netbytes" ) &
     sink=$!
     sleep 0.2
     if [ "$vmm" = condo ]; then
@@ -43,8 +44,9 @@ for r in $(seq 1 "$rounds"); do
         -device virtio-net-device,netdev=n0 > "$work/out" 2>&1 < /dev/null || true
     fi
     sleep 0.5
-    kill "$sink" 2>/dev/null || true
+    pkill -f "sleep 300" 2>/dev/null || kill "$sink" 2>/dev/null || true
     wait "$sink" 2>/dev/null || true
+    [ -n "${BENCH_DEBUG:-}" ] && { tail -8 "$work/out"; echo "netbytes=$(cat "$work/netbytes" 2>/dev/null)"; } >&2
     # The network figure only counts when all 64 MiB arrived.
     [ "$(cat "$work/netbytes" 2>/dev/null)" = 67108864 ] || sed -i '/^nettx /d' "$work/out"
     tr -d '\r' < "$work/out" | awk -v vmm="$vmm" '
