@@ -246,7 +246,7 @@ impl NetWorker {
                 Delivery::Dropped => {}
                 Delivery::NoBuffers => {
                     // Wait for the guest to add buffers; it notifies then.
-                    if self.rx.enable_notification(&self.mem)? {
+                    if self.arm_rx_notification()? {
                         continue;
                     }
                     break;
@@ -257,6 +257,24 @@ impl NetWorker {
             self.irq.trigger(INT_VRING);
         }
         Ok(())
+    }
+
+    /// Asks the guest to notify when it adds receive buffers beyond those
+    /// already there (too few for the pending frame). With event-index
+    /// suppression the guest only notifies when the avail index passes
+    /// `avail_event`, so that must be the current avail index, not the
+    /// (rolled back) next one: else the guest never notifies and this
+    /// thread would spin or stall. Returns true when buffers arrived
+    /// meanwhile.
+    fn arm_rx_notification(&mut self) -> Result<bool, virtio_queue::Error> {
+        use std::sync::atomic::Ordering;
+        let mem = &self.mem;
+        let saved = self.rx.next_avail();
+        let avail = self.rx.avail_idx(mem, Ordering::Acquire)?.0;
+        self.rx.set_next_avail(avail);
+        self.rx.enable_notification(mem)?;
+        self.rx.set_next_avail(saved);
+        Ok(self.rx.avail_idx(mem, Ordering::Acquire)?.0 != avail)
     }
 
     /// Copies the pending frame into as many receive buffers as it needs.
