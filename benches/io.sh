@@ -39,7 +39,7 @@ mbps() { awk -v v="$1" -v m="$2" '$1 == v && $2 == m {print $3}' "$tmp"; } # vmm
   echo "|---|---|---|---|"
   for m in seqwrite seqread nettx; do
     c=$(mbps condo $m | median); q=$(mbps qemu $m | median)
-    ratio=$(awk -v c="$c" -v q="$q" 'BEGIN { if (q + 0 > 0) printf "%.2f", c / q; else print "n/a" }')
+    ratio=$(awk -v c="$c" -v q="$q" 'BEGIN { if (q + 0 > 0 && c + 0 > 0) printf "%.2f", c / q; else print "n/a" }')
     echo "| $m | $c | $q | $ratio |"
   done
 } > benches/results/io.md
