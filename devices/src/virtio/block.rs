@@ -14,13 +14,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::worker::{single_queue_worker, QueueWorker};
 use super::{
-    device_type, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING,
-    VIRTIO_RING_F_EVENT_IDX,
+    device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
+    VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const SECTOR_SIZE: u64 = 512;
@@ -238,27 +238,15 @@ pub fn process_queue(
     disk: &Disk,
     buf: &mut [u8],
 ) -> Result<(), virtio_queue::Error> {
-    loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let written = match (chain.clone().reader(mem), chain.writer(mem)) {
-                (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf),
-                _ => {
-                    tracing::debug!("virtio-blk: malformed descriptor chain");
-                    0
-                }
-            };
-            queue.add_used(mem, head, written)?;
+    drain_queue(mem, queue, irq, |chain| {
+        match (chain.clone().reader(mem), chain.writer(mem)) {
+            (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf),
+            _ => {
+                tracing::debug!("virtio-blk: malformed descriptor chain");
+                0
+            }
         }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    if queue.needs_notification(mem)? {
-        irq.trigger(INT_VRING);
-    }
-    Ok(())
+    })
 }
 
 type Reader<'a> = virtio_queue::Reader<'a, ()>;

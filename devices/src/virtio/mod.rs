@@ -115,6 +115,38 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// A descriptor chain as the devices see it.
+pub type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Serves every chain the driver made available: `serve` handles one chain
+/// and returns how many bytes it wrote to the guest; the chain is then
+/// marked used. Notifications stay off while draining (re-checked before
+/// re-enabling them, so nothing added meanwhile is missed), and the guest
+/// is interrupted once at the end if it asked to be.
+pub fn drain_queue(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    irq: &Interrupt,
+    mut serve: impl FnMut(Chain<'_>) -> u32,
+) -> Result<(), virtio_queue::Error> {
+    use virtio_queue::QueueT;
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used = serve(chain);
+            queue.add_used(mem, head, used)?;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if queue.needs_notification(mem)? {
+        irq.trigger(INT_VRING);
+    }
+    Ok(())
+}
+
 /// Copies the `offset..offset+data.len()` window of `config` into `data`;
 /// bytes past the end read as zero.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

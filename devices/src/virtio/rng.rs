@@ -4,12 +4,12 @@
 //! random bytes (at most [`MAX_REQUEST`] per chain, so a guest cannot make
 //! the VMM read without bound).
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::worker::{single_queue_worker, QueueWorker};
 use super::VIRTIO_RING_F_EVENT_IDX;
-use super::{device_type, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING};
+use super::{device_type, drain_queue, ActivateError, Activation, Interrupt, VirtioDevice};
 
 /// Most bytes served for one request.
 pub const MAX_REQUEST: u32 = 64 << 10;
@@ -46,7 +46,10 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        self.worker = Some(single_queue_worker("virtio-rng", a, process_queue)?);
+        let mut buf = vec![0u8; MAX_REQUEST as usize];
+        self.worker = Some(single_queue_worker("virtio-rng", a, move |mem, q, irq| {
+            process_queue(mem, q, irq, &mut buf)
+        })?);
         Ok(())
     }
 
@@ -56,44 +59,34 @@ impl VirtioDevice for Rng {
     }
 }
 
-/// Serves every available request; returns an error when the queue itself
-/// is broken (the device then stops, as the spec allows).
+/// Serves every available request into the guest's buffers, using `buf`
+/// (at least [`MAX_REQUEST`] bytes) as scratch; returns an error when the
+/// queue itself is broken (the device then stops, as the spec allows).
 pub fn process_queue(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     irq: &Interrupt,
+    buf: &mut [u8],
 ) -> Result<(), virtio_queue::Error> {
-    let mut buf = vec![0u8; MAX_REQUEST as usize];
-    loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for desc in chain.writable() {
-                let room = MAX_REQUEST - written;
-                if room == 0 {
-                    break;
-                }
-                let len = desc.len().min(room) as usize;
-                if getrandom(&mut buf[..len]).is_err() {
-                    break;
-                }
-                if mem.write_slice(&buf[..len], desc.addr()).is_err() {
-                    tracing::debug!("virtio-rng: descriptor outside guest memory");
-                    break;
-                }
-                written += len as u32;
+    drain_queue(mem, queue, irq, |chain| {
+        let mut written = 0u32;
+        for desc in chain.writable() {
+            let room = MAX_REQUEST - written;
+            if room == 0 {
+                break;
             }
-            queue.add_used(mem, head, written)?;
+            let len = (desc.len().min(room) as usize).min(buf.len());
+            if getrandom(&mut buf[..len]).is_err() {
+                break;
+            }
+            if mem.write_slice(&buf[..len], desc.addr()).is_err() {
+                tracing::debug!("virtio-rng: descriptor outside guest memory");
+                break;
+            }
+            written += len as u32;
         }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    if queue.needs_notification(mem)? {
-        irq.trigger(INT_VRING);
-    }
-    Ok(())
+        written
+    })
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
@@ -116,8 +109,10 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::INT_VRING;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -141,7 +136,7 @@ mod tests {
         let d = SplitDescriptor::new(0x8000, 256, WRITE, 0);
         let (mem, mut q) = setup(&[RawDescriptor::from(d)]);
         let irq = irq();
-        process_queue(&mem, &mut q, &irq).unwrap();
+        process_queue(&mem, &mut q, &irq, &mut [0u8; MAX_REQUEST as usize]).unwrap();
         let mut back = [0u8; 256];
         mem.read_slice(&mut back, GuestAddress(0x8000)).unwrap();
         assert!(back.iter().any(|&b| b != 0));
@@ -165,7 +160,7 @@ mod tests {
         ] {
             let raw: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
             let (mem, mut q) = setup(&raw);
-            let _ = process_queue(&mem, &mut q, &irq());
+            let _ = process_queue(&mem, &mut q, &irq(), &mut [0u8; MAX_REQUEST as usize]);
         }
     }
 }

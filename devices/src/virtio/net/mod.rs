@@ -21,8 +21,8 @@ use vm_memory::GuestMemoryMmap;
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::worker::QueueWorker;
 use super::{
-    device_type, read_config_bytes, ActivateError, Activation, Interrupt, VirtioDevice, INT_VRING,
-    VIRTIO_RING_F_EVENT_IDX,
+    device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
+    VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -193,36 +193,23 @@ struct NetWorker {
 impl NetWorker {
     fn process_tx(&mut self) -> Result<(), virtio_queue::Error> {
         let mem = &self.mem;
+        let tx_buf = &mut self.tx_buf;
         let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            self.tx.disable_notification(mem)?;
-            while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                match chain.reader(mem) {
-                    Ok(mut r) => {
-                        let len = r.available_bytes();
-                        if (VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                            if r.read_exact(&mut self.tx_buf[..len]).is_ok() {
-                                if let Err(e) = tap.write_frame(&self.tx_buf[..len]) {
-                                    tracing::debug!("virtio-net: TAP write: {e}");
-                                }
-                            }
-                        } else {
-                            tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
-                        }
-                    }
-                    Err(_) => tracing::debug!("virtio-net: malformed transmit chain"),
+        drain_queue(mem, &mut self.tx, &self.irq, |chain| {
+            let Ok(mut r) = chain.reader(mem) else {
+                tracing::debug!("virtio-net: malformed transmit chain");
+                return 0;
+            };
+            let len = r.available_bytes();
+            if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
+            } else if r.read_exact(&mut tx_buf[..len]).is_ok() {
+                if let Err(e) = tap.write_frame(&tx_buf[..len]) {
+                    tracing::debug!("virtio-net: TAP write: {e}");
                 }
-                self.tx.add_used(mem, head, 0)?;
             }
-            if !self.tx.enable_notification(mem)? {
-                break;
-            }
-        }
-        if self.tx.needs_notification(mem)? {
-            self.irq.trigger(INT_VRING);
-        }
-        Ok(())
+            0
+        })
     }
 
     fn process_rx(&mut self) -> Result<(), virtio_queue::Error> {
