@@ -6,6 +6,7 @@
 # Its /init prints "condo-guest: ready", runs the command given after `--` on
 # the kernel command line, prints "condo-guest: exit=<rc>", then ends as
 # `condo.end=` says: poweroff (default), reboot, panic, wait or shell.
+# It also holds condo's guest test tools (guest/tools/*.c, built static).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/lib.sh"
@@ -13,7 +14,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 out="$CACHE/guest"
 mkdir -p "$out" "$CACHE/debs"
 bb_deb=$(fetch_deb busybox-static)
-stamp="$(cat "$HERE/build-initramfs.sh" "$HERE/init.sh" | sha256sum | cut -c1-16)-$(basename "$bb_deb")"
+stamp="$(cat "$HERE/build-initramfs.sh" "$HERE/init.sh" "$HERE"/tools/*.c | sha256sum | cut -c1-16)-$(basename "$bb_deb")"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   exit 0
 fi
@@ -28,6 +29,10 @@ for applet in $("$root/bin/busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
 done
 install -m 0755 "$HERE/init.sh" "$root/init"
+# Test tools, built from source: `vsock` (listen/connect on AF_VSOCK).
+for tool in "$HERE"/tools/*.c; do
+  gcc -static -O2 -Wall -o "$root/bin/$(basename "$tool" .c)" "$tool"
+done
 mknod -m 600 "$root/dev/console" c 5 1
 mknod -m 666 "$root/dev/null" c 1 3
 (cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.cpio.gz.tmp"

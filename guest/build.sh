@@ -4,11 +4,15 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/lib.sh"
-bash "$HERE/../scripts/install-deps.sh"
-bash "$HERE/build-kernel.sh"
-bash "$HERE/build-initramfs.sh"
-bash "$HERE/fetch-cloud-kernel.sh"
-bash "$HERE/build-rootfs.sh"
+# Standard output carries only the exports: the builders' chatter (mkfs
+# prints even with -q) goes to standard error.
+{
+  bash "$HERE/../scripts/install-deps.sh"
+  bash "$HERE/build-kernel.sh"
+  bash "$HERE/build-initramfs.sh"
+  bash "$HERE/fetch-cloud-kernel.sh"
+  bash "$HERE/build-rootfs.sh"
+} >&2
 cat <<EOT
 export CONDO_GUEST_VMLINUX=$CACHE/kernel/vmlinux
 export CONDO_GUEST_BZIMAGE=$CACHE/kernel/bzImage

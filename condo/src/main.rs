@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest and run it until it powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that /dev/kvm can run a standard guest (exit 0 if it can).
     KvmCheck,
 }
@@ -44,7 +44,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks", "nets"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks", "nets", "vsock", "balloon"])]
     config_file: Option<PathBuf>,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
     #[arg(long, required_unless_present = "config_file")]
@@ -68,6 +68,15 @@ struct RunArgs {
     /// A virtio-net interface on a host TAP device: tap=NAME[,mac=MAC].
     #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<String>,
+    /// A virtio-vsock device: cid=N,socket=PATH. Host programs connect to
+    /// PATH and write "CONNECT <port>\n"; guest connections to port P
+    /// reach PATH_P (Firecracker's hybrid vsock).
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
+    /// A virtio-balloon device:
+    /// size_mib=N[,deflate_on_oom=on][,stats_s=N][,free_page_reporting=on].
+    #[arg(long, value_name = "SPEC")]
+    balloon: Option<String>,
     /// Give the guest a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
@@ -83,7 +92,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::KvmCheck => kvm_check(),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -200,6 +209,16 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
             .enumerate()
             .map(|(i, spec)| vmm::NetConfig::parse(spec, i))
             .collect::<Result<_, _>>()?,
+        vsock: args
+            .vsock
+            .as_deref()
+            .map(vmm::VsockConfig::parse)
+            .transpose()?,
+        balloon: args
+            .balloon
+            .as_deref()
+            .map(vmm::BalloonConfig::parse)
+            .transpose()?,
     };
     cfg.validate()?;
     Ok(cfg)

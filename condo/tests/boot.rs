@@ -531,3 +531,126 @@ fn virtio_net_tcp_both_ways_over_tap() {
         return;
     }
 }
+
+/// Echoes everything on one accepted Unix connection.
+fn unix_echo_once(l: std::os::unix::net::UnixListener) -> std::thread::JoinHandle<bool> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(LIMIT));
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    })
+}
+
+/// Connects to the guest's port through the hybrid vsock socket (retrying
+/// until the guest listens), sends `data`, and returns what came back.
+fn vsock_host_connect(
+    uds: PathBuf,
+    port: u32,
+    data: Vec<u8>,
+) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < LIMIT {
+            std::thread::sleep(Duration::from_millis(100));
+            let Ok(mut s) = std::os::unix::net::UnixStream::connect(&uds) else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(LIMIT));
+            if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_err() {
+                continue;
+            }
+            let mut r = BufReader::new(s.try_clone().ok()?);
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() || !line.starts_with("OK ") {
+                continue; // the guest is not listening yet: condo closed the stream
+            }
+            let mut w = s.try_clone().ok()?;
+            let writer = std::thread::spawn(move || {
+                let ok = w.write_all(&data).is_ok();
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                ok
+            });
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).ok()?;
+            return writer.join().ok()?.then_some(back);
+        }
+        None
+    })
+}
+
+/// vsock both ways, through Firecracker's hybrid Unix-socket protocol: the
+/// host connects to a guest listener and the guest to a host listener;
+/// 1 MiB is echoed each way and checked on the side that sent it.
+#[test]
+fn vsock_echo_both_ways() {
+    const N: usize = 1 << 20;
+    let dir = tempdir("vsock");
+    let uds = dir.join("v.sock");
+    let data: Vec<u8> = (0..N as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let cmd = "dd if=/dev/urandom of=/tmp/up bs=1024 count=1024 2>/dev/null; crc32 < /tmp/up; \
+               vsock listen 5000 >/dev/null & vsock connect 2 6000 < /tmp/up > /tmp/back; \
+               crc32 < /tmp/back; wait; echo done";
+    for attempt in 0..3 {
+        let host_path = dir.join("v.sock_6000");
+        let _ = std::fs::remove_file(&host_path);
+        let echo = unix_echo_once(
+            std::os::unix::net::UnixListener::bind(&host_path).expect("bind host listener"),
+        );
+        let to_guest = vsock_host_connect(uds.clone(), 5000, data.clone());
+        let mut c = condo();
+        c.args(["run", "--memory", "256", "--kernel"])
+            .arg(vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .arg("--vsock")
+            .arg(format!("cid=3,socket={}", uds.display()))
+            .arg("--cmdline")
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        let result = if attempt < 2 {
+            common::try_run(c, LIMIT)
+        } else {
+            Ok(run(c, LIMIT))
+        };
+        let o = match result {
+            Ok(o) => o,
+            Err(hung) => {
+                eprintln!("warning: retrying a stalled run: {hung}");
+                // Unblock the helper threads before the next attempt.
+                let _ = std::os::unix::net::UnixStream::connect(&host_path);
+                continue;
+            }
+        };
+        assert_clean_exit(&o);
+        let out = guest_output(&o);
+        assert_eq!(out.len(), 3, "guest output: {out:?}\n{}", o.stderr);
+        assert_eq!(out[0], out[1], "guest to host echo differs");
+        assert_eq!(out[2], "done");
+        assert!(echo.join().unwrap_or(false), "host echo server failed");
+        let back = to_guest
+            .join()
+            .ok()
+            .flatten()
+            .expect("host to guest connection failed");
+        assert_eq!(back.len(), N, "host to guest echo length");
+        assert!(back == data, "host to guest echo differs");
+        assert!(!uds.exists(), "condo removes its vsock socket on exit");
+        return;
+    }
+}

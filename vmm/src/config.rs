@@ -52,6 +52,10 @@ pub enum ConfigError {
     DiskId(String),
     #[error("more than one root disk")]
     TwoRoots,
+    #[error("vsock {0}")]
+    Vsock(String),
+    #[error("balloon {0}")]
+    Balloon(String),
 }
 
 /// A validated VM description.
@@ -73,6 +77,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net interfaces (eth0, eth1, ...).
     pub nets: Vec<NetConfig>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+    /// The virtio-balloon device, if any.
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// One virtio-net interface on a host TAP device.
@@ -82,6 +90,26 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC address.
     pub mac: [u8; 6],
+}
+
+/// Splits a `key=value,key=value` device spec and hands each pair to `f`.
+fn parse_kv(spec: &str, mut f: impl FnMut(&str, &str) -> Result<(), String>) -> Result<(), String> {
+    for part in spec.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
+        f(k, v)?;
+    }
+    Ok(())
+}
+
+/// `on`/`off` (or true/false, yes/no) for key `k`.
+fn on_off(k: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{k} must be on or off")),
+    }
 }
 
 /// Parses `06:00:ac:10:00:02`.
@@ -104,16 +132,15 @@ impl NetConfig {
         let bad = |why: String| ConfigError::Net(format!("{spec:?}: {why}"));
         let mut tap = None;
         let mut mac = [0x06, 0, 0, 0, 0, index as u8 + 1];
-        for part in spec.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+        parse_kv(spec, |k, v| {
             match k {
                 "tap" => tap = Some(v.to_owned()),
-                "mac" => mac = parse_mac(v).ok_or_else(|| bad(format!("bad MAC address {v:?}")))?,
-                _ => return Err(bad(format!("unknown key {k:?} (tap, mac)"))),
+                "mac" => mac = parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?,
+                _ => return Err(format!("unknown key {k:?} (tap, mac)")),
             }
-        }
+            Ok(())
+        })
+        .map_err(bad)?;
         let tap = tap.ok_or_else(|| bad("tap= is required".into()))?;
         Ok(Self { tap, mac })
     }
@@ -143,27 +170,92 @@ impl DiskConfig {
             id: format!("condo-disk-{index}"),
             root: false,
         };
-        let on_off = |k: &str, v: &str| match v {
-            "on" | "true" | "yes" => Ok(true),
-            "off" | "false" | "no" => Ok(false),
-            _ => Err(bad(format!("{k} must be on or off"))),
-        };
-        for part in spec.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+        parse_kv(spec, |k, v| {
             match k {
                 "path" => d.path = PathBuf::from(v),
                 "readonly" => d.read_only = on_off(k, v)?,
                 "root" => d.root = on_off(k, v)?,
                 "id" => d.id = v.to_owned(),
-                _ => return Err(bad(format!("unknown key {k:?} (path, readonly, id, root)"))),
+                _ => return Err(format!("unknown key {k:?} (path, readonly, id, root)")),
             }
-        }
+            Ok(())
+        })
+        .map_err(bad)?;
         if d.path.as_os_str().is_empty() {
             return Err(bad("path= is required".into()));
         }
         Ok(d)
+    }
+}
+
+/// The virtio-vsock device and its host Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 and up).
+    pub cid: u64,
+    /// Host Unix socket: host programs connect here; guest connections to
+    /// port P reach `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    /// Parses `cid=N,socket=PATH` (`uds_path=` is accepted for `socket=`).
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Vsock(format!("{spec:?}: {why}"));
+        let mut cid = None;
+        let mut uds_path = None;
+        parse_kv(spec, |k, v| {
+            match k {
+                "cid" => cid = Some(v.parse().map_err(|_| format!("bad cid {v:?}"))?),
+                "socket" | "uds_path" => uds_path = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown key {k:?} (cid, socket)")),
+            }
+            Ok(())
+        })
+        .map_err(bad)?;
+        let cid = cid.ok_or_else(|| bad("cid= is required".into()))?;
+        let uds_path = uds_path.ok_or_else(|| bad("socket= is required".into()))?;
+        Ok(Self { cid, uds_path })
+    }
+}
+
+/// The virtio-balloon device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BalloonConfig {
+    /// Target balloon size: guest memory the guest gives back, in MiB.
+    pub amount_mib: u32,
+    /// Let the guest take memory back from the balloon when it runs out.
+    pub deflate_on_oom: bool,
+    /// Seconds between guest statistics updates; 0 disables statistics.
+    pub stats_polling_interval_s: u16,
+    /// The guest reports free pages, which condo returns to the host.
+    pub free_page_reporting: bool,
+}
+
+impl BalloonConfig {
+    /// Parses `size_mib=N[,deflate_on_oom=on][,stats_s=N][,free_page_reporting=on]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Balloon(format!("{spec:?}: {why}"));
+        let mut b = BalloonConfig::default();
+        parse_kv(spec, |k, v| {
+            let num = |v: &str| v.parse().map_err(|_| format!("bad {k} {v:?}"));
+            match k {
+                "size_mib" | "amount_mib" => b.amount_mib = num(v)?,
+                "deflate_on_oom" => b.deflate_on_oom = on_off(k, v)?,
+                "stats_s" | "stats_polling_interval_s" => {
+                    b.stats_polling_interval_s = v.parse().map_err(|_| format!("bad {k} {v:?}"))?
+                }
+                "free_page_reporting" => b.free_page_reporting = on_off(k, v)?,
+                _ => {
+                    return Err(format!(
+                        "unknown key {k:?} (size_mib, deflate_on_oom, stats_s, free_page_reporting)"
+                    ))
+                }
+            }
+            Ok(())
+        })
+        .map_err(bad)?;
+        Ok(b)
     }
 }
 
@@ -187,6 +279,23 @@ impl VmConfig {
         }
         if self.disks.iter().filter(|d| d.root).count() > 1 {
             return Err(ConfigError::TwoRoots);
+        }
+        if let Some(v) = &self.vsock {
+            if !(3..u64::from(u32::MAX)).contains(&v.cid) {
+                return Err(ConfigError::Vsock(format!(
+                    "guest CID {} is reserved (use 3 to {})",
+                    v.cid,
+                    u32::MAX - 1
+                )));
+            }
+        }
+        if let Some(b) = &self.balloon {
+            if u64::from(b.amount_mib) > self.mem_mib {
+                return Err(ConfigError::Balloon(format!(
+                    "size {} MiB is larger than guest memory ({} MiB)",
+                    b.amount_mib, self.mem_mib
+                )));
+            }
         }
         Ok(())
     }
@@ -220,14 +329,6 @@ impl VmConfig {
             err: e.to_string(),
         })?;
         for (name, present) in [
-            (
-                "network-interfaces",
-                fc.network_interfaces
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty()),
-            ),
-            ("vsock", is_set(&fc.vsock)),
-            ("balloon", is_set(&fc.balloon)),
             ("logger", is_set(&fc.logger)),
             ("metrics", is_set(&fc.metrics)),
             ("mmds-config", is_set(&fc.mmds_config)),
@@ -278,6 +379,7 @@ impl VmConfig {
             }
             nets.push(NetConfig::parse(&spec, i)?);
         }
+        let fc_free_page_hinting = fc.balloon.as_ref().is_some_and(|b| b.free_page_hinting);
         let m = fc.machine_config;
         if m.smt == Some(true) {
             return Err(ConfigError::Smt);
@@ -295,7 +397,23 @@ impl VmConfig {
             entropy: fc.entropy.is_some(),
             disks,
             nets,
+            vsock: fc.vsock.map(|v| {
+                let _ = v.vsock_id;
+                VsockConfig {
+                    cid: v.guest_cid,
+                    uds_path: v.uds_path,
+                }
+            }),
+            balloon: fc.balloon.map(|b| BalloonConfig {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_polling_interval_s: b.stats_polling_interval_s,
+                free_page_reporting: b.free_page_reporting,
+            }),
         };
+        if fc_free_page_hinting {
+            return Err(ConfigError::Unsupported("balloon.free_page_hinting"));
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -317,8 +435,8 @@ struct FirecrackerConfig {
     drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
     network_interfaces: Option<Vec<NetworkInterface>>,
-    vsock: Option<serde_json::Value>,
-    balloon: Option<serde_json::Value>,
+    vsock: Option<FcVsock>,
+    balloon: Option<FcBalloon>,
     entropy: Option<EntropyConfig>,
     logger: Option<serde_json::Value>,
     metrics: Option<serde_json::Value>,
@@ -362,6 +480,30 @@ struct NetworkInterface {
     rx_rate_limiter: Option<serde_json::Value>,
     #[serde(default)]
     tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// Firecracker's `Vsock` object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcVsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    #[serde(default)]
+    vsock_id: Option<String>,
+}
+
+/// Firecracker's `Balloon` object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcBalloon {
+    amount_mib: u32,
+    deflate_on_oom: bool,
+    #[serde(default)]
+    stats_polling_interval_s: u16,
+    #[serde(default)]
+    free_page_hinting: bool,
+    #[serde(default)]
+    free_page_reporting: bool,
 }
 
 /// Firecracker's `EntropyDevice` object. The rate limiter is not
@@ -419,6 +561,8 @@ mod tests {
                 entropy: false,
                 disks: vec![],
                 nets: vec![],
+                vsock: None,
+                balloon: None,
             }
         );
     }
@@ -527,5 +671,48 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineInvalid)));
         c.cmdline = "console=ttyS0".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn vsock_and_balloon_from_flags_and_file() {
+        let v = VsockConfig::parse("cid=3,socket=/run/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds_path.to_str()), (3, Some("/run/v.sock")));
+        assert!(VsockConfig::parse("cid=x,socket=/s").is_err());
+        assert!(VsockConfig::parse("socket=/s").is_err());
+        assert!(VsockConfig::parse("cid=3").is_err());
+        let b = BalloonConfig::parse("size_mib=64,deflate_on_oom=on,stats_s=1").unwrap();
+        assert_eq!(
+            b,
+            BalloonConfig {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 1,
+                free_page_reporting: false
+            }
+        );
+        assert!(BalloonConfig::parse("size_mib=-1").is_err());
+        assert!(BalloonConfig::parse("bogus=1").is_err());
+        let c = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+                "vsock": {"guest_cid": 7, "uds_path": "/v.sock"},
+                "balloon": {"amount_mib": 16, "deflate_on_oom": false, "free_page_reporting": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vsock.unwrap().cid, 7);
+        assert!(c.balloon.unwrap().free_page_reporting);
+        for bad in [
+            r#""vsock": {"guest_cid": 2, "uds_path": "/v"}"#,
+            r#""vsock": {"guest_cid": 3}"#,
+            r#""balloon": {"amount_mib": 4096, "deflate_on_oom": false}"#,
+            r#""balloon": {"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}"#,
+            r#""balloon": {"amount_mib": 1, "deflate_on_oom": false, "x": 1}"#,
+        ] {
+            let text = format!(
+                r#"{{"boot-source": {{"kernel_image_path": "/k"}},
+                    "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}, {bad}}}"#
+            );
+            assert!(VmConfig::from_firecracker_json(&text).is_err(), "{bad}");
+        }
     }
 }

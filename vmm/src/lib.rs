@@ -15,6 +15,8 @@ pub mod probe;
 mod vcpu;
 mod vm;
 
-pub use config::{ConfigError, DiskConfig, NetConfig, VmConfig, DEFAULT_CMDLINE};
+pub use config::{
+    BalloonConfig, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 pub use vcpu::VmExit;
 pub use vm::{check_kvm, run, RunOptions, VmmError};

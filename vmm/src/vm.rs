@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use devices::virtio::block::{Block, Disk};
 use devices::virtio::net::{tap::Tap, Net};
+use devices::virtio::vsock::Vsock;
 use devices::ExitReason;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::Kvm;
@@ -58,6 +59,8 @@ pub enum VmmError {
     Disk(devices::virtio::block::BlockError),
     #[error(transparent)]
     Net(devices::virtio::net::tap::TapError),
+    #[error(transparent)]
+    Vsock(devices::virtio::vsock::VsockError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("event loop: {0}")]
@@ -149,6 +152,10 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
     for n in &config.nets {
         let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
         devices.add_virtio(&vm, &mem, Box::new(Net::new(tap, n.mac)))?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
+        devices.add_virtio(&vm, &mem, Box::new(vsock))?;
     }
     if config.entropy {
         devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;

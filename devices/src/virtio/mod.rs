@@ -10,6 +10,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -145,6 +146,27 @@ pub fn drain_queue(
         irq.trigger(INT_VRING);
     }
     Ok(())
+}
+
+/// Asks the guest to notify when it adds buffers beyond those already in
+/// `queue`, after the device found too few and gave them back (rolled
+/// `next_avail` back). With event-index suppression the guest only
+/// notifies when the avail index passes `avail_event`, so that must be the
+/// current avail index, not the (rolled back) next one: else the guest never
+/// notifies and the device would spin or stall. Returns true when buffers
+/// arrived meanwhile.
+pub fn arm_notification(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+) -> Result<bool, virtio_queue::Error> {
+    use std::sync::atomic::Ordering;
+    use virtio_queue::QueueT;
+    let saved = queue.next_avail();
+    let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
+    queue.set_next_avail(avail);
+    queue.enable_notification(mem)?;
+    queue.set_next_avail(saved);
+    Ok(queue.avail_idx(mem, Ordering::Acquire)?.0 != avail)
 }
 
 /// Copies the `offset..offset+data.len()` window of `config` into `data`;

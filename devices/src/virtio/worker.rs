@@ -12,6 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ActivateError, Activation, Interrupt, VIRTIO_RING_F_EVENT_IDX};
 
+/// Tokens from here on are free for a device's own file descriptors.
+pub const DYNAMIC_TOKEN_BASE: u64 = 1 << 32;
+
 /// Activates a one-queue device: its queue (with event-index suppression as
 /// negotiated) is served on thread `name` by `serve`, called on every
 /// notification; an error from `serve` (a broken queue) stops the device.
@@ -71,6 +74,22 @@ impl QueueWorker {
         fds: &[std::os::fd::RawFd],
         mut handler: impl FnMut(usize) -> bool + Send + 'static,
     ) -> std::io::Result<Self> {
+        Self::spawn_with_epoll(name, queue_evts, fds, move |token, _, _| {
+            handler(token as usize)
+        })
+    }
+
+    /// Like [`QueueWorker::spawn_with_fds`], for devices whose set of file
+    /// descriptors changes: the handler also gets the events that fired and
+    /// the epoll instance, where it may add its own fds with tokens of at
+    /// least [`DYNAMIC_TOKEN_BASE`] (level triggered unless it asks for
+    /// edge triggering).
+    pub fn spawn_with_epoll(
+        name: &str,
+        queue_evts: Vec<EventFd>,
+        fds: &[std::os::fd::RawFd],
+        mut handler: impl FnMut(u64, EventSet, &Epoll) -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop_rx = stop.try_clone()?;
         let epoll = Epoll::new()?;
@@ -102,7 +121,7 @@ impl QueueWorker {
             .stack_size(256 << 10)
             .spawn(move || {
                 let _stop_rx = stop_rx;
-                let mut events = vec![EpollEvent::default(); stop_token as usize + 1];
+                let mut events = vec![EpollEvent::default(); (stop_token as usize + 1).max(64)];
                 loop {
                     let n = match epoll.wait(-1, &mut events) {
                         Ok(n) => n,
@@ -117,11 +136,12 @@ impl QueueWorker {
                         if token == stop_token {
                             return;
                         }
-                        let q = token as usize;
-                        if let Some(evt) = queue_evts.get(q) {
+                        if let Some(evt) =
+                            usize::try_from(token).ok().and_then(|q| queue_evts.get(q))
+                        {
                             let _ = evt.read();
                         }
-                        if !handler(q) {
+                        if !handler(token, e.event_set(), &epoll) {
                             return;
                         }
                     }

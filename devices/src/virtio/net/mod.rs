@@ -21,8 +21,8 @@ use vm_memory::GuestMemoryMmap;
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::worker::QueueWorker;
 use super::{
-    device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
-    VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+    arm_notification, device_type, drain_queue, read_config_bytes, ActivateError, Activation,
+    Interrupt, VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -233,7 +233,7 @@ impl NetWorker {
                 Delivery::Dropped => {}
                 Delivery::NoBuffers => {
                     // Wait for the guest to add buffers; it notifies then.
-                    if self.arm_rx_notification()? {
+                    if arm_notification(&self.mem, &mut self.rx)? {
                         continue;
                     }
                     break;
@@ -244,24 +244,6 @@ impl NetWorker {
             self.irq.trigger(INT_VRING);
         }
         Ok(())
-    }
-
-    /// Asks the guest to notify when it adds receive buffers beyond those
-    /// already there (too few for the pending frame). With event-index
-    /// suppression the guest only notifies when the avail index passes
-    /// `avail_event`, so that must be the current avail index, not the
-    /// (rolled back) next one: else the guest never notifies and this
-    /// thread would spin or stall. Returns true when buffers arrived
-    /// meanwhile.
-    fn arm_rx_notification(&mut self) -> Result<bool, virtio_queue::Error> {
-        use std::sync::atomic::Ordering;
-        let mem = &self.mem;
-        let saved = self.rx.next_avail();
-        let avail = self.rx.avail_idx(mem, Ordering::Acquire)?.0;
-        self.rx.set_next_avail(avail);
-        self.rx.enable_notification(mem)?;
-        self.rx.set_next_avail(saved);
-        Ok(self.rx.avail_idx(mem, Ordering::Acquire)?.0 != avail)
     }
 
     /// Copies the pending frame into as many receive buffers as it needs.
