@@ -46,8 +46,17 @@ struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks", "nets", "vsock", "balloon"])]
     config_file: Option<PathBuf>,
+    /// Serve Firecracker's REST API on this Unix socket. Without --kernel
+    /// or --config-file, the VM is configured over the API and boots on
+    /// InstanceStart.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
+    api_sock: Option<PathBuf>,
+    /// No API socket (the default without --api-sock; accepted for
+    /// Firecracker compatibility).
+    #[arg(long)]
+    no_api: bool,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
-    #[arg(long, required_unless_present = "config_file")]
+    #[arg(long, required_unless_present_any = ["config_file", "api_sock"])]
     kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
@@ -137,13 +146,21 @@ fn kvm_check() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = match &args.config_file {
-        Some(path) => VmConfig::from_firecracker_file(path),
-        None => build_config(&args),
+    let config = match (&args.config_file, &args.kernel) {
+        (Some(path), _) => VmConfig::from_firecracker_file(path).map(Some),
+        (None, Some(_)) => build_config(&args).map(Some),
+        (None, None) => Ok(None),
     };
     let config = match config {
         Ok(c) => c,
         Err(e) => return fail(e),
+    };
+    let api = match &args.api_sock {
+        Some(path) => match vmm::api::ApiServer::start(path) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(e),
+        },
+        None => None,
     };
 
     let interactive = std::io::stdin().is_terminal();
@@ -157,11 +174,19 @@ fn run(args: RunArgs) -> ExitCode {
         console_input: interactive,
         skip_probe: args.no_kvm_probe,
     };
-    let result = vmm::run(&config, opts);
+    let result = match (&api, config) {
+        (Some(api), config) => vmm::api::run(api, config, opts),
+        (None, Some(config)) => vmm::run(&config, opts),
+        (None, None) => Err(vmm::VmmError::Config(vmm::ConfigError::NoKernel)),
+    };
     drop(_raw);
     match result {
         Ok(VmExit::Poweroff) => {
             tracing::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Stopped) => {
+            tracing::info!("stopped by SIGTERM");
             ExitCode::SUCCESS
         }
         Ok(VmExit::Reset) => {

@@ -654,3 +654,209 @@ fn vsock_echo_both_ways() {
         return;
     }
 }
+
+/// A condo whose serial output is collected line by line while it runs.
+struct LiveVm {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LiveVm {
+    fn spawn(mut c: std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = c
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn condo");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                l.lock()
+                    .expect("lines")
+                    .push(line.trim_end_matches('\r').to_owned());
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.lines
+            .lock()
+            .expect("live VM")
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    /// Waits until `f` holds, failing the test after `limit`.
+    fn wait_until(&self, what: &str, limit: Duration, f: impl Fn(&Self) -> bool) {
+        let start = std::time::Instant::now();
+        while !f(self) {
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {what}; output:\n{}",
+                self.lines.lock().expect("live VM").join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn rss_mib(&self) -> u64 {
+        let s =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("live VM");
+        let kib: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib >> 10
+    }
+}
+
+impl Drop for LiveVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_u64(body: &str, key: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get(key)?.as_u64()
+}
+
+/// The whole lifecycle through Firecracker's API: configure, start, pause
+/// (the guest's ticker stops), resume (it goes on), inflate the balloon
+/// (the VMM's RSS drops by about that much), deflate (the guest has its
+/// memory back), statistics, and SIGTERM for a clean stop.
+#[test]
+fn api_lifecycle_pause_resume_and_balloon() {
+    use common::api;
+    const BALLOON_MIB: u64 = 96;
+    let d = tempdir("api-life");
+    let sock = d.join("api.sock");
+    let mut c = condo();
+    c.args(["run", "--api-sock"]).arg(&sock);
+    let vm = LiveVm::spawn(c);
+    common::wait_for_socket(&sock);
+    // The guest fills 128 MiB of page cache (touching host memory), frees
+    // it, then ticks.
+    let cmd = "dd if=/dev/zero of=/big bs=1M count=128 2>/dev/null; rm /big; echo filled; \
+               i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; done";
+    let boot = serde_json::json!({
+        "kernel_image_path": vmlinux(),
+        "initrd_path": initramfs(),
+        "boot_args": format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""),
+    });
+    for (path, body) in [
+        ("/boot-source", boot.to_string()),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 256}"#.to_string(),
+        ),
+        (
+            "/balloon",
+            r#"{"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#
+                .to_string(),
+        ),
+        (
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_string(),
+        ),
+    ] {
+        let (code, resp) = api(&sock, "PUT", path, &body);
+        assert_eq!(code, 204, "PUT {path}: {resp}");
+    }
+    let (_, info) = api(&sock, "GET", "/", "");
+    assert!(info.contains(r#""state":"Running""#), "{info}");
+    assert_eq!(
+        api(&sock, "PUT", "/boot-source", &boot.to_string()).0,
+        400,
+        "not after start"
+    );
+    vm.wait_until("the guest to tick", LIMIT, |v| v.count("tick") >= 3);
+
+    // Pause: no ticks for a second; resume: ticks again.
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    assert!(api(&sock, "GET", "/", "").1.contains(r#""state":"Paused""#));
+    std::thread::sleep(Duration::from_millis(300));
+    let paused_at = vm.count("tick");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(vm.count("tick"), paused_at, "the guest ran while paused");
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0, 204);
+    vm.wait_until("ticks after resume", LIMIT, |v| {
+        v.count("tick") >= paused_at + 3
+    });
+
+    // Inflate: the guest hands back BALLOON_MIB, the VMM's RSS drops, and
+    // the guest's own statistics show that much less free memory.
+    let free = || {
+        json_u64(
+            &api(&sock, "GET", "/balloon/statistics", "").1,
+            "free_memory",
+        )
+    };
+    vm.wait_until("guest statistics", LIMIT, |_| free().is_some());
+    let free_before = free().unwrap_or_default();
+    let share = (BALLOON_MIB << 20) * 8 / 10;
+    let before = vm.rss_mib();
+    let (code, resp) = api(
+        &sock,
+        "PATCH",
+        "/balloon",
+        &format!(r#"{{"amount_mib": {BALLOON_MIB}}}"#),
+    );
+    assert_eq!(code, 204, "{resp}");
+    let actual = || {
+        json_u64(
+            &api(&sock, "GET", "/balloon/statistics", "").1,
+            "actual_mib",
+        )
+    };
+    vm.wait_until("the balloon to inflate", LIMIT, |_| {
+        actual() == Some(BALLOON_MIB)
+    });
+    let after = vm.rss_mib();
+    assert!(
+        before.saturating_sub(after) >= BALLOON_MIB * 8 / 10,
+        "RSS {before} MiB -> {after} MiB after inflating {BALLOON_MIB} MiB"
+    );
+    vm.wait_until("guest statistics to show the memory gone", LIMIT, |_| {
+        free().is_some_and(|f| f + share <= free_before)
+    });
+    let free_inflated = free().unwrap_or_default();
+    // Deflate: the guest gets its memory back.
+    assert_eq!(
+        api(&sock, "PATCH", "/balloon", r#"{"amount_mib": 0}"#).0,
+        204
+    );
+    vm.wait_until("the balloon to deflate", LIMIT, |_| actual() == Some(0));
+    vm.wait_until("guest statistics to show the memory back", LIMIT, |_| {
+        free().is_some_and(|f| f >= free_inflated + share)
+    });
+    assert_eq!(
+        api(&sock, "PATCH", "/balloon", r#"{"amount_mib": 100000}"#).0,
+        400
+    );
+
+    // SIGTERM: a clean stop, exit 0, socket gone.
+    let mut vm = vm;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = vm.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < LIMIT, "condo ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "API socket left behind");
+}

@@ -180,3 +180,112 @@ fn hang_report_lists_threads() {
         "{err}"
     );
 }
+
+/// The API before boot: configuration requests, Firecracker's status codes
+/// and fault messages, and an InstanceStart that fails cleanly (no KVM
+/// needed: the kernel is refused first).
+#[test]
+fn api_configures_and_refuses_bad_requests_before_boot() {
+    use common::api;
+    let d = tempdir("api-preboot");
+    let sock = d.join("api.sock");
+    let mut child = condo()
+        .args(["run", "--api-sock"])
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn condo");
+    common::wait_for_socket(&sock);
+    let (code, body) = api(&sock, "GET", "/", "");
+    assert_eq!(code, 200);
+    assert!(body.contains(r#""state":"Not started""#), "{body}");
+    assert_eq!(api(&sock, "GET", "/version", "").0, 200);
+    for (method, path, body, want) in [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+            204,
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 99, "mem_size_mib": 256}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 256, "x": 1}"#,
+            400,
+        ),
+        ("PUT", "/machine-config", "{broken", 400),
+        ("GET", "/balloon/statistics", "", 400),
+        ("PATCH", "/vm", r#"{"state": "Paused"}"#, 400),
+        ("POST", "/actions", "{}", 400),
+        ("GET", "/no/such/path", "", 400),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#,
+            204,
+        ),
+    ] {
+        let (code, resp) = api(&sock, method, path, body);
+        assert_eq!(code, want, "{method} {path} {body}: {resp}");
+        if want == 400 {
+            assert!(resp.contains("fault_message"), "{method} {path}: {resp}");
+        }
+    }
+    let (code, body) = api(&sock, "GET", "/machine-config", "");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(r#""vcpu_count":2"#) && body.contains(r#""mem_size_mib":256"#),
+        "{body}"
+    );
+    // A malformed request line: 400, and the server keeps serving.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(b"NONSENSE\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+    let (code, body) = api(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("/nonexistent/vmlinux"), "{body}");
+    // Still configurable after a failed start.
+    assert_eq!(api(&sock, "GET", "/", "").0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn api_socket_path_taken_or_unwritable() {
+    let d = tempdir("api-taken");
+    let file = d.join("taken");
+    std::fs::write(&file, b"not a socket").unwrap();
+    run_args(&["run", "--api-sock", file.to_str().unwrap()])
+        .assert_one_error_line("already exists");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"not a socket",
+        "never removed"
+    );
+    run_args(&["run", "--api-sock", "/nonexistent/dir/api.sock"])
+        .assert_one_error_line("API socket /nonexistent/dir/api.sock");
+}

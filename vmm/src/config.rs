@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Fewest vCPUs.
 pub const MIN_VCPUS: u8 = 1;
@@ -50,6 +50,8 @@ pub enum ConfigError {
     Net(String),
     #[error("disk id {0:?} is longer than 20 bytes")]
     DiskId(String),
+    #[error("no kernel: give --kernel, --config-file or --api-sock")]
+    NoKernel,
     #[error("more than one root disk")]
     TwoRoots,
     #[error("vsock {0}")]
@@ -328,6 +330,71 @@ impl VmConfig {
             path: PathBuf::new(),
             err: e.to_string(),
         })?;
+        Self::from_firecracker(fc)
+    }
+
+    /// This configuration in Firecracker's shape (`GET /vm/config`).
+    pub(crate) fn to_firecracker(&self) -> FirecrackerConfig {
+        FirecrackerConfig {
+            boot_source: BootSource {
+                kernel_image_path: self.kernel.clone(),
+                initrd_path: self.initrd.clone(),
+                boot_args: Some(self.cmdline.clone()),
+            },
+            machine_config: MachineConfig {
+                vcpu_count: self.vcpus.into(),
+                mem_size_mib: self.mem_mib,
+                ..MachineConfig::default()
+            },
+            drives: Some(
+                self.disks
+                    .iter()
+                    .map(|d| Drive {
+                        drive_id: d.id.clone(),
+                        path_on_host: d.path.clone(),
+                        is_root_device: d.root,
+                        is_read_only: Some(d.read_only),
+                        ..Drive::default()
+                    })
+                    .collect(),
+            ),
+            network_interfaces: Some(
+                self.nets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| NetworkInterface {
+                        iface_id: format!("eth{i}"),
+                        host_dev_name: n.tap.clone(),
+                        guest_mac: Some(
+                            n.mac
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<Vec<_>>()
+                                .join(":"),
+                        ),
+                        ..NetworkInterface::default()
+                    })
+                    .collect(),
+            ),
+            vsock: self.vsock.as_ref().map(|v| FcVsock {
+                guest_cid: v.cid,
+                uds_path: v.uds_path.clone(),
+                vsock_id: None,
+            }),
+            balloon: self.balloon.as_ref().map(|b| FcBalloon {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_polling_interval_s: b.stats_polling_interval_s,
+                free_page_hinting: false,
+                free_page_reporting: b.free_page_reporting,
+            }),
+            entropy: self.entropy.then(EntropyConfig::default),
+            ..FirecrackerConfig::default()
+        }
+    }
+
+    /// Builds and validates the VM a Firecracker configuration describes.
+    pub(crate) fn from_firecracker(fc: FirecrackerConfig) -> Result<Self, ConfigError> {
         for (name, present) in [
             ("logger", is_set(&fc.logger)),
             ("metrics", is_set(&fc.metrics)),
@@ -425,117 +492,128 @@ fn is_set(v: &Option<serde_json::Value>) -> bool {
 
 // Firecracker's config-file schema (src/vmm/src/resources.rs `VmmConfig`),
 // limited to what condo reads. Unknown keys are errors, as in Firecracker.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FirecrackerConfig {
+pub(crate) struct FirecrackerConfig {
     #[serde(rename = "boot-source")]
-    boot_source: BootSource,
+    pub(crate) boot_source: BootSource,
     #[serde(rename = "machine-config")]
-    machine_config: MachineConfig,
-    drives: Option<Vec<Drive>>,
+    pub(crate) machine_config: MachineConfig,
+    pub(crate) drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
-    network_interfaces: Option<Vec<NetworkInterface>>,
-    vsock: Option<FcVsock>,
-    balloon: Option<FcBalloon>,
-    entropy: Option<EntropyConfig>,
-    logger: Option<serde_json::Value>,
-    metrics: Option<serde_json::Value>,
+    pub(crate) network_interfaces: Option<Vec<NetworkInterface>>,
+    pub(crate) vsock: Option<FcVsock>,
+    pub(crate) balloon: Option<FcBalloon>,
+    pub(crate) entropy: Option<EntropyConfig>,
+    pub(crate) logger: Option<serde_json::Value>,
+    pub(crate) metrics: Option<serde_json::Value>,
     #[serde(rename = "mmds-config")]
-    mmds_config: Option<serde_json::Value>,
+    pub(crate) mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config")]
-    _cpu_config: Option<serde_json::Value>,
+    pub(crate) _cpu_config: Option<serde_json::Value>,
 }
 
 /// Firecracker's `Drive` object.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct Drive {
-    drive_id: String,
-    path_on_host: PathBuf,
-    is_root_device: bool,
+pub(crate) struct Drive {
+    pub(crate) drive_id: String,
+    pub(crate) path_on_host: PathBuf,
+    pub(crate) is_root_device: bool,
     #[serde(default)]
-    is_read_only: Option<bool>,
+    pub(crate) is_read_only: Option<bool>,
     #[serde(default)]
-    partuuid: Option<String>,
+    pub(crate) partuuid: Option<String>,
     #[serde(default)]
-    cache_type: Option<String>,
+    pub(crate) cache_type: Option<String>,
     #[serde(default)]
-    io_engine: Option<String>,
+    pub(crate) io_engine: Option<String>,
     #[serde(default)]
-    rate_limiter: Option<serde_json::Value>,
+    pub(crate) rate_limiter: Option<serde_json::Value>,
     #[serde(default)]
-    socket: Option<String>,
+    pub(crate) socket: Option<String>,
 }
 
 /// Firecracker's `NetworkInterface` object.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct NetworkInterface {
-    #[allow(dead_code)]
-    iface_id: String,
-    host_dev_name: String,
+pub(crate) struct NetworkInterface {
+    pub(crate) iface_id: String,
+    pub(crate) host_dev_name: String,
     #[serde(default)]
-    guest_mac: Option<String>,
+    pub(crate) guest_mac: Option<String>,
     #[serde(default)]
-    rx_rate_limiter: Option<serde_json::Value>,
+    pub(crate) rx_rate_limiter: Option<serde_json::Value>,
     #[serde(default)]
-    tx_rate_limiter: Option<serde_json::Value>,
+    pub(crate) tx_rate_limiter: Option<serde_json::Value>,
 }
 
 /// Firecracker's `Vsock` object.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FcVsock {
-    guest_cid: u64,
-    uds_path: PathBuf,
+pub(crate) struct FcVsock {
+    pub(crate) guest_cid: u64,
+    pub(crate) uds_path: PathBuf,
     #[serde(default)]
-    vsock_id: Option<String>,
+    pub(crate) vsock_id: Option<String>,
 }
 
 /// Firecracker's `Balloon` object.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FcBalloon {
-    amount_mib: u32,
-    deflate_on_oom: bool,
+pub(crate) struct FcBalloon {
+    pub(crate) amount_mib: u32,
+    pub(crate) deflate_on_oom: bool,
     #[serde(default)]
-    stats_polling_interval_s: u16,
+    pub(crate) stats_polling_interval_s: u16,
     #[serde(default)]
-    free_page_hinting: bool,
+    pub(crate) free_page_hinting: bool,
     #[serde(default)]
-    free_page_reporting: bool,
+    pub(crate) free_page_reporting: bool,
 }
 
 /// Firecracker's `EntropyDevice` object. The rate limiter is not
 /// implemented yet and is refused rather than ignored.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct EntropyConfig {
+pub(crate) struct EntropyConfig {
     #[serde(default)]
-    rate_limiter: Option<serde_json::Value>,
+    pub(crate) rate_limiter: Option<serde_json::Value>,
 }
 
 /// Firecracker's `BootSource` object.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct BootSource {
-    kernel_image_path: PathBuf,
-    initrd_path: Option<PathBuf>,
-    boot_args: Option<String>,
+pub(crate) struct BootSource {
+    pub(crate) kernel_image_path: PathBuf,
+    pub(crate) initrd_path: Option<PathBuf>,
+    pub(crate) boot_args: Option<String>,
 }
 
 /// Firecracker's `MachineConfiguration` object. `track_dirty_pages`,
 /// `cpu_template` and `huge_pages` are accepted and have no effect yet.
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct MachineConfig {
-    vcpu_count: u64,
-    mem_size_mib: u64,
-    smt: Option<bool>,
-    track_dirty_pages: Option<bool>,
-    cpu_template: Option<serde_json::Value>,
-    huge_pages: Option<String>,
+pub(crate) struct MachineConfig {
+    pub(crate) vcpu_count: u64,
+    pub(crate) mem_size_mib: u64,
+    pub(crate) smt: Option<bool>,
+    pub(crate) track_dirty_pages: Option<bool>,
+    pub(crate) cpu_template: Option<serde_json::Value>,
+    pub(crate) huge_pages: Option<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: Some(false),
+            track_dirty_pages: Some(false),
+            cpu_template: None,
+            huge_pages: None,
+        }
+    }
 }
 
 #[cfg(test)]

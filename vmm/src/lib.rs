@@ -6,6 +6,7 @@
 //! tables) lives in [`arch`]. The `condo` binary is a thin front end over
 //! [`run`].
 
+pub mod api;
 pub mod arch;
 pub mod config;
 mod device_manager;
@@ -19,4 +20,4 @@ pub use config::{
     BalloonConfig, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 pub use vcpu::VmExit;
-pub use vm::{check_kvm, run, RunOptions, VmmError};
+pub use vm::{check_kvm, run, RunOptions, Vm, VmmError};

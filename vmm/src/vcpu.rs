@@ -6,8 +6,9 @@
 //! stops when the VMM sets the stop flag and kicks it with [`KICK_SIGNAL`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::{Bus, ExitSignal};
 use kvm_bindings::{
@@ -45,6 +46,8 @@ pub enum VmExit {
     TripleFault { vcpu: u8 },
     /// KVM could not run a vCPU.
     VcpuFailed { vcpu: u8, reason: String },
+    /// The VMM was asked to stop (SIGTERM).
+    Stopped,
 }
 
 /// Where vCPU threads report the end of the VM; first report wins.
@@ -103,19 +106,23 @@ impl Vcpu {
         self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
-        stop: Arc<AtomicBool>,
+        control: Arc<VcpuControl>,
         sink: Arc<VmExitSink>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .stack_size(256 << 10)
-            .spawn(move || self.run(&pio, &mmio, &stop, &sink))
+            .spawn(move || self.run(&pio, &mmio, &control, &sink))
             .map_err(VcpuError::Spawn)
     }
 
-    fn run(mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool, sink: &VmExitSink) {
+    fn run(mut self, pio: &Bus, mmio: &Bus, control: &VcpuControl, sink: &VmExitSink) {
         let id = self.id;
-        while !stop.load(Ordering::Acquire) {
+        while !control.stop.load(Ordering::Acquire) {
+            if control.paused.load(Ordering::Acquire) {
+                control.park(&self.fd);
+                continue;
+            }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     pio.read(u64::from(port), data);
@@ -180,5 +187,77 @@ impl Vcpu {
             sink.signal(exit);
             break;
         }
+    }
+}
+
+/// Stops, pauses and resumes the vCPU threads. A thread notices a request
+/// between two KVM_RUN calls; the kick signal ends a KVM_RUN early.
+#[derive(Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    paused: AtomicBool,
+    /// How many threads are parked (paused).
+    parked: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl VcpuControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by a vCPU thread: waits while the VM is paused.
+    fn park(&self, fd: &VcpuFd) {
+        let mut n = self.lock();
+        *n += 1;
+        self.cv.notify_all();
+        // Tells the guest's kvmclock it was stopped, so its watchdogs do
+        // not count the pause as a soft lockup (as Firecracker does).
+        let _ = fd.kvmclock_ctrl();
+        while self.paused.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n -= 1;
+    }
+
+    /// Asks every thread to stop (they exit their loop).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _n = self.lock();
+        self.cv.notify_all();
+    }
+
+    /// Pauses: returns once all `count` threads, kicked by `kick`, are
+    /// parked; false if they did not all park within a second.
+    pub fn pause(&self, count: usize, kick: impl Fn()) -> bool {
+        self.paused.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut n = self.lock();
+        while *n < count {
+            if Instant::now() > deadline {
+                return false;
+            }
+            drop(n);
+            kick();
+            n = self.lock();
+            n = self
+                .cv
+                .wait_timeout(n, Duration::from_millis(1))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// Resumes paused threads.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        let _n = self.lock();
+        self.cv.notify_all();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 }

@@ -8,11 +8,11 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, Disk};
 use devices::virtio::net::{tap::Tap, Net};
 use devices::virtio::vsock::Vsock;
@@ -22,13 +22,14 @@ use kvm_ioctls::Kvm;
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::api::ApiServer;
 use crate::arch::{self, AcpiConfig};
 use crate::config::VmConfig;
 use crate::device_manager::{ConsoleOut, DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, MemoryError};
 use crate::probe::{self, ProbeError};
-use crate::vcpu::{self, Vcpu, VcpuError, VmExit, VmExitSink};
+use crate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VmExit, VmExitSink};
 
 /// Everything that can stop a VM from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 const TOKEN_DEVICE_EXIT: u64 = 1;
 const TOKEN_VCPU_EXIT: u64 = 2;
 const TOKEN_STDIN: u64 = 3;
+const TOKEN_API: u64 = 4;
+const TOKEN_SIGTERM: u64 = 5;
 
 /// Opens the KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests
 /// use it to simulate a host without KVM).
@@ -107,144 +110,228 @@ pub fn check_kvm() -> Result<(), VmmError> {
 
 /// Boots `config` and runs it until the guest ends it or a vCPU fails.
 pub fn run(config: &VmConfig, opts: RunOptions) -> Result<VmExit, VmmError> {
-    config.validate()?;
-    // Bad paths and wrong files are reported before any KVM work.
-    loader::sniff_kernel(&config.kernel)?;
-    if let Some(initrd) = &config.initrd {
-        loader::check_initrd(initrd)?;
+    let mut vm = Vm::boot(config, opts)?;
+    vm.event_loop(opts, None)
+}
+
+/// A running VM: its KVM handles, memory, devices and vCPU threads.
+pub struct Vm {
+    // Declared first: dropped (threads stopped and joined) before the
+    // memory and the VM fd below go away.
+    threads: VcpuThreads,
+    config: VmConfig,
+    devices: DeviceManager,
+    sink: Arc<VmExitSink>,
+    balloon: Option<BalloonHandle>,
+    _mem: vm_memory::GuestMemoryMmap,
+    _vm: kvm_ioctls::VmFd,
+}
+
+impl Vm {
+    /// The configuration this VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
     }
-    let kvm = open_kvm()?;
-    if !opts.skip_probe {
-        probe::check(&kvm)?;
+
+    /// The balloon, if the VM has one.
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
+        self.balloon.as_ref()
     }
-    let kvm_err = |what| move |err| VmmError::Kvm { what, err };
 
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.threads.control.is_paused()
+    }
 
-    let mem = memory::create(config.mem_bytes())?;
-    memory::register(&vm, &mem)?;
-
-    let kernel = loader::load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(p) => Some(loader::load_initrd(&mem, p)?),
-        None => None,
-    };
-    let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
-    let mut root_args = String::new();
-    for (i, d) in config.disks.iter().enumerate() {
-        let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
-        devices.add_virtio(&vm, &mem, Box::new(Block::new(disk)))?;
-        if d.root {
-            let letter = char::from(b'a' + i as u8);
-            let mode = if d.read_only { "ro" } else { "rw" };
-            root_args = format!(" root=/dev/vd{letter} {mode}");
+    /// Stops every vCPU (between two instructions, as far as the guest can
+    /// tell) until [`Vm::resume`].
+    pub fn pause(&mut self) -> Result<(), String> {
+        if self.threads.pause() {
+            Ok(())
+        } else {
+            self.threads.control.resume();
+            Err("the vCPUs did not stop within a second".into())
         }
     }
-    for n in &config.nets {
-        let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
-        devices.add_virtio(&vm, &mem, Box::new(Net::new(tap, n.mac)))?;
-    }
-    if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
-        devices.add_virtio(&vm, &mem, Box::new(vsock))?;
-    }
-    if config.entropy {
-        devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;
-    }
-    // Devices are described in the DSDT; a guest booted without ACPI finds
-    // them on its command line instead (both at once would probe twice).
-    let mut extra = root_args;
-    if config.cmdline.split_whitespace().any(|w| w == "acpi=off") {
-        extra.push_str(&devices.virtio_cmdline_args());
-    }
-    // Kernel parameters go before ` -- `, where init's arguments start.
-    let cmdline = match config.cmdline.find(" -- ") {
-        Some(i) => format!("{}{extra}{}", &config.cmdline[..i], &config.cmdline[i..]),
-        None => format!("{}{extra}", config.cmdline),
-    };
-    let cmdline_size = loader::load_cmdline(&mem, &cmdline)?;
 
-    let arch_err = |e: arch::Error| VmmError::Arch(e.to_string());
-    arch::setup_mptable(&mem, config.vcpus).map_err(arch_err)?;
-    let acpi = AcpiConfig {
-        num_cpus: config.vcpus,
-        mmio_devices: devices.virtio.clone(),
-    };
-    let rsdp = arch::create_acpi_tables(&mem, &acpi).map_err(arch_err)?;
-    arch::configure_system(
-        &mem,
-        GuestAddress(arch::CMDLINE_START),
-        cmdline_size,
-        initrd,
-        config.vcpus,
-        kernel.protocol,
-        rsdp,
-        kernel.setup_header,
-    )
-    .map_err(arch_err)?;
+    /// Resumes paused vCPUs.
+    pub fn resume(&mut self) {
+        self.threads.control.resume();
+    }
 
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let mut vcpus = Vec::with_capacity(config.vcpus.into());
-    for id in 0..config.vcpus {
-        vcpus.push(Vcpu::new(
-            &vm,
-            id,
-            config.vcpus,
-            &supported,
+    /// Builds the VM `config` describes and starts its vCPUs.
+    pub fn boot(config: &VmConfig, opts: RunOptions) -> Result<Self, VmmError> {
+        config.validate()?;
+        // Bad paths and wrong files are reported before any KVM work.
+        loader::sniff_kernel(&config.kernel)?;
+        if let Some(initrd) = &config.initrd {
+            loader::check_initrd(initrd)?;
+        }
+        let kvm = open_kvm()?;
+        if !opts.skip_probe {
+            probe::check(&kvm)?;
+        }
+        let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let mem = memory::create(config.mem_bytes())?;
+        memory::register(&vm, &mem)?;
+
+        let kernel = loader::load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(p) => Some(loader::load_initrd(&mem, p)?),
+            None => None,
+        };
+        let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
+        let mut root_args = String::new();
+        for (i, d) in config.disks.iter().enumerate() {
+            let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
+            devices.add_virtio(&vm, &mem, Box::new(Block::new(disk)))?;
+            if d.root {
+                let letter = char::from(b'a' + i as u8);
+                let mode = if d.read_only { "ro" } else { "rw" };
+                root_args = format!(" root=/dev/vd{letter} {mode}");
+            }
+        }
+        let mut balloon = None;
+        if let Some(b) = &config.balloon {
+            let dev = Balloon::new(
+                b.amount_mib,
+                b.deflate_on_oom,
+                b.stats_polling_interval_s,
+                b.free_page_reporting,
+            );
+            balloon = Some(dev.handle());
+            devices.add_virtio(&vm, &mem, Box::new(dev))?;
+        }
+        for n in &config.nets {
+            let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
+            devices.add_virtio(&vm, &mem, Box::new(Net::new(tap, n.mac)))?;
+        }
+        if let Some(v) = &config.vsock {
+            let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
+            devices.add_virtio(&vm, &mem, Box::new(vsock))?;
+        }
+        if config.entropy {
+            devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;
+        }
+        // Devices are described in the DSDT; a guest booted without ACPI finds
+        // them on its command line instead (both at once would probe twice).
+        let mut extra = root_args;
+        if config.cmdline.split_whitespace().any(|w| w == "acpi=off") {
+            extra.push_str(&devices.virtio_cmdline_args());
+        }
+        // Kernel parameters go before ` -- `, where init's arguments start.
+        let cmdline = match config.cmdline.find(" -- ") {
+            Some(i) => format!("{}{extra}{}", &config.cmdline[..i], &config.cmdline[i..]),
+            None => format!("{}{extra}", config.cmdline),
+        };
+        let cmdline_size = loader::load_cmdline(&mem, &cmdline)?;
+
+        let arch_err = |e: arch::Error| VmmError::Arch(e.to_string());
+        arch::setup_mptable(&mem, config.vcpus).map_err(arch_err)?;
+        let acpi = AcpiConfig {
+            num_cpus: config.vcpus,
+            mmio_devices: devices.virtio.clone(),
+        };
+        let rsdp = arch::create_acpi_tables(&mem, &acpi).map_err(arch_err)?;
+        arch::configure_system(
             &mem,
-            kernel.entry,
+            GuestAddress(arch::CMDLINE_START),
+            cmdline_size,
+            initrd,
+            config.vcpus,
             kernel.protocol,
-        )?);
-    }
+            rsdp,
+            kernel.setup_header,
+        )
+        .map_err(arch_err)?;
 
-    vcpu::install_kick_handler()?;
-    let sink = Arc::new(VmExitSink::new().map_err(VmmError::EventLoop)?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pio = Arc::new(devices.pio.clone());
-    let mmio = Arc::new(devices.mmio.clone());
-    let mut threads = VcpuThreads {
-        handles: Vec::new(),
-        stop: stop.clone(),
-    };
-    for v in vcpus {
-        threads
-            .handles
-            .push(v.start(pio.clone(), mmio.clone(), stop.clone(), sink.clone())?);
-    }
-    tracing::info!(
-        vcpus = config.vcpus,
-        mem_mib = config.mem_mib,
-        protocol = ?kernel.protocol,
-        "guest started"
-    );
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        for id in 0..config.vcpus {
+            vcpus.push(Vcpu::new(
+                &vm,
+                id,
+                config.vcpus,
+                &supported,
+                &mem,
+                kernel.entry,
+                kernel.protocol,
+            )?);
+        }
 
-    let result = event_loop(&devices, &sink, opts);
-    threads.stop_all();
-    // Memory and the VM fd are dropped after the threads are joined.
-    drop(mem);
-    result
+        vcpu::install_kick_handler()?;
+        let sink = Arc::new(VmExitSink::new().map_err(VmmError::EventLoop)?);
+        let pio = Arc::new(devices.pio.clone());
+        let mmio = Arc::new(devices.mmio.clone());
+        let mut threads = VcpuThreads {
+            handles: Vec::new(),
+            control: Arc::new(VcpuControl::default()),
+        };
+        for v in vcpus {
+            threads.handles.push(v.start(
+                pio.clone(),
+                mmio.clone(),
+                threads.control.clone(),
+                sink.clone(),
+            )?);
+        }
+        tracing::info!(
+            vcpus = config.vcpus,
+            mem_mib = config.mem_mib,
+            protocol = ?kernel.protocol,
+            "guest started"
+        );
+
+        Ok(Self {
+            threads,
+            config: config.clone(),
+            devices,
+            sink,
+            balloon,
+            _mem: mem,
+            _vm: vm,
+        })
+    }
 }
 
 /// The vCPU threads, stopped and joined on drop so no exit path leaks them.
 struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
 }
 
 impl VcpuThreads {
+    fn kick_all(&self) {
+        for h in &self.handles {
+            if !h.is_finished() {
+                // SAFETY: the pthread handle is valid until joined, and the
+                // kick signal has a handler installed.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::KICK_SIGNAL()) };
+            }
+        }
+    }
+
+    fn pause(&self) -> bool {
+        let live = self.handles.iter().filter(|h| !h.is_finished()).count();
+        self.control.pause(live, || self.kick_all())
+    }
+
     fn stop_all(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.control.request_stop();
         for h in self.handles.drain(..) {
             // A kick can land just before the thread enters KVM_RUN; repeat
             // it until the thread is gone.
@@ -265,82 +352,114 @@ impl Drop for VcpuThreads {
     }
 }
 
-fn event_loop(
-    devices: &DeviceManager,
-    sink: &VmExitSink,
-    opts: RunOptions,
-) -> Result<VmExit, VmmError> {
-    let ev = VmmError::EventLoop;
-    let epoll = Epoll::new().map_err(ev)?;
-    let add = |fd: i32, token: u64| {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )
-    };
-    add(devices.exit.eventfd().as_raw_fd(), TOKEN_DEVICE_EXIT).map_err(ev)?;
-    add(sink.eventfd().as_raw_fd(), TOKEN_VCPU_EXIT).map_err(ev)?;
-    let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut events = [EpollEvent::default(); 4];
+impl Vm {
+    /// Runs the VMM's loop until the guest ends or a vCPU fails: console
+    /// input, guest exits, and API requests when `api` is given.
+    pub fn event_loop(
+        &mut self,
+        opts: RunOptions,
+        api: Option<&ApiServer>,
+    ) -> Result<VmExit, VmmError> {
+        let result = self.serve(opts, api);
+        self.threads.stop_all();
+        result
+    }
 
-    loop {
-        // With input waiting for room in the UART FIFO, poll it briefly.
-        let timeout = if pending.is_empty() { -1 } else { 10 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ev(e)),
+    fn serve(&mut self, opts: RunOptions, api: Option<&ApiServer>) -> Result<VmExit, VmmError> {
+        let ev = VmmError::EventLoop;
+        let epoll = Epoll::new().map_err(ev)?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
         };
-        for e in &events[..n] {
-            match e.data() {
-                TOKEN_DEVICE_EXIT => {
-                    let _ = devices.exit.eventfd().read();
-                    if let Some(r) = devices.exit.reason() {
-                        return Ok(match r {
-                            ExitReason::Poweroff => VmExit::Poweroff,
-                            ExitReason::Reset => VmExit::Reset,
-                            ExitReason::Panic => VmExit::Panic,
-                        });
-                    }
-                }
-                TOKEN_VCPU_EXIT => {
-                    let _ = sink.eventfd().read();
-                    if let Some(exit) = sink.reason() {
-                        return Ok(exit);
-                    }
-                }
-                TOKEN_STDIN if pending.is_empty() => {
-                    let mut buf = [0u8; 64];
-                    // SAFETY: reading into a stack buffer of the given length.
-                    let r = unsafe {
-                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
-                    };
-                    if r <= 0 {
-                        if r == 0
-                            || std::io::Error::last_os_error().kind()
-                                != std::io::ErrorKind::Interrupted
-                        {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
-                            stdin_open = false;
+        add(self.devices.exit.eventfd().as_raw_fd(), TOKEN_DEVICE_EXIT).map_err(ev)?;
+        add(self.sink.eventfd().as_raw_fd(), TOKEN_VCPU_EXIT).map_err(ev)?;
+        if let Some(api) = api {
+            add(api.eventfd().as_raw_fd(), TOKEN_API).map_err(ev)?;
+        }
+        let mut stop_signals = crate::api::StopSignals::new().map_err(ev)?;
+        add(stop_signals.as_raw_fd(), TOKEN_SIGTERM).map_err(ev)?;
+        let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut events = [EpollEvent::default(); 8];
+
+        loop {
+            // With input waiting for room in the UART FIFO, poll it briefly.
+            let timeout = if pending.is_empty() { -1 } else { 10 };
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ev(e)),
+            };
+            for e in &events[..n] {
+                match e.data() {
+                    TOKEN_API => {
+                        if let Some(api) = api {
+                            let _ = api.eventfd().read();
+                            while let Some(p) = api.next() {
+                                let r = crate::api::handle_running(self, &p.req);
+                                p.respond(r);
+                            }
                         }
-                        continue;
                     }
-                    pending.extend_from_slice(&buf[..r as usize]);
+                    TOKEN_SIGTERM if stop_signals.read() => {
+                        tracing::info!("SIGTERM: stopping the VM");
+                        return Ok(VmExit::Stopped);
+                    }
+                    TOKEN_DEVICE_EXIT => {
+                        let _ = self.devices.exit.eventfd().read();
+                        if let Some(r) = self.devices.exit.reason() {
+                            return Ok(match r {
+                                ExitReason::Poweroff => VmExit::Poweroff,
+                                ExitReason::Reset => VmExit::Reset,
+                                ExitReason::Panic => VmExit::Panic,
+                            });
+                        }
+                    }
+                    TOKEN_VCPU_EXIT => {
+                        let _ = self.sink.eventfd().read();
+                        if let Some(exit) = self.sink.reason() {
+                            return Ok(exit);
+                        }
+                    }
+                    TOKEN_STDIN if pending.is_empty() => {
+                        let mut buf = [0u8; 64];
+                        // SAFETY: reading into a stack buffer of the given length.
+                        let r = unsafe {
+                            libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                        };
+                        if r <= 0 {
+                            if r == 0
+                                || std::io::Error::last_os_error().kind()
+                                    != std::io::ErrorKind::Interrupted
+                            {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    libc::STDIN_FILENO,
+                                    EpollEvent::default(),
+                                );
+                                stdin_open = false;
+                            }
+                            continue;
+                        }
+                        pending.extend_from_slice(&buf[..r as usize]);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            if !pending.is_empty() {
+                let mut serial = self
+                    .devices
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let taken = serial.enqueue_input(&pending);
+                pending.drain(..taken);
+            }
+            let _ = stdin_open;
         }
-        if !pending.is_empty() {
-            let mut serial = devices.serial.lock().unwrap_or_else(|p| p.into_inner());
-            let taken = serial.enqueue_input(&pending);
-            pending.drain(..taken);
-        }
-        let _ = stdin_open;
     }
 }

@@ -6,22 +6,28 @@
 //! that would change the file. Every request is checked against the disk's
 //! size and the chain's shape before any I/O; a malformed request fails with
 //! an I/O error status, a broken queue stops the device.
+//!
+//! An optional [`RateLimiter`] throttles the guest as Firecracker does: every
+//! request costs one op, reads and writes also their data length in bytes.
+//! A refused request stays in the queue; the device stops serving until the
+//! limiter's timer fires, then carries on where it stopped.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::worker::{single_queue_worker, QueueWorker};
+use super::worker::QueueWorker;
 use super::{
-    device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
-    VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+    device_type, read_config_bytes, ActivateError, Activation, Chain, Interrupt, VirtioDevice,
+    INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::rate_limiter::{self, RateLimiter, TokenType};
 
 const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -48,6 +54,10 @@ const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 const VIRTIO_BLK_ID_BYTES: usize = 20;
 const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// Worker tokens: the request queue's notification, then the limiter's timer.
+const QUEUE_TOKEN: usize = 0;
+const LIMITER_TOKEN: usize = 1;
 
 /// Errors opening a disk.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +167,8 @@ pub struct Block {
     disk: Arc<Disk>,
     features: u64,
     config: [u8; 60],
+    /// Shared with the worker; kept here so that it survives a reset.
+    rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
     worker: Option<QueueWorker>,
 }
 
@@ -187,8 +199,17 @@ impl Block {
             disk: Arc::new(disk),
             features,
             config,
+            rate_limiter: None,
             worker: None,
         }
+    }
+
+    /// Throttles the guest's requests with `rate_limiter`: one op per
+    /// request, plus the data length in bytes for reads and writes. Takes
+    /// effect at the next activation.
+    pub fn rate_limiter(mut self, rate_limiter: RateLimiter) -> Self {
+        self.rate_limiter = Some(Arc::new(Mutex::new(rate_limiter)));
+        self
     }
 }
 
@@ -213,11 +234,42 @@ impl VirtioDevice for Block {
         // A previous activation's worker must be gone before a new one
         // serves the queue.
         self.worker = None;
-        let disk = self.disk.clone();
-        let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-        self.worker = Some(single_queue_worker("virtio-blk", a, move |mem, q, irq| {
-            process_queue(mem, q, irq, &disk, &mut buf)
-        })?);
+        let Activation {
+            mem,
+            interrupt,
+            mut queues,
+            queue_evts,
+            acked_features,
+        } = a;
+        let Some(mut queue) = queues.pop() else {
+            return Err(ActivateError::Failed("virtio-blk: no queue".into()));
+        };
+        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        // The limiter's timer gets token LIMITER_TOKEN (one queue before it).
+        let fds: Vec<RawFd> = self
+            .rate_limiter
+            .iter()
+            .map(|rl| lock(rl).as_raw_fd())
+            .collect();
+        let mut w = BlockWorker {
+            mem,
+            queue,
+            irq: interrupt,
+            disk: self.disk.clone(),
+            buf: vec![0u8; MAX_REQUEST_BYTES],
+            rate_limiter: self.rate_limiter.clone(),
+        };
+        let worker = QueueWorker::spawn_with_fds("virtio-blk", queue_evts, &fds, move |token| {
+            match w.handle(token) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("virtio-blk: {e}; device stopped");
+                    false
+                }
+            }
+        })
+        .map_err(|e| ActivateError::Failed(format!("virtio-blk: {e}")))?;
+        self.worker = Some(worker);
         Ok(())
     }
 
@@ -230,6 +282,103 @@ impl VirtioDevice for Block {
     }
 }
 
+/// What the worker thread owns for one activation.
+struct BlockWorker {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    irq: Arc<Interrupt>,
+    disk: Arc<Disk>,
+    buf: Vec<u8>,
+    rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
+}
+
+impl BlockWorker {
+    /// Handles worker token `token`: a guest notification, or the limiter's
+    /// timer, which unblocks the limiter and resumes serving the queue.
+    fn handle(&mut self, token: usize) -> Result<(), virtio_queue::Error> {
+        let mut rl = self.rate_limiter.as_deref().map(lock);
+        match token {
+            QUEUE_TOKEN => {}
+            LIMITER_TOKEN => {
+                if let Some(rl) = rl.as_deref_mut() {
+                    limiter_timer_event("virtio-blk", rl);
+                }
+            }
+            _ => return Ok(()),
+        }
+        process_queue_limited(
+            &self.mem,
+            &mut self.queue,
+            &self.irq,
+            &self.disk,
+            &mut self.buf,
+            rl.as_deref_mut(),
+        )
+    }
+}
+
+/// Locks a shared limiter; a panic elsewhere leaves it usable.
+pub(super) fn lock(rl: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
+    rl.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Handles `rl`'s timer becoming readable; the caller then serves the queue
+/// (which does nothing while the limiter is still blocked).
+pub(super) fn limiter_timer_event(device: &str, rl: &mut RateLimiter) {
+    match rl.event_handler() {
+        Ok(()) | Err(rate_limiter::Error::SpuriousEvent) => {}
+        Err(e) => tracing::warn!("{device}: {e}"),
+    }
+}
+
+/// Charges one request of `bytes` data bytes to `rl` (no limiter: always
+/// admitted). Both token types or neither: if the bytes are refused, the op
+/// is given back. False means throttled: the request must wait.
+pub(super) fn admit(rl: Option<&mut RateLimiter>, bytes: u64) -> bool {
+    let Some(rl) = rl else {
+        return true;
+    };
+    if !rl.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if bytes > 0 && !rl.consume(bytes, TokenType::Bytes) {
+        rl.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
+}
+
+/// Like [`super::drain_queue`], except that `serve` may refuse a chain by
+/// returning `None` (e.g. rate limited): the chain then stays available (it
+/// is served first next time), draining stops with notifications still off,
+/// and the caller must call again later (e.g. on the limiter's timer). The
+/// guest is interrupted, if it asked to be, for the chains that were used.
+pub(super) fn drain_queue_until_refused(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    irq: &Interrupt,
+    mut serve: impl FnMut(Chain<'_>) -> Option<u32>,
+) -> Result<(), virtio_queue::Error> {
+    'drain: loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let Some(used) = serve(chain) else {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                break 'drain;
+            };
+            queue.add_used(mem, head, used)?;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if queue.needs_notification(mem)? {
+        irq.trigger(INT_VRING);
+    }
+    Ok(())
+}
+
 /// Serves every available request on `queue`.
 pub fn process_queue(
     mem: &GuestMemoryMmap,
@@ -238,12 +387,29 @@ pub fn process_queue(
     disk: &Disk,
     buf: &mut [u8],
 ) -> Result<(), virtio_queue::Error> {
-    drain_queue(mem, queue, irq, |chain| {
+    process_queue_limited(mem, queue, irq, disk, buf, None)
+}
+
+/// Serves the available requests on `queue` as far as `rate_limiter`
+/// allows: the first refused request stays in the queue, and nothing is
+/// served while the limiter is blocked (its timer resumes the device).
+pub fn process_queue_limited(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    irq: &Interrupt,
+    disk: &Disk,
+    buf: &mut [u8],
+    mut rate_limiter: Option<&mut RateLimiter>,
+) -> Result<(), virtio_queue::Error> {
+    if rate_limiter.as_deref().is_some_and(RateLimiter::is_blocked) {
+        return Ok(());
+    }
+    drain_queue_until_refused(mem, queue, irq, |chain| {
         match (chain.clone().reader(mem), chain.writer(mem)) {
-            (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf),
+            (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf, rate_limiter.as_deref_mut()),
             _ => {
                 tracing::debug!("virtio-blk: malformed descriptor chain");
-                0
+                Some(0)
             }
         }
     })
@@ -253,22 +419,55 @@ type Reader<'a> = virtio_queue::Reader<'a, ()>;
 type Writer<'a> = virtio_queue::Writer<'a, ()>;
 
 /// Serves one request; returns the bytes written to the guest (data plus
-/// the status byte), 0 when not even a status could be written.
-fn serve(disk: &Disk, r: &mut Reader, w: &mut Writer, buf: &mut [u8]) -> u32 {
+/// the status byte), 0 when not even a status could be written, or `None`
+/// when `rate_limiter` refuses it (nothing was done).
+///
+/// As in Firecracker, a chain without a header or status is not charged,
+/// any other request costs one op, and reads and writes their data length.
+fn serve(
+    disk: &Disk,
+    r: &mut Reader,
+    w: &mut Writer,
+    buf: &mut [u8],
+    rate_limiter: Option<&mut RateLimiter>,
+) -> Option<u32> {
     let Some(status_at) = w.available_bytes().checked_sub(1) else {
-        return 0; // no room for a status byte: nothing to report to
+        return Some(0); // no room for a status byte: nothing to report to
     };
     let Ok(mut status_w) = w.split_at(status_at) else {
-        return 0;
+        return Some(0);
     };
     let (status, data_len) = match r.read_obj::<RequestHeader>() {
-        Ok(h) => execute(disk, h, r, w, buf),
+        Ok(h) => {
+            // Charged after reading the header once, so the guest cannot
+            // change the request between charge and execution.
+            if !admit(rate_limiter, data_bytes(&h, r, w)) {
+                return None;
+            }
+            execute(disk, h, r, w, buf)
+        }
         Err(_) => (VIRTIO_BLK_S_IOERR, 0),
     };
     if status_w.write_all(&[status]).is_err() {
-        return 0;
+        return Some(0);
     }
-    data_len.saturating_add(1)
+    Some(data_len.saturating_add(1))
+}
+
+/// Data bytes request `h` moves (what [`execute`] reads or writes): the
+/// data part of a read or write, 0 for other requests and for a length no
+/// request may have (it fails without moving data).
+fn data_bytes(h: &RequestHeader, r: &Reader, w: &Writer) -> u64 {
+    let len = match h.type_ {
+        VIRTIO_BLK_T_IN => w.available_bytes(),
+        VIRTIO_BLK_T_OUT => r.available_bytes(),
+        _ => 0,
+    };
+    if len > MAX_REQUEST_BYTES {
+        0
+    } else {
+        len as u64
+    }
 }
 
 fn execute(
@@ -357,6 +556,8 @@ fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limiter::BucketConfig;
+    use std::time::{Duration, Instant};
     use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
@@ -560,6 +761,193 @@ mod tests {
         ] {
             let _ = request(&d, &m, &descs, 0x3_0000);
         }
+        std::fs::remove_file(p).unwrap();
+    }
+
+    fn bucket(size: u64, refill_time: u64) -> Option<BucketConfig> {
+        Some(BucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time,
+        })
+    }
+
+    /// Makes `n` 512-byte read requests of sector i available; request i's
+    /// status byte is at `0x3_0000 + i`.
+    fn add_reads(m: &GuestMemoryMmap, mq: &MockSplitQueue<GuestMemoryMmap>, n: u16) {
+        let mut descs = Vec::new();
+        for i in 0..n {
+            let at = 0x1_0000 + u64::from(i) * 0x100;
+            header(m, at, VIRTIO_BLK_T_IN, u64::from(i));
+            let first = i * 3;
+            descs.extend([
+                D::new(at, 16, NEXT, first + 1),
+                D::new(
+                    0x4_0000 + u64::from(i) * 0x1000,
+                    512,
+                    WRITE | NEXT,
+                    first + 2,
+                ),
+                D::new(0x3_0000 + u64::from(i), 1, WRITE, 0),
+            ]);
+        }
+        let raw: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
+        mq.add_desc_chains(&raw, 0).unwrap();
+        m.write_slice(&vec![0xffu8; usize::from(n)], GuestAddress(0x3_0000))
+            .unwrap();
+    }
+
+    fn statuses(m: &GuestMemoryMmap, n: usize) -> Vec<u8> {
+        let mut st = vec![0u8; n];
+        m.read_slice(&mut st, GuestAddress(0x3_0000)).unwrap();
+        st
+    }
+
+    fn block_worker(
+        d: Disk,
+        m: &GuestMemoryMmap,
+        queue: Queue,
+        rl: Option<RateLimiter>,
+    ) -> BlockWorker {
+        BlockWorker {
+            mem: m.clone(),
+            queue,
+            irq: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            disk: Arc::new(d),
+            buf: vec![0u8; MAX_REQUEST_BYTES],
+            rate_limiter: rl.map(|rl| Arc::new(Mutex::new(rl))),
+        }
+    }
+
+    #[test]
+    fn ops_limit_defers_requests_until_the_timer() {
+        let (d, p) = disk(false);
+        let m = mem();
+        let mq = MockSplitQueue::new(&m, 16);
+        add_reads(&m, &mq, 5);
+        // 2 ops per 60 ms: one more request every 30 ms once empty.
+        let rl = RateLimiter::new(None, bucket(2, 60)).unwrap();
+        let mut w = block_worker(d, &m, mq.create_queue().unwrap(), Some(rl));
+
+        w.handle(QUEUE_TOKEN).unwrap();
+        assert_eq!(w.queue.next_used(), 2);
+        assert_eq!(w.queue.next_avail(), 2, "refused request left in the queue");
+        assert_eq!(statuses(&m, 5), [0, 0, 0xff, 0xff, 0xff]);
+        // A notification while throttled serves nothing.
+        w.handle(QUEUE_TOKEN).unwrap();
+        assert_eq!(w.queue.next_used(), 2);
+
+        // The timer resumes the queue (an early timer event is spurious).
+        let start = Instant::now();
+        while w.queue.next_used() < 5 {
+            assert!(start.elapsed() < Duration::from_secs(2), "timer stalled");
+            std::thread::sleep(Duration::from_millis(2));
+            w.handle(LIMITER_TOKEN).unwrap();
+        }
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(w.queue.next_avail(), 5);
+        assert_eq!(statuses(&m, 5), [VIRTIO_BLK_S_OK; 5]);
+        let used_idx: u16 = m.read_obj(GuestAddress(mq.used_addr().0 + 2)).unwrap();
+        assert_eq!(used_idx, 5);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn bandwidth_limit_gives_the_op_back() {
+        let (d, p) = disk(false);
+        let m = mem();
+        let mq = MockSplitQueue::new(&m, 16);
+        add_reads(&m, &mq, 5);
+        // Room for two 512-byte reads (no refill to speak of).
+        let mut rl = RateLimiter::new(bucket(1024, 10_000_000), bucket(10, 10_000_000)).unwrap();
+        let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+        let mut q: Queue = mq.create_queue().unwrap();
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        process_queue_limited(&m, &mut q, &irq, &d, &mut buf, Some(&mut rl)).unwrap();
+        assert_eq!((q.next_used(), q.next_avail()), (2, 2));
+        assert!(rl.is_blocked());
+        // Two ops charged, the third given back when the bytes were refused.
+        assert_eq!(rl.ops().map(|b| b.budget()), Some(8));
+        // Without a limiter the rest is served.
+        process_queue(&m, &mut q, &irq, &d, &mut buf).unwrap();
+        assert_eq!((q.next_used(), q.next_avail()), (5, 5));
+        assert_eq!(statuses(&m, 5), [VIRTIO_BLK_S_OK; 5]);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn requests_are_charged_ops_and_data_bytes() {
+        let (d, p) = disk(false);
+        let m = mem();
+        let mut rl =
+            RateLimiter::new(bucket(100_000, 10_000_000), bucket(100, 10_000_000)).unwrap();
+        let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let mut run = |rl: &mut RateLimiter, descs: &[D]| {
+            let mq = MockSplitQueue::new(&m, 16);
+            let raw: Vec<RawDescriptor> = descs.iter().copied().map(RawDescriptor::from).collect();
+            mq.build_desc_chain(&raw).unwrap();
+            let mut q: Queue = mq.create_queue().unwrap();
+            process_queue_limited(&m, &mut q, &irq, &d, &mut buf, Some(rl)).unwrap();
+            assert_eq!(q.next_used(), 1);
+            let bw = rl.bandwidth().map_or(0, |b| b.budget());
+            let ops = rl.ops().map_or(0, |b| b.budget());
+            (100_000 - bw, 100 - ops)
+        };
+        header(&m, 0x1_0000, VIRTIO_BLK_T_OUT, 0);
+        let write = [
+            D::new(0x1_0000, 16, NEXT, 1),
+            D::new(0x2_0000, 1024, NEXT, 2),
+            D::new(0x3_0000, 1, WRITE, 0),
+        ];
+        assert_eq!(run(&mut rl, &write), (1024, 1));
+        header(&m, 0x1_0000, VIRTIO_BLK_T_FLUSH, 0);
+        let flush = [D::new(0x1_0000, 16, NEXT, 1), D::new(0x3_0000, 1, WRITE, 0)];
+        assert_eq!(run(&mut rl, &flush), (1024, 2));
+        header(&m, 0x1_0000, VIRTIO_BLK_T_IN, 0);
+        let read = [
+            D::new(0x1_0000, 16, NEXT, 1),
+            D::new(0x4_0000, 2048, WRITE | NEXT, 2),
+            D::new(0x3_0000, 1, WRITE, 0),
+        ];
+        assert_eq!(run(&mut rl, &read), (3072, 3));
+        // A chain without a status byte is not a request: free.
+        assert_eq!(run(&mut rl, &[D::new(0x1_0000, 16, 0, 0)]), (3072, 3));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn activated_device_resumes_on_the_limiter_timer() {
+        let (d, p) = disk(false);
+        let m = mem();
+        let mq = MockSplitQueue::new(&m, 16);
+        add_reads(&m, &mq, 5);
+        let rl = RateLimiter::new(None, bucket(2, 60)).unwrap();
+        let mut blk = Block::new(d).rate_limiter(rl);
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        blk.activate(Activation {
+            mem: m.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            queues: vec![mq.create_queue().unwrap()],
+            queue_evts: vec![kick.try_clone().unwrap()],
+            acked_features: 0,
+        })
+        .unwrap();
+        kick.write(1).unwrap();
+        let start = Instant::now();
+        loop {
+            let used_idx: u16 = m.read_obj(GuestAddress(mq.used_addr().0 + 2)).unwrap();
+            if used_idx == 5 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "stalled at {used_idx}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(blk.reset());
+        assert_eq!(statuses(&m, 5), [VIRTIO_BLK_S_OK; 5]);
         std::fs::remove_file(p).unwrap();
     }
 }

@@ -6,6 +6,7 @@
 //! device. Guest notifications arrive on eventfds (KVM ioeventfds registered
 //! by the VMM) and interrupts leave through [`Interrupt`] (a KVM irqfd).
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;

@@ -8,22 +8,29 @@
 //! A frame that fits no buffer, or a malformed transmit chain, is dropped
 //! with a debug log; the guest cannot make the VMM buffer more than one
 //! pending frame.
+//!
+//! Optional receive and transmit [`RateLimiter`]s throttle the device as in
+//! Firecracker: each frame costs one op and its length (vnet header
+//! included) in bytes. A refused transmit chain stays in the queue, a
+//! refused received frame stays pending; the limiter's timer resumes them.
 
 pub mod tap;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
+use super::block::{admit, drain_queue_until_refused, limiter_timer_event, lock};
 use super::worker::QueueWorker;
 use super::{
-    arm_notification, device_type, drain_queue, read_config_bytes, ActivateError, Activation,
-    Interrupt, VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+    arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
+    VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::rate_limiter::RateLimiter;
 
 const QUEUE_SIZE: u16 = 256;
 /// Largest frame: 64 KiB of TSO payload plus headers, plus the vnet header.
@@ -45,11 +52,15 @@ const VIRTIO_NET_S_LINK_UP: u16 = 1;
 const RX: usize = 0;
 const TX: usize = 1;
 const TAP_TOKEN: usize = 2;
+// The limiters' timers (those present, rx first) get the tokens after it.
 
 /// The network device.
 pub struct Net {
     tap: Arc<Mutex<Tap>>,
     config: [u8; 10],
+    /// Shared with the worker; kept here so that they survive a reset.
+    rx_rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
+    tx_rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
     worker: Option<QueueWorker>,
 }
 
@@ -63,9 +74,56 @@ impl Net {
         Self {
             tap: Arc::new(Mutex::new(tap)),
             config,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
             worker: None,
         }
     }
+
+    /// Throttles frames delivered to the guest with `rate_limiter`: one op
+    /// and the frame length in bytes per frame. Takes effect at the next
+    /// activation.
+    pub fn rx_rate_limiter(mut self, rate_limiter: RateLimiter) -> Self {
+        self.rx_rate_limiter = Some(Arc::new(Mutex::new(rate_limiter)));
+        self
+    }
+
+    /// Throttles frames the guest transmits with `rate_limiter`: one op and
+    /// the frame length in bytes per frame. Takes effect at the next
+    /// activation.
+    pub fn tx_rate_limiter(mut self, rate_limiter: RateLimiter) -> Self {
+        self.tx_rate_limiter = Some(Arc::new(Mutex::new(rate_limiter)));
+        self
+    }
+}
+
+/// Where frames go to and come from: the TAP (a fake in tests).
+trait FrameIo: Send {
+    /// Reads one frame; `WouldBlock` when none waits.
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Writes one frame.
+    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl FrameIo for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Tap::read_frame(self, buf)
+    }
+
+    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Tap::write_frame(self, buf)
+    }
+}
+
+/// A rate limiter and the worker token of its timer.
+struct Throttle {
+    limiter: Arc<Mutex<RateLimiter>>,
+    token: usize,
+}
+
+/// True while `throttle`'s limiter is blocked (waiting for its timer).
+fn blocked(throttle: Option<&Throttle>) -> bool {
+    throttle.is_some_and(|t| lock(&t.limiter).is_blocked())
 }
 
 fn bit(b: u32) -> u64 {
@@ -140,6 +198,19 @@ impl VirtioDevice for Net {
         };
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
+        // Timer fd i gets token TAP_TOKEN + 1 + i.
+        let mut fds: Vec<RawFd> = vec![tap_fd];
+        let mut throttle = |limiter: &Option<Arc<Mutex<RateLimiter>>>| {
+            limiter.as_ref().map(|limiter| {
+                fds.push(lock(limiter).as_raw_fd());
+                Throttle {
+                    limiter: limiter.clone(),
+                    token: TAP_TOKEN + fds.len() - 1,
+                }
+            })
+        };
+        let rx_throttle = throttle(&self.rx_rate_limiter);
+        let tx_throttle = throttle(&self.tx_rate_limiter);
         let mut w = NetWorker {
             mem,
             irq: interrupt,
@@ -150,23 +221,19 @@ impl VirtioDevice for Net {
             pending: 0,
             tx_buf: vec![0u8; MAX_FRAME],
             mergeable: acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
+            rx_throttle,
+            tx_throttle,
         };
-        let worker =
-            QueueWorker::spawn_with_fds("virtio-net", queue_evts, &[tap_fd], move |token| {
-                let r = match token {
-                    TX => w.process_tx(),
-                    RX | TAP_TOKEN => w.process_rx(),
-                    _ => Ok(()),
-                };
-                match r {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("virtio-net: {e}; device stopped");
-                        false
-                    }
+        let worker = QueueWorker::spawn_with_fds("virtio-net", queue_evts, &fds, move |token| {
+            match w.handle(token) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("virtio-net: {e}; device stopped");
+                    false
                 }
-            })
-            .map_err(|e| fail(e.to_string()))?;
+            }
+        })
+        .map_err(|e| fail(e.to_string()))?;
         self.worker = Some(worker);
         Ok(())
     }
@@ -177,42 +244,82 @@ impl VirtioDevice for Net {
     }
 }
 
-struct NetWorker {
+struct NetWorker<T: FrameIo = Tap> {
     mem: GuestMemoryMmap,
     irq: Arc<Interrupt>,
     rx: Queue,
     tx: Queue,
-    tap: Arc<Mutex<Tap>>,
+    tap: Arc<Mutex<T>>,
     /// The frame read from the TAP and not yet delivered.
     frame: Vec<u8>,
     pending: usize,
     tx_buf: Vec<u8>,
     mergeable: bool,
+    rx_throttle: Option<Throttle>,
+    tx_throttle: Option<Throttle>,
 }
 
-impl NetWorker {
+impl<T: FrameIo> NetWorker<T> {
+    /// Handles worker token `token`. A limiter's timer unblocks it and
+    /// resumes its direction: the transmit queue where it stopped, or the
+    /// pending frame and then the TAP (edge triggered, so it is read until
+    /// empty or throttled again).
+    fn handle(&mut self, token: usize) -> Result<(), virtio_queue::Error> {
+        match token {
+            TX => self.process_tx(),
+            RX | TAP_TOKEN => self.process_rx(),
+            _ if self.rx_throttle.as_ref().is_some_and(|t| t.token == token) => {
+                if let Some(t) = &self.rx_throttle {
+                    limiter_timer_event("virtio-net rx", &mut lock(&t.limiter));
+                }
+                self.process_rx()
+            }
+            _ if self.tx_throttle.as_ref().is_some_and(|t| t.token == token) => {
+                if let Some(t) = &self.tx_throttle {
+                    limiter_timer_event("virtio-net tx", &mut lock(&t.limiter));
+                }
+                self.process_tx()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Transmits the available chains, stopping at the first one the
+    /// transmit limiter refuses (left in the queue for the timer).
     fn process_tx(&mut self) -> Result<(), virtio_queue::Error> {
+        let mut limiter = self.tx_throttle.as_ref().map(|t| lock(&t.limiter));
+        if limiter.as_ref().is_some_and(|l| l.is_blocked()) {
+            return Ok(());
+        }
         let mem = &self.mem;
         let tx_buf = &mut self.tx_buf;
         let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
-        drain_queue(mem, &mut self.tx, &self.irq, |chain| {
+        drain_queue_until_refused(mem, &mut self.tx, &self.irq, |chain| {
             let Ok(mut r) = chain.reader(mem) else {
                 tracing::debug!("virtio-net: malformed transmit chain");
-                return 0;
+                return Some(0);
             };
             let len = r.available_bytes();
             if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
                 tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
+            } else if !admit(limiter.as_deref_mut(), len as u64) {
+                return None;
             } else if r.read_exact(&mut tx_buf[..len]).is_ok() {
                 if let Err(e) = tap.write_frame(&tx_buf[..len]) {
                     tracing::debug!("virtio-net: TAP write: {e}");
                 }
             }
-            0
+            Some(0)
         })
     }
 
+    /// Delivers the pending frame, then frames from the TAP, until the TAP
+    /// is empty, the guest has no buffers or the receive limiter refuses a
+    /// frame (kept pending for the timer).
     fn process_rx(&mut self) -> Result<(), virtio_queue::Error> {
+        if blocked(self.rx_throttle.as_ref()) {
+            return Ok(());
+        }
         let mut delivered = false;
         loop {
             if self.pending == 0 {
@@ -238,6 +345,8 @@ impl NetWorker {
                     }
                     break;
                 }
+                // The limiter's timer resumes.
+                Delivery::Throttled => break,
             }
         }
         if delivered && self.rx.needs_notification(&self.mem)? {
@@ -246,7 +355,8 @@ impl NetWorker {
         Ok(())
     }
 
-    /// Copies the pending frame into as many receive buffers as it needs.
+    /// Copies the pending frame into as many receive buffers as it needs,
+    /// if the receive limiter lets it through.
     fn deliver(&mut self) -> Result<Delivery, virtio_queue::Error> {
         let mem = &self.mem;
         let len = self.pending;
@@ -283,6 +393,14 @@ impl NetWorker {
                 .set_next_avail(self.rx.next_avail().wrapping_sub(back));
             return Ok(Delivery::NoBuffers);
         }
+        let mut limiter = self.rx_throttle.as_ref().map(|t| lock(&t.limiter));
+        if !admit(limiter.as_deref_mut(), len as u64) {
+            let back = chains.len() as u16;
+            self.rx
+                .set_next_avail(self.rx.next_avail().wrapping_sub(back));
+            return Ok(Delivery::Throttled);
+        }
+        drop(limiter);
         let count = chains.len() as u16;
         self.frame[10..12].copy_from_slice(&count.to_le_bytes());
         let mut off = 0;
@@ -307,11 +425,16 @@ enum Delivery {
     Done,
     Dropped,
     NoBuffers,
+    /// The receive limiter refused the frame; it stays pending.
+    Throttled,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limiter::BucketConfig;
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
     use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
@@ -333,7 +456,13 @@ mod tests {
         }
     }
 
-    fn worker(tap: Tap, mem: &GuestMemoryMmap, rx: Queue, tx: Queue, mergeable: bool) -> NetWorker {
+    fn worker<T: FrameIo>(
+        tap: T,
+        mem: &GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        mergeable: bool,
+    ) -> NetWorker<T> {
         NetWorker {
             mem: mem.clone(),
             irq: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
@@ -344,6 +473,8 @@ mod tests {
             pending: 0,
             tx_buf: vec![0u8; MAX_FRAME],
             mergeable,
+            rx_throttle: None,
+            tx_throttle: None,
         }
     }
 
@@ -452,5 +583,163 @@ mod tests {
             w.process_tx().unwrap();
             assert_eq!(w.tx.next_used(), 1, "{descs:?}");
         }
+    }
+
+    /// A TAP stand-in: frames to receive, and the frames transmitted.
+    #[derive(Default)]
+    struct FakeTap {
+        incoming: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl FrameIo for FakeTap {
+        fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let frame = self
+                .incoming
+                .pop_front()
+                .ok_or(std::io::ErrorKind::WouldBlock)?;
+            buf[..frame.len()].copy_from_slice(&frame);
+            Ok(frame.len())
+        }
+
+        fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.sent.push(buf.to_vec());
+            Ok(buf.len())
+        }
+    }
+
+    fn throttle(bandwidth: Option<(u64, u64)>, ops: Option<(u64, u64)>, token: usize) -> Throttle {
+        let cfg = |(size, refill_time)| BucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time,
+        };
+        let rl = RateLimiter::new(bandwidth.map(cfg), ops.map(cfg)).unwrap();
+        Throttle {
+            limiter: Arc::new(Mutex::new(rl)),
+            token,
+        }
+    }
+
+    /// Calls the timer's handler path until `done`, as the worker would when
+    /// the timerfd fires (an early call is a spurious event).
+    fn until_timer<T: FrameIo>(
+        w: &mut NetWorker<T>,
+        token: usize,
+        done: impl Fn(&NetWorker<T>) -> bool,
+    ) {
+        let start = Instant::now();
+        while !done(w) {
+            assert!(start.elapsed() < Duration::from_secs(2), "timer stalled");
+            std::thread::sleep(Duration::from_millis(2));
+            w.handle(token).unwrap();
+        }
+    }
+
+    #[test]
+    fn tx_bandwidth_limit_leaves_chains_in_the_queue() {
+        let m = mem();
+        // Three 112-byte frames; the bucket holds two (a third after 50 ms).
+        let descs: Vec<D> = (0..3u16)
+            .map(|i| D::new(0x10_0000 + u64::from(i) * 0x1000, 112, 0, 0))
+            .collect();
+        let mq = MockSplitQueue::create(&m, GuestAddress(0x2_0000), 16);
+        let raw: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
+        mq.add_desc_chains(&raw, 0).unwrap();
+        let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+        let mut w = worker(FakeTap::default(), &m, rx, mq.create_queue().unwrap(), true);
+        w.tx_throttle = Some(throttle(Some((224, 100)), Some((100, 10_000_000)), 4));
+
+        w.handle(TX).unwrap();
+        assert_eq!((w.tx.next_used(), w.tx.next_avail()), (2, 2));
+        assert_eq!(w.tap.lock().unwrap().sent.len(), 2);
+        let t = w.tx_throttle.as_ref().unwrap();
+        let rl = t.limiter.lock().unwrap();
+        assert!(rl.is_blocked());
+        // The refused frame's op was given back.
+        assert_eq!(rl.ops().map(|b| b.budget()), Some(98));
+        drop(rl);
+        // A notification while throttled sends nothing.
+        w.handle(TX).unwrap();
+        assert_eq!(w.tx.next_used(), 2);
+
+        until_timer(&mut w, 4, |w| w.tx.next_used() == 3);
+        assert_eq!(w.tx.next_avail(), 3);
+        let tap = w.tap.lock().unwrap();
+        assert_eq!(tap.sent.len(), 3);
+        assert!(tap.sent.iter().all(|f| f.len() == 112));
+    }
+
+    #[test]
+    fn rx_ops_limit_keeps_the_frame_pending() {
+        let m = mem();
+        let mq = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+        let raw: Vec<RawDescriptor> = (0..3u16)
+            .map(|i| RawDescriptor::from(D::new(0x10_0000 + u64::from(i) * 0x1000, 2048, WRITE, 0)))
+            .collect();
+        mq.add_desc_chains(&raw, 0).unwrap();
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        let mut tap = FakeTap::default();
+        tap.incoming.push_back(vec![1u8; 100]);
+        tap.incoming.push_back(vec![2u8; 200]);
+        let mut w = worker(tap, &m, mq.create_queue().unwrap(), tx, true);
+        // One frame now, the next 60 ms later.
+        w.rx_throttle = Some(throttle(None, Some((1, 60)), 3));
+
+        w.handle(TAP_TOKEN).unwrap();
+        assert_eq!((w.rx.next_used(), w.rx.next_avail()), (1, 1));
+        assert_eq!(w.pending, 200, "refused frame kept");
+        // Neither new buffers nor the TAP deliver while throttled.
+        w.handle(RX).unwrap();
+        w.handle(TAP_TOKEN).unwrap();
+        assert_eq!(w.rx.next_used(), 1);
+
+        until_timer(&mut w, 3, |w| w.rx.next_used() == 2);
+        assert_eq!(w.pending, 0);
+        assert!(w.tap.lock().unwrap().incoming.is_empty());
+        let mut second = [0u8; 200];
+        m.read_slice(&mut second, GuestAddress(0x10_1000)).unwrap();
+        assert_eq!(&second[12..], &[2u8; 188][..]);
+    }
+
+    #[test]
+    fn unlimited_worker_ignores_unknown_tokens() {
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[D::new(0x10_0000, 2048, WRITE, 0)], 0x1_0000);
+        let (tx, _txm) = queue(&m, &[D::new(0x11_0000, 64, 0, 0)], 0x2_0000);
+        let mut tap = FakeTap::default();
+        tap.incoming.push_back(vec![3u8; 64]);
+        let mut w = worker(tap, &m, rx, tx, false);
+        w.handle(3).unwrap();
+        w.handle(4).unwrap();
+        assert_eq!((w.rx.next_used(), w.tx.next_used()), (0, 0));
+        w.handle(TAP_TOKEN).unwrap();
+        w.handle(TX).unwrap();
+        assert_eq!((w.rx.next_used(), w.tx.next_used()), (1, 1));
+        assert_eq!(w.tap.lock().unwrap().sent.len(), 1);
+    }
+
+    #[test]
+    fn activation_registers_the_limiter_timers() {
+        let Some(t) = tap("e") else { return };
+        let rl = || RateLimiter::new(None, None).unwrap();
+        let mut net = Net::new(t, [2, 0, 0, 0, 0, 1])
+            .rx_rate_limiter(rl())
+            .tx_rate_limiter(rl());
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        net.activate(Activation {
+            mem: m.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            queues: vec![rx, tx],
+            queue_evts: vec![
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            ],
+            acked_features: 0,
+        })
+        .unwrap();
+        assert!(net.reset());
     }
 }

@@ -88,21 +88,7 @@ impl Vsock {
             path: uds_path.to_owned(),
             err,
         };
-        if uds_path.exists() {
-            use std::os::unix::fs::FileTypeExt;
-            let stale = std::fs::metadata(uds_path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false)
-                && UnixStream::connect(uds_path).is_err();
-            if !stale {
-                return Err(err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "already exists",
-                )));
-            }
-            std::fs::remove_file(uds_path).map_err(err)?;
-        }
-        let listener = UnixListener::bind(uds_path).map_err(err)?;
+        let listener = crate::bind_unix_listener(uds_path).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         Ok(Self {
             cid,

@@ -1,0 +1,547 @@
+//! virtio-balloon: guest memory handed back to the host.
+//!
+//! The host sets a target (in 4 KiB pages); the guest driver inflates the
+//! balloon by giving pages to the device, which returns them to the host
+//! (`madvise(MADV_DONTNEED)`: the VMM's resident memory shrinks, and a page
+//! the guest touches again later comes back zeroed). Deflating needs no work
+//! on the host side. With statistics on, the device asks the guest for its
+//! memory figures every interval; with free page reporting on, the guest
+//! reports free page ranges, which are returned to the host as they come.
+//! This is what lets one server hold many idle guests.
+//!
+//! Page numbers and ranges come from the guest: any outside guest RAM or not
+//! page aligned are ignored (with a debug log), never touched.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::worker::QueueWorker;
+use super::{
+    device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
+    VirtioDevice, INT_CONFIG, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// The balloon's page size (the spec's, whatever the guest's).
+pub const PAGE_SIZE: u64 = 4096;
+const PAGES_PER_MIB: u32 = 256;
+const QUEUE_SIZE: u16 = 256;
+
+const F_STATS_VQ: u32 = 1;
+const F_DEFLATE_ON_OOM: u32 = 2;
+const F_REPORTING: u32 = 5;
+
+/// Statistic tags (virtio spec 5.5.6.3), in [`BalloonStats::tags`] order.
+pub const STAT_NAMES: [&str; 10] = [
+    "swap_in",
+    "swap_out",
+    "major_faults",
+    "minor_faults",
+    "free_memory",
+    "total_memory",
+    "available_memory",
+    "disk_caches",
+    "hugetlb_allocations",
+    "hugetlb_failures",
+];
+
+/// The balloon's figures, as Firecracker's `GET /balloon/statistics` shows
+/// them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalloonStats {
+    /// Pages the host asked for.
+    pub target_pages: u32,
+    /// Pages the guest has given.
+    pub actual_pages: u32,
+    /// Latest guest statistics, by tag; None until the guest reports one.
+    pub tags: [Option<u64>; 10],
+}
+
+#[derive(Default)]
+struct Shared {
+    stats: BalloonStats,
+    irq: Option<Arc<Interrupt>>,
+}
+
+/// Control of a balloon from the VMM: target and statistics.
+#[derive(Clone)]
+pub struct BalloonHandle(Arc<Mutex<Shared>>);
+
+impl BalloonHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the target size; a running guest is told at once.
+    pub fn set_target_mib(&self, mib: u32) {
+        let mut s = self.lock();
+        s.stats.target_pages = mib.saturating_mul(PAGES_PER_MIB);
+        if let Some(irq) = &s.irq {
+            irq.trigger(INT_CONFIG);
+        }
+    }
+
+    /// Target size in MiB.
+    pub fn target_mib(&self) -> u32 {
+        self.lock().stats.target_pages / PAGES_PER_MIB
+    }
+
+    /// The current figures.
+    pub fn stats(&self) -> BalloonStats {
+        self.lock().stats.clone()
+    }
+}
+
+/// The balloon device.
+pub struct Balloon {
+    shared: BalloonHandle,
+    features: u64,
+    queue_sizes: Vec<u16>,
+    stats_interval: Duration,
+    worker: Option<QueueWorker>,
+}
+
+impl Balloon {
+    /// A balloon of `target_mib`; statistics every `stats_interval_s`
+    /// seconds (0: none).
+    pub fn new(
+        target_mib: u32,
+        deflate_on_oom: bool,
+        stats_interval_s: u16,
+        free_page_reporting: bool,
+    ) -> Self {
+        let mut features = 1u64 << VIRTIO_RING_F_EVENT_IDX;
+        let mut queue_sizes = vec![QUEUE_SIZE, QUEUE_SIZE];
+        if deflate_on_oom {
+            features |= 1 << F_DEFLATE_ON_OOM;
+        }
+        if stats_interval_s > 0 {
+            features |= 1 << F_STATS_VQ;
+            queue_sizes.push(QUEUE_SIZE);
+        }
+        if free_page_reporting {
+            features |= 1 << F_REPORTING;
+            queue_sizes.push(QUEUE_SIZE);
+        }
+        let shared = BalloonHandle(Arc::default());
+        shared.set_target_mib(target_mib);
+        Self {
+            shared,
+            features,
+            queue_sizes,
+            stats_interval: Duration::from_secs(stats_interval_s.into()),
+            worker: None,
+        }
+    }
+
+    /// The handle the VMM keeps to drive this balloon.
+    pub fn handle(&self) -> BalloonHandle {
+        self.shared.clone()
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        device_type::BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let s = self.shared.lock();
+        let mut config = [0u8; 8];
+        config[..4].copy_from_slice(&s.stats.target_pages.to_le_bytes());
+        config[4..].copy_from_slice(&s.stats.actual_pages.to_le_bytes());
+        read_config_bytes(&config, offset, data)
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `actual` (offset 4) is the driver's to write.
+        if offset == 4 && data.len() == 4 {
+            let mut s = self.shared.lock();
+            s.stats.actual_pages = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        }
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        self.worker = None;
+        let fail = |e: String| ActivateError::Failed(format!("balloon: {e}"));
+        let Activation {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            acked_features,
+        } = a;
+        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        // The driver numbers only the queues of features it took.
+        let stats_q = (acked_features & (1 << F_STATS_VQ) != 0).then_some(2);
+        let report_q =
+            (acked_features & (1 << F_REPORTING) != 0).then_some(2 + stats_q.is_some() as usize);
+        let mut queues: Vec<Queue> = queues;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        if queues.len() < 2 {
+            return Err(fail("two queues needed".into()));
+        }
+        let mut timer = TimerFd::new().map_err(|e| fail(e.to_string()))?;
+        if stats_q.is_some() && !self.stats_interval.is_zero() {
+            timer
+                .reset(self.stats_interval, Some(self.stats_interval))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let timer_token = queue_evts.len();
+        self.shared.lock().irq = Some(interrupt.clone());
+        let mut w = BalloonWorker {
+            mem,
+            irq: interrupt,
+            queues,
+            stats_q,
+            report_q,
+            stats_head: None,
+            shared: self.shared.clone(),
+        };
+        let fd = timer.as_raw_fd();
+        let worker =
+            QueueWorker::spawn_with_fds("virtio-balloon", queue_evts, &[fd], move |token| {
+                let r = if token == timer_token {
+                    let _ = timer.wait();
+                    w.request_stats()
+                } else {
+                    w.process(token)
+                };
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("virtio-balloon: {e}; device stopped");
+                        false
+                    }
+                }
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.worker = None;
+        let mut s = self.shared.lock();
+        s.irq = None;
+        s.stats.actual_pages = 0;
+        true
+    }
+}
+
+struct BalloonWorker {
+    mem: GuestMemoryMmap,
+    irq: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    stats_q: Option<usize>,
+    report_q: Option<usize>,
+    /// The statistics buffer the device holds until it wants new figures.
+    stats_head: Option<u16>,
+    shared: BalloonHandle,
+}
+
+impl BalloonWorker {
+    fn process(&mut self, q: usize) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        let Some(queue) = self.queues.get_mut(q) else {
+            return Ok(());
+        };
+        match q {
+            0 => drain_queue(mem, queue, &self.irq, |chain| {
+                inflate(mem, chain);
+                0
+            }),
+            1 => drain_queue(mem, queue, &self.irq, |_| 0),
+            _ if Some(q) == self.report_q => drain_queue(mem, queue, &self.irq, |chain| {
+                for d in chain {
+                    discard(mem, d.addr(), u64::from(d.len()));
+                }
+                0
+            }),
+            _ if Some(q) == self.stats_q => {
+                // As drain_queue, except that the buffer is kept, not used:
+                // notifications must still be re-armed (event index).
+                loop {
+                    queue.disable_notification(mem)?;
+                    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                        let head = chain.head_index();
+                        let mut s = self.shared.lock();
+                        read_stats(mem, chain, &mut s.stats.tags);
+                        drop(s);
+                        // A driver that sends a second buffer gets the first back.
+                        if let Some(old) = self.stats_head.replace(head) {
+                            queue.add_used(mem, old, 0)?;
+                            self.irq.trigger(INT_VRING);
+                        }
+                    }
+                    if !queue.enable_notification(mem)? {
+                        return Ok(());
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives the statistics buffer back, asking the guest to refill it.
+    fn request_stats(&mut self) -> Result<(), virtio_queue::Error> {
+        let (Some(q), Some(head)) = (self.stats_q, self.stats_head.take()) else {
+            return Ok(());
+        };
+        if let Some(queue) = self.queues.get_mut(q) {
+            queue.add_used(&self.mem, head, 0)?;
+            if queue.needs_notification(&self.mem)? {
+                self.irq.trigger(INT_VRING);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Returns every page a chain of page frame numbers names to the host,
+/// runs of consecutive pages at once.
+fn inflate(mem: &GuestMemoryMmap, chain: super::Chain<'_>) {
+    let mut run: Option<(u64, u64)> = None;
+    for d in chain {
+        let n = d.len() / 4;
+        for i in 0..u64::from(n) {
+            let Ok(pfn) = mem.read_obj::<u32>(d.addr().unchecked_add(i * 4)) else {
+                tracing::debug!("virtio-balloon: page list outside guest memory");
+                break;
+            };
+            let pfn = u64::from(pfn);
+            run = match run {
+                Some((start, len)) if start + len == pfn => Some((start, len + 1)),
+                Some((start, len)) => {
+                    discard(mem, GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE);
+                    Some((pfn, 1))
+                }
+                None => Some((pfn, 1)),
+            };
+        }
+    }
+    if let Some((start, len)) = run {
+        discard(mem, GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE);
+    }
+}
+
+/// Returns guest range `addr..addr+len` to the host if it lies, page
+/// aligned, within one region of guest RAM; returns whether it did.
+pub fn discard(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> bool {
+    if len == 0 || !addr.0.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        tracing::debug!(
+            "virtio-balloon: unaligned range {:#x}+{len:#x} ignored",
+            addr.0
+        );
+        return false;
+    }
+    let Some(region) = mem.find_region(addr) else {
+        tracing::debug!("virtio-balloon: range {:#x} outside guest memory", addr.0);
+        return false;
+    };
+    let off = addr.0 - region.start_addr().0;
+    if off.checked_add(len).is_none_or(|end| end > region.len()) {
+        tracing::debug!(
+            "virtio-balloon: range {:#x}+{len:#x} crosses guest memory",
+            addr.0
+        );
+        return false;
+    }
+    let Ok(host) = region.get_host_address(MemoryRegionAddress(off)) else {
+        return false;
+    };
+    // SAFETY: `host..host+len` lies within one mapping of guest RAM (checked
+    // above), which is private anonymous memory: dropping its pages only
+    // makes the guest read zeros there next time, which is what a balloon
+    // page or a reported free page may hold. No Rust reference points into
+    // guest RAM.
+    let r = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+    if r != 0 {
+        tracing::warn!(
+            "virtio-balloon: madvise: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    r == 0
+}
+
+/// Reads a statistics buffer: 10-byte (tag, value) entries.
+fn read_stats(mem: &GuestMemoryMmap, chain: super::Chain<'_>, tags: &mut [Option<u64>; 10]) {
+    let Ok(mut r) = chain.reader(mem) else {
+        return;
+    };
+    let mut entry = [0u8; 10];
+    // At most one entry per tag value, whatever length the guest claims.
+    for _ in 0..64 {
+        if std::io::Read::read_exact(&mut r, &mut entry).is_err() {
+            break;
+        }
+        let tag = u16::from_le_bytes([entry[0], entry[1]]) as usize;
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&entry[2..]);
+        if let Some(slot) = tags.get_mut(tag) {
+            *slot = Some(u64::from_le_bytes(v));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const WRITE: u16 = 2;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x40_0000),
+            (GuestAddress(0x100_0000), 0x10_0000),
+        ])
+        .unwrap()
+    }
+
+    fn touched(mem: &GuestMemoryMmap, addr: u64) -> u8 {
+        mem.read_obj::<u8>(GuestAddress(addr)).unwrap()
+    }
+
+    #[test]
+    fn discard_zeroes_pages_and_ignores_bad_ranges() {
+        let m = mem();
+        for a in [0x20_0000u64, 0x20_1000, 0x100_0000] {
+            m.write_obj(0xaau8, GuestAddress(a)).unwrap();
+        }
+        assert!(discard(&m, GuestAddress(0x20_0000), 0x2000));
+        assert_eq!(touched(&m, 0x20_0000), 0);
+        assert_eq!(touched(&m, 0x20_1000), 0);
+        // Unaligned, empty, outside RAM, crossing a region's end, overflowing.
+        assert!(!discard(&m, GuestAddress(0x20_0001), 0x1000));
+        assert!(!discard(&m, GuestAddress(0x20_0000), 0x800));
+        assert!(!discard(&m, GuestAddress(0x20_0000), 0));
+        assert!(!discard(&m, GuestAddress(0x80_0000), 0x1000));
+        assert!(!discard(&m, GuestAddress(0x3f_f000), 0x2000));
+        assert!(!discard(&m, GuestAddress(0x100_0000), u64::MAX - 0xfff));
+        assert_eq!(touched(&m, 0x100_0000), 0xaa);
+    }
+
+    fn worker<'a>(
+        m: &'a GuestMemoryMmap,
+        stats: bool,
+    ) -> (BalloonWorker, Vec<MockSplitQueue<'a, GuestMemoryMmap>>) {
+        let n = if stats { 3 } else { 2 };
+        let mocks: Vec<_> = (0..n)
+            .map(|i| MockSplitQueue::create(m, GuestAddress(0x1_0000 + i as u64 * 0x1_0000), 16))
+            .collect();
+        let w = BalloonWorker {
+            mem: m.clone(),
+            irq: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            queues: mocks.iter().map(|q| q.create_queue().unwrap()).collect(),
+            stats_q: stats.then_some(2),
+            report_q: None,
+            stats_head: None,
+            shared: BalloonHandle(Arc::default()),
+        };
+        (w, mocks)
+    }
+
+    #[test]
+    fn inflate_returns_listed_pages_and_skips_hostile_ones() {
+        let m = mem();
+        let (mut w, mocks) = worker(&m, false);
+        for a in [0x30_0000u64, 0x30_1000, 0x30_5000, 0x100_0000] {
+            m.write_obj(0x55u8, GuestAddress(a)).unwrap();
+        }
+        // PFNs: a run of two, one alone, one far outside RAM, u32::MAX.
+        let pfns: [u32; 5] = [0x300, 0x301, 0x305, 0xfff_0000, u32::MAX];
+        for (i, p) in pfns.iter().enumerate() {
+            m.write_obj(*p, GuestAddress(0x20_0000 + i as u64 * 4))
+                .unwrap();
+        }
+        mocks[0]
+            .add_desc_chains(&[RawDescriptor::from(D::new(0x20_0000, 20, 0, 0))], 0)
+            .unwrap();
+        // A page list outside guest memory.
+        mocks[0]
+            .add_desc_chains(
+                &[RawDescriptor::from(D::new(0xffff_0000_0000, 4096, 0, 0))],
+                1,
+            )
+            .unwrap();
+        w.process(0).unwrap();
+        assert_eq!(w.queues[0].next_used(), 2);
+        assert_eq!(touched(&m, 0x30_0000), 0);
+        assert_eq!(touched(&m, 0x30_1000), 0);
+        assert_eq!(touched(&m, 0x30_5000), 0);
+        assert_eq!(touched(&m, 0x100_0000), 0x55);
+    }
+
+    #[test]
+    fn stats_buffer_is_held_then_returned_on_request() {
+        let m = mem();
+        let (mut w, mocks) = worker(&m, true);
+        // free_memory (4) = 1000, available (6) = 2000, an unknown tag 99.
+        let mut buf = Vec::new();
+        for (tag, v) in [(4u16, 1000u64), (6, 2000), (99, 5)] {
+            buf.extend_from_slice(&tag.to_le_bytes());
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        m.write_slice(&buf, GuestAddress(0x20_0000)).unwrap();
+        mocks[2]
+            .add_desc_chains(
+                &[RawDescriptor::from(D::new(
+                    0x20_0000,
+                    buf.len() as u32,
+                    0,
+                    0,
+                ))],
+                0,
+            )
+            .unwrap();
+        w.process(2).unwrap();
+        assert_eq!(w.queues[2].next_used(), 0, "held");
+        let s = w.shared.stats();
+        assert_eq!(
+            (s.tags[4], s.tags[6], s.tags[0]),
+            (Some(1000), Some(2000), None)
+        );
+        w.request_stats().unwrap();
+        assert_eq!(w.queues[2].next_used(), 1, "returned");
+        w.request_stats().unwrap();
+        assert_eq!(w.queues[2].next_used(), 1, "nothing more to return");
+    }
+
+    #[test]
+    fn config_space_carries_target_and_actual() {
+        let mut b = Balloon::new(64, true, 1, true);
+        assert_eq!(b.queue_max_sizes().len(), 4);
+        assert_ne!(b.features() & (1 << F_DEFLATE_ON_OOM), 0);
+        let mut cfg = [0u8; 8];
+        b.read_config(0, &mut cfg);
+        assert_eq!(u32::from_le_bytes(cfg[..4].try_into().unwrap()), 64 * 256);
+        b.write_config(4, &100u32.to_le_bytes());
+        b.write_config(0, &7u32.to_le_bytes()); // not the driver's: ignored
+        let h = b.handle();
+        assert_eq!((h.stats().actual_pages, h.target_mib()), (100, 64));
+        h.set_target_mib(u32::MAX);
+        assert_eq!(h.stats().target_pages, u32::MAX);
+        let _ = WRITE;
+    }
+}
