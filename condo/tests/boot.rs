@@ -366,6 +366,59 @@ fn ext4_root_on_virtio_blk_keeps_written_data() {
     assert!(after.iter().all(|b| *b == 0x11), "read-only disk changed");
 }
 
+/// A disk limited to 1 MiB/s (one-second refill of a 1 MiB bucket): reading
+/// 3 MiB takes the guest at least about two seconds; an unlimited second
+/// disk reads the same at full speed. The data is intact either way.
+#[test]
+fn disk_bandwidth_limit_throttles_reads() {
+    let d = tempdir("blk-rl");
+    let img = d.join("data.img");
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    std::fs::write(&img, &data).unwrap();
+    let want = crc32(&data[..3 << 20]);
+    let cmd = "for dev in vda vdb; do a=$(cut -d' ' -f1 /proc/uptime); \
+               dd if=/dev/$dev of=/tmp/r bs=64k count=48 iflag=direct 2>/dev/null; \
+               b=$(cut -d' ' -f1 /proc/uptime); echo $dev $a $b $(crc32 < /tmp/r); done";
+    let make = || {
+        let mut c = condo();
+        c.args(["run", "--memory", "128", "--kernel"])
+            .arg(vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .arg("--disk")
+            .arg(format!(
+                "path={},readonly=on,bw_size=1048576,bw_refill_time=1000",
+                img.display()
+            ))
+            .arg("--disk")
+            .arg(format!("path={},readonly=on", img.display()))
+            .arg("--cmdline")
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        c
+    };
+    let o = run_retrying_stall(make, LIMIT);
+    assert_clean_exit(&o);
+    let out = guest_output(&o);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let secs = |line: &str| -> (f64, String) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "{line}");
+        let (a, b): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        (b - a, f[3].to_owned())
+    };
+    let (limited, sum_limited) = secs(&out[0]);
+    let (free, sum_free) = secs(&out[1]);
+    assert_eq!(sum_limited, want, "limited read corrupted data");
+    assert_eq!(sum_free, want, "unlimited read corrupted data");
+    assert!(limited >= 1.5, "3 MiB at 1 MiB/s took only {limited:.2} s");
+    assert!(
+        free < limited,
+        "unlimited {free:.2} s vs limited {limited:.2} s"
+    );
+}
+
 /// Debian's unmodified cloud kernel finds the disk and the entropy device
 /// through the ACPI DSDT (virtio_mmio as a module from its initramfs).
 #[test]

@@ -402,6 +402,14 @@ impl RateLimiter {
         apply(&mut self.ops, ops);
     }
 
+    /// Applies a `PATCH` of the limiter (Firecracker's semantics): a bucket
+    /// given replaces the current one (size or refill time 0: unlimited), a
+    /// bucket left out stays as it is.
+    pub fn patch(&mut self, config: &RateLimiterConfig) {
+        let update = |b: Option<BucketConfig>| b.map_or(BucketUpdate::None, BucketUpdate::Update);
+        self.update_buckets(update(config.bandwidth), update(config.ops));
+    }
+
     /// The bandwidth bucket, if limited.
     pub fn bandwidth(&self) -> Option<&TokenBucket> {
         self.bandwidth.as_ref()

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use serde::{Deserialize, Serialize};
 
 /// Fewest vCPUs.
@@ -88,10 +89,39 @@ pub struct VmConfig {
 /// One virtio-net interface on a host TAP device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The interface's id (the API's `iface_id`).
+    pub id: String,
     /// Host TAP interface name.
     pub tap: String,
     /// Guest MAC address.
     pub mac: [u8; 6],
+    /// Throttling of frames to the guest.
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Throttling of frames from the guest.
+    pub tx_rate_limiter: RateLimiterConfig,
+}
+
+/// Cloud Hypervisor's rate limiter keys in a device spec: `bw_size`,
+/// `bw_one_time_burst`, `bw_refill_time`, `ops_size`, `ops_one_time_burst`,
+/// `ops_refill_time` (refill times in ms). Returns false for other keys.
+fn rate_limiter_key(rl: &mut RateLimiterConfig, k: &str, v: &str) -> Result<bool, String> {
+    let Some((bucket, field)) = k.split_once('_') else {
+        return Ok(false);
+    };
+    let slot = match bucket {
+        "bw" => &mut rl.bandwidth,
+        "ops" => &mut rl.ops,
+        _ => return Ok(false),
+    };
+    let n: u64 = v.parse().map_err(|_| format!("bad {k} {v:?}"))?;
+    let b = slot.get_or_insert_with(BucketConfig::default);
+    match field {
+        "size" => b.size = n,
+        "one_time_burst" => b.one_time_burst = Some(n),
+        "refill_time" => b.refill_time = n,
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// Splits a `key=value,key=value` device spec and hands each pair to `f`.
@@ -129,22 +159,34 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl NetConfig {
-    /// Parses `tap=NAME[,mac=MAC]`; the MAC defaults to 06:00:00:00:00:NN.
+    /// Parses `tap=NAME[,mac=MAC][,id=ID][,bw_size=..,ops_size=..]`; the MAC
+    /// defaults to 06:00:00:00:00:NN, the id to ethN, and rate limits
+    /// (Cloud Hypervisor's keys) apply to both directions.
     pub fn parse(spec: &str, index: usize) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Net(format!("{spec:?}: {why}"));
         let mut tap = None;
         let mut mac = [0x06, 0, 0, 0, 0, index as u8 + 1];
+        let mut id = format!("eth{index}");
+        let mut rl = RateLimiterConfig::default();
         parse_kv(spec, |k, v| {
             match k {
                 "tap" => tap = Some(v.to_owned()),
                 "mac" => mac = parse_mac(v).ok_or_else(|| format!("bad MAC address {v:?}"))?,
-                _ => return Err(format!("unknown key {k:?} (tap, mac)")),
+                "id" => id = v.to_owned(),
+                _ if rate_limiter_key(&mut rl, k, v)? => {}
+                _ => return Err(format!("unknown key {k:?} (tap, mac, id, bw_*, ops_*)")),
             }
             Ok(())
         })
         .map_err(bad)?;
         let tap = tap.ok_or_else(|| bad("tap= is required".into()))?;
-        Ok(Self { tap, mac })
+        Ok(Self {
+            id,
+            tap,
+            mac,
+            rx_rate_limiter: rl,
+            tx_rate_limiter: rl,
+        })
     }
 }
 
@@ -160,10 +202,14 @@ pub struct DiskConfig {
     /// The guest's root file system: `root=/dev/vdX` is added to the
     /// kernel command line.
     pub root: bool,
+    /// Throttling of the guest's requests.
+    pub rate_limiter: RateLimiterConfig,
 }
 
 impl DiskConfig {
-    /// Parses `path=FILE[,readonly=on|off][,id=SERIAL][,root=on|off]`.
+    /// Parses `path=FILE[,readonly=on|off][,id=SERIAL][,root=on|off]` and
+    /// rate limits with Cloud Hypervisor's keys (`bw_size=`, `ops_size=`,
+    /// ...`_refill_time=` in ms, `..._one_time_burst=`).
     pub fn parse(spec: &str, index: usize) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Disk(format!("{spec:?}: {why}"));
         let mut d = DiskConfig {
@@ -171,6 +217,7 @@ impl DiskConfig {
             read_only: false,
             id: format!("condo-disk-{index}"),
             root: false,
+            rate_limiter: RateLimiterConfig::default(),
         };
         parse_kv(spec, |k, v| {
             match k {
@@ -178,7 +225,12 @@ impl DiskConfig {
                 "readonly" => d.read_only = on_off(k, v)?,
                 "root" => d.root = on_off(k, v)?,
                 "id" => d.id = v.to_owned(),
-                _ => return Err(format!("unknown key {k:?} (path, readonly, id, root)")),
+                _ if rate_limiter_key(&mut d.rate_limiter, k, v)? => {}
+                _ => {
+                    return Err(format!(
+                        "unknown key {k:?} (path, readonly, id, root, bw_*, ops_*)"
+                    ))
+                }
             }
             Ok(())
         })
@@ -354,6 +406,7 @@ impl VmConfig {
                         path_on_host: d.path.clone(),
                         is_root_device: d.root,
                         is_read_only: Some(d.read_only),
+                        rate_limiter: Some(d.rate_limiter),
                         ..Drive::default()
                     })
                     .collect(),
@@ -361,9 +414,8 @@ impl VmConfig {
             network_interfaces: Some(
                 self.nets
                     .iter()
-                    .enumerate()
-                    .map(|(i, n)| NetworkInterface {
-                        iface_id: format!("eth{i}"),
+                    .map(|n| NetworkInterface {
+                        iface_id: n.id.clone(),
                         host_dev_name: n.tap.clone(),
                         guest_mac: Some(
                             n.mac
@@ -372,7 +424,8 @@ impl VmConfig {
                                 .collect::<Vec<_>>()
                                 .join(":"),
                         ),
-                        ..NetworkInterface::default()
+                        rx_rate_limiter: Some(n.rx_rate_limiter),
+                        tx_rate_limiter: Some(n.tx_rate_limiter),
                     })
                     .collect(),
             ),
@@ -413,9 +466,6 @@ impl VmConfig {
         }
         let mut disks = Vec::new();
         for d in fc.drives.unwrap_or_default() {
-            if d.rate_limiter.is_some() {
-                return Err(ConfigError::Unsupported("drives.rate_limiter"));
-            }
             if d.socket.is_some() {
                 return Err(ConfigError::Unsupported("drives.socket (vhost-user)"));
             }
@@ -428,6 +478,7 @@ impl VmConfig {
                 read_only: d.is_read_only.unwrap_or(false),
                 id: d.drive_id,
                 root: d.is_root_device,
+                rate_limiter: d.rate_limiter.unwrap_or_default(),
             });
         }
         let mut nets = Vec::new();
@@ -437,14 +488,15 @@ impl VmConfig {
             .into_iter()
             .enumerate()
         {
-            if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
-                return Err(ConfigError::Unsupported("network-interfaces rate limiters"));
-            }
             let mut spec = format!("tap={}", n.host_dev_name);
             if let Some(mac) = n.guest_mac {
                 spec.push_str(&format!(",mac={mac}"));
             }
-            nets.push(NetConfig::parse(&spec, i)?);
+            let mut net = NetConfig::parse(&spec, i)?;
+            net.id = n.iface_id;
+            net.rx_rate_limiter = n.rx_rate_limiter.unwrap_or_default();
+            net.tx_rate_limiter = n.tx_rate_limiter.unwrap_or_default();
+            nets.push(net);
         }
         let fc_free_page_hinting = fc.balloon.as_ref().is_some_and(|b| b.free_page_hinting);
         let m = fc.machine_config;
@@ -529,7 +581,7 @@ pub(crate) struct Drive {
     #[serde(default)]
     pub(crate) io_engine: Option<String>,
     #[serde(default)]
-    pub(crate) rate_limiter: Option<serde_json::Value>,
+    pub(crate) rate_limiter: Option<RateLimiterConfig>,
     #[serde(default)]
     pub(crate) socket: Option<String>,
 }
@@ -543,9 +595,9 @@ pub(crate) struct NetworkInterface {
     #[serde(default)]
     pub(crate) guest_mac: Option<String>,
     #[serde(default)]
-    pub(crate) rx_rate_limiter: Option<serde_json::Value>,
+    pub(crate) rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default)]
-    pub(crate) tx_rate_limiter: Option<serde_json::Value>,
+    pub(crate) tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Firecracker's `Vsock` object.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, Disk};
 use devices::virtio::net::{tap::Tap, Net};
@@ -123,11 +124,44 @@ pub struct Vm {
     devices: DeviceManager,
     sink: Arc<VmExitSink>,
     balloon: Option<BalloonHandle>,
+    limiters: Limiters,
     _mem: vm_memory::GuestMemoryMmap,
     _vm: kvm_ioctls::VmFd,
 }
 
+/// A device's rate limiter, shared with the running device.
+pub type SharedLimiter = Arc<std::sync::Mutex<RateLimiter>>;
+
+/// Every device's rate limiters, by device id, for live changes.
+#[derive(Default)]
+struct Limiters {
+    drives: Vec<(String, SharedLimiter)>,
+    /// Receive and transmit.
+    nets: Vec<(String, [Option<SharedLimiter>; 2])>,
+}
+
+/// A rate limiter (unlimited when `c` sets no bucket: it can be set live).
+fn limiter(c: &RateLimiterConfig) -> Result<RateLimiter, VmmError> {
+    RateLimiter::from_config(c).map_err(VmmError::EventLoop)
+}
+
 impl Vm {
+    /// The rate limiter of drive `id`.
+    pub fn drive_limiter(&self, id: &str) -> Option<&SharedLimiter> {
+        self.limiters
+            .drives
+            .iter()
+            .find_map(|(d, l)| (d == id).then_some(l))
+    }
+
+    /// The receive and transmit rate limiters of network interface `id`.
+    pub fn net_limiters(&self, id: &str) -> Option<&[Option<SharedLimiter>; 2]> {
+        self.limiters
+            .nets
+            .iter()
+            .find_map(|(n, l)| (n == id).then_some(l))
+    }
+
     /// The configuration this VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -194,9 +228,14 @@ impl Vm {
         };
         let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
         let mut root_args = String::new();
+        let mut limiters = Limiters::default();
         for (i, d) in config.disks.iter().enumerate() {
             let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
-            devices.add_virtio(&vm, &mem, Box::new(Block::new(disk)))?;
+            let block = Block::new(disk).rate_limiter(limiter(&d.rate_limiter)?);
+            if let Some(l) = block.rate_limiter_handle() {
+                limiters.drives.push((d.id.clone(), l));
+            }
+            devices.add_virtio(&vm, &mem, Box::new(block))?;
             if d.root {
                 let letter = char::from(b'a' + i as u8);
                 let mode = if d.read_only { "ro" } else { "rw" };
@@ -216,7 +255,13 @@ impl Vm {
         }
         for n in &config.nets {
             let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
-            devices.add_virtio(&vm, &mem, Box::new(Net::new(tap, n.mac)))?;
+            let net = Net::new(tap, n.mac)
+                .rx_rate_limiter(limiter(&n.rx_rate_limiter)?)
+                .tx_rate_limiter(limiter(&n.tx_rate_limiter)?);
+            limiters
+                .nets
+                .push((n.id.clone(), net.rate_limiter_handles()));
+            devices.add_virtio(&vm, &mem, Box::new(net))?;
         }
         if let Some(v) = &config.vsock {
             let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
@@ -302,6 +347,7 @@ impl Vm {
             devices,
             sink,
             balloon,
+            limiters,
             _mem: mem,
             _vm: vm,
         })

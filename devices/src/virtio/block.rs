@@ -211,6 +211,11 @@ impl Block {
         self.rate_limiter = Some(Arc::new(Mutex::new(rate_limiter)));
         self
     }
+
+    /// The limiter, shared with the running device (to change it live).
+    pub fn rate_limiter_handle(&self) -> Option<Arc<Mutex<RateLimiter>>> {
+        self.rate_limiter.clone()
+    }
 }
 
 impl VirtioDevice for Block {

@@ -289,6 +289,24 @@ struct BalloonUpdate {
     amount_mib: u32,
 }
 
+/// `PATCH /drives/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrivePatch {
+    drive_id: String,
+    path_on_host: Option<String>,
+    rate_limiter: Option<devices::rate_limiter::RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetPatch {
+    iface_id: String,
+    rx_rate_limiter: Option<devices::rate_limiter::RateLimiterConfig>,
+    tx_rate_limiter: Option<devices::rate_limiter::RateLimiterConfig>,
+}
+
 /// Machine configuration fields, all optional (PATCH /machine-config).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,6 +610,48 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
             ),
             Err(r) => r,
         },
+        ("PATCH", p) if path_id(p, "/drives").is_some() => match parse::<DrivePatch>(req) {
+            Err(r) => r,
+            Ok(d) if Some(d.drive_id.as_str()) != path_id(p, "/drives") => Response::fault(
+                400,
+                "The id from the path does not match the id from the body!",
+            ),
+            Ok(d) if d.path_on_host.is_some() => Response::fault(
+                400,
+                "changing a drive's path_on_host is not supported by condo yet",
+            ),
+            Ok(d) => match vm.drive_limiter(&d.drive_id) {
+                None => Response::fault(400, format!("no drive {:?}", d.drive_id)),
+                Some(l) => {
+                    if let Some(rl) = &d.rate_limiter {
+                        l.lock().unwrap_or_else(|p| p.into_inner()).patch(rl);
+                    }
+                    Response::no_content()
+                }
+            },
+        },
+        ("PATCH", p) if path_id(p, "/network-interfaces").is_some() => {
+            match parse::<NetPatch>(req) {
+                Err(r) => r,
+                Ok(n) if Some(n.iface_id.as_str()) != path_id(p, "/network-interfaces") => {
+                    Response::fault(
+                        400,
+                        "The id from the path does not match the id from the body!",
+                    )
+                }
+                Ok(n) => match vm.net_limiters(&n.iface_id) {
+                    None => Response::fault(400, format!("no network interface {:?}", n.iface_id)),
+                    Some(ls) => {
+                        for (l, rl) in ls.iter().zip([&n.rx_rate_limiter, &n.tx_rate_limiter]) {
+                            if let (Some(l), Some(rl)) = (l, rl) {
+                                l.lock().unwrap_or_else(|p| p.into_inner()).patch(rl);
+                            }
+                        }
+                        Response::no_content()
+                    }
+                },
+            }
+        }
         ("PUT", _) => Response::fault(400, AFTER_START),
         _ => invalid(req),
     }

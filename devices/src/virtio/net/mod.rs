@@ -95,6 +95,12 @@ impl Net {
         self.tx_rate_limiter = Some(Arc::new(Mutex::new(rate_limiter)));
         self
     }
+
+    /// The receive and transmit limiters, shared with the running device
+    /// (to change them live).
+    pub fn rate_limiter_handles(&self) -> [Option<Arc<Mutex<RateLimiter>>>; 2] {
+        [self.rx_rate_limiter.clone(), self.tx_rate_limiter.clone()]
+    }
 }
 
 /// Where frames go to and come from: the TAP (a fake in tests).
