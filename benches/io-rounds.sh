@@ -2,7 +2,7 @@
 # Runs inside the machine that has the working KVM (the nested test host or
 # a hardware host): alternates condo and QEMU microvm on the same guest, raw
 # disk image and TAP, ROUNDS times, and prints one line per measurement:
-#   <vmm> <metric> <MB/s>
+#   <vmm> <metric> <MB/s, or IOPS for *_iops>
 # Usage: io-rounds.sh CONDO QEMU VMLINUX INITRAMFS ROUNDS WORKDIR
 set -eu
 condo=$1 qemu=$2 kernel=$3 initrd=$4 rounds=$5 work=$6
@@ -23,6 +23,8 @@ t() { read -r up idle < /proc/uptime; echo $up; };
 a=$(t); dd if=/dev/zero of=/dev/vda bs=1M count=128 conv=fsync 2>/dev/null; echo seqwrite 128 $a $(t);
 echo 3 > /proc/sys/vm/drop_caches;
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M count=128 2>/dev/null; echo seqread 128 $a $(t);
+a=$(t); randio read /dev/vda 4000 >/dev/null && echo randread_iops 4000 $a $(t);
+a=$(t); randio write /dev/vda 2000 >/dev/null && echo randwrite_iops 2000 $a $(t);
 a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 5000; echo nettx 64 $a $(t)'
 cmdline="console=ttyS0 reboot=k panic=1 quiet -- \"$guest\""
 for r in $(seq 1 "$rounds"); do
@@ -50,7 +52,9 @@ for r in $(seq 1 "$rounds"); do
     # The network figure only counts when all 64 MiB arrived.
     [ "$(cat "$work/netbytes" 2>/dev/null)" = 67108864 ] || sed -i '/^nettx /d' "$work/out"
     tr -d '\r' < "$work/out" | awk -v vmm="$vmm" '
-      /^(seqwrite|seqread|nettx) [0-9]+ [0-9.]+ [0-9.]+$/ {
-        d = $4 - $3; if (d <= 0) d = 0.01; printf "%s %s %.1f\n", vmm, $1, $2 * 1.048576 / d }'
+      /^(seqwrite|seqread|nettx|randread_iops|randwrite_iops) [0-9]+ [0-9.]+ [0-9.]+$/ {
+        d = $4 - $3; if (d <= 0) d = 0.01
+        if ($1 ~ /iops/) printf "%s %s %.0f\n", vmm, $1, $2 / d
+        else printf "%s %s %.1f\n", vmm, $1, $2 * 1.048576 / d }'
   done
 done

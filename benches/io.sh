@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Device benchmark: sequential disk write (with fsync) and read, and TCP
+# Device benchmark: sequential disk write (with fsync) and read, 4 KiB
+# random read and write IOPS (O_DIRECT, queue depth 1), and TCP
 # throughput guest to host over a TAP, condo and QEMU microvm (virtio-mmio)
 # side by side on the same guest and image, ROUNDS rounds (default 5);
 # medians and ratios to benches/results/io.md.
@@ -33,11 +34,11 @@ mbps() { awk -v v="$1" -v m="$2" '$1 == v && $2 == m {print $3}' "$tmp"; } # vmm
   echo
   echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/io.sh\` ($rounds rounds)."
   echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, 256 MiB; 256 MiB raw image; TAP with link-local addresses."
-  echo "Disk: busybox dd, 1 MiB blocks, 128 MiB (write with conv=fsync; read after drop_caches). Net: 64 MiB guest to host over TCP (busybox nc). Times from the guest's /proc/uptime."
+  echo "Disk: busybox dd, 1 MiB blocks, 128 MiB (write with conv=fsync; read after drop_caches). Net: 64 MiB guest to host over TCP (busybox nc). Random I/O: guest/tools/randio.c, 4 KiB O_DIRECT at queue depth 1 (4000 reads, 2000 writes + fsync). Times from the guest's /proc/uptime."
   echo
-  echo "| metric, median MB/s | condo | QEMU microvm | condo / QEMU |"
+  echo "| metric, median MB/s (IOPS for *_iops) | condo | QEMU microvm | condo / QEMU |"
   echo "|---|---|---|---|"
-  for m in seqwrite seqread nettx; do
+  for m in seqwrite seqread randread_iops randwrite_iops nettx; do
     c=$(mbps condo $m | median); q=$(mbps qemu $m | median)
     ratio=$(awk -v c="$c" -v q="$q" 'BEGIN { if (q + 0 > 0 && c + 0 > 0) printf "%.2f", c / q; else print "n/a" }')
     echo "| $m | $c | $q | $ratio |"

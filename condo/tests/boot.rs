@@ -419,14 +419,16 @@ fn disk_bandwidth_limit_throttles_reads() {
     );
 }
 
-/// Debian's unmodified cloud kernel finds the disk and the entropy device
-/// through the ACPI DSDT (virtio_mmio as a module from its initramfs).
+/// Debian's unmodified cloud kernel finds the disk, entropy, vsock and
+/// balloon devices through the ACPI DSDT (virtio_mmio and the drivers as
+/// modules from its initramfs).
 #[test]
 fn cloud_kernel_finds_virtio_devices_through_acpi() {
     let d = tempdir("cloud-blk");
     let data = d.join("data.img");
     std::fs::write(&data, vec![0x22u8; 2 << 20]).unwrap();
-    let cmd = "cat /sys/block/vda/size; head -c 8 /dev/vda | od -An -tx1; cat /sys/class/misc/hw_random/rng_current";
+    let cmd = "cat /sys/block/vda/size; head -c 8 /dev/vda | od -An -tx1; cat /sys/class/misc/hw_random/rng_current; \
+               for d in /sys/bus/virtio/devices/*; do basename $(readlink $d/driver); done | sort | tr '\\n' ' '; echo";
     let make = || {
         let mut c = condo();
         c.args(["run", "--entropy", "--memory", "256", "--kernel"])
@@ -435,6 +437,9 @@ fn cloud_kernel_finds_virtio_devices_through_acpi() {
             .arg(artifact("CONDO_CLOUD_INITRAMFS"))
             .arg("--disk")
             .arg(format!("path={}", data.display()))
+            .arg("--vsock")
+            .arg(format!("cid=5,socket={}", d.join("v.sock").display()))
+            .args(["--balloon", "size_mib=16,stats_s=1"])
             .arg("--cmdline")
             .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
         c
@@ -445,6 +450,11 @@ fn cloud_kernel_finds_virtio_devices_through_acpi() {
     assert_eq!(out[0], "4096", "{out:?}");
     assert_eq!(out[1].trim(), "22 22 22 22 22 22 22 22");
     assert!(out[2].starts_with("virtio_rng"), "{out:?}");
+    assert_eq!(
+        out[3].trim(),
+        "virtio_balloon virtio_blk virtio_rng vmw_vsock_virtio_transport",
+        "drivers bound to the virtio devices"
+    );
 }
 
 /// CRC-32 (IEEE, as zlib and busybox `crc32` compute it), in hex.
@@ -896,6 +906,19 @@ fn api_lifecycle_pause_resume_and_balloon() {
     assert_eq!(
         api(&sock, "PATCH", "/balloon", r#"{"amount_mib": 100000}"#).0,
         400
+    );
+    let (code, cfg) = api(&sock, "GET", "/vm/config", "");
+    assert_eq!(code, 200);
+    assert!(
+        cfg.contains(r#""mem_size_mib":256"#) && cfg.contains(r#""deflate_on_oom":true"#),
+        "{cfg}"
+    );
+    let patch =
+        r#"{"drive_id": "nope", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#;
+    assert_eq!(
+        api(&sock, "PATCH", "/drives/nope", patch).0,
+        400,
+        "no such drive"
     );
 
     // SIGTERM: a clean stop, exit 0, socket gone.
