@@ -936,3 +936,129 @@ fn api_lifecycle_pause_resume_and_balloon() {
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "API socket left behind");
 }
+
+/// The guest command of the snapshot tests: a counter printed every 200 ms.
+const TICKER: &str = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; done";
+
+/// A condo waiting on an API socket in `dir`.
+fn api_vm(dir: &Path, name: &str) -> (LiveVm, PathBuf) {
+    let sock = dir.join(format!("{name}.sock"));
+    let mut c = condo();
+    c.args(["run", "--api-sock"]).arg(&sock);
+    let vm = LiveVm::spawn(c);
+    common::wait_for_socket(&sock);
+    (vm, sock)
+}
+
+/// The highest tick a VM printed.
+fn last_tick(vm: &LiveVm) -> u64 {
+    vm.lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The first tick a VM printed.
+fn first_tick(vm: &LiveVm) -> Option<u64> {
+    vm.lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .find_map(|l| l.strip_prefix("tick")?.parse().ok())
+}
+
+/// Snapshot a running guest that counts, restore it twice in fresh condo
+/// processes side by side: each clone's counter goes on from where the
+/// snapshot was taken. A corrupted snapshot is refused with a clear error.
+#[test]
+fn snapshot_restores_into_independent_clones() {
+    use common::api;
+    let d = tempdir("snap");
+    let (mut a, sock) = api_vm(&d, "a");
+    let boot = serde_json::json!({
+        "kernel_image_path": vmlinux(),
+        "initrd_path": initramfs(),
+        "boot_args": format!("console=ttyS0 panic=1 quiet -- \"{TICKER}\""),
+    });
+    for (path, body) in [
+        ("/boot-source", boot.to_string()),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 128}"#.to_string(),
+        ),
+        (
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_string(),
+        ),
+    ] {
+        let (code, resp) = api(&sock, "PUT", path, &body);
+        assert_eq!(code, 204, "PUT {path}: {resp}");
+    }
+    a.wait_until("ticks", LIMIT, |v| last_tick(v) >= 5);
+    let snap = d.join("vm.snap");
+    let mem = d.join("vm.mem");
+    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
+    assert_eq!(
+        api(&sock, "PUT", "/snapshot/create", &create).0,
+        400,
+        "only when paused"
+    );
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{resp}");
+    let at = last_tick(&a);
+    // The original goes on after the snapshot.
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0, 204);
+    a.wait_until("the original to go on", LIMIT, |v| last_tick(v) >= at + 3);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+    let _ = a.child.wait();
+
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true,
+    })
+    .to_string();
+    let (b, sock_b) = api_vm(&d, "b");
+    let (c, sock_c) = api_vm(&d, "c");
+    for s in [&sock_b, &sock_c] {
+        let (code, resp) = api(s, "PUT", "/snapshot/load", &load);
+        assert_eq!(code, 204, "{resp}");
+        assert!(api(s, "GET", "/", "").1.contains(r#""state":"Running""#));
+    }
+    for (name, vm) in [("b", &b), ("c", &c)] {
+        vm.wait_until("the clone to tick", LIMIT, |v| last_tick(v) >= at + 5);
+        let first = first_tick(vm).expect("a tick");
+        assert!(
+            first > at && first <= at + 2,
+            "clone {name} started counting at {first}, snapshot taken at {at}"
+        );
+    }
+    // Pause one clone: the other goes on alone.
+    assert_eq!(
+        api(&sock_b, "PATCH", "/vm", r#"{"state": "Paused"}"#).0,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let b_at = last_tick(&b);
+    let c_at = last_tick(&c);
+    c.wait_until("clone c alone", LIMIT, |v| last_tick(v) >= c_at + 5);
+    assert_eq!(last_tick(&b), b_at, "the paused clone ran");
+
+    // A corrupted snapshot is refused, and the process can still be used.
+    let bad = d.join("bad.snap");
+    let mut bytes = std::fs::read(&snap).expect("snapshot");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&bad, &bytes).expect("write");
+    let (_dvm, sock_d) = api_vm(&d, "d");
+    let load_bad = serde_json::json!({"snapshot_path": bad, "mem_file_path": mem}).to_string();
+    let (code, resp) = api(&sock_d, "PUT", "/snapshot/load", &load_bad);
+    assert_eq!(code, 400);
+    assert!(resp.contains("corrupted"), "{resp}");
+    assert!(api(&sock_d, "GET", "/", "").1.contains("Not started"));
+}

@@ -6,11 +6,12 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use devices::legacy::SerialSnapshot;
 use devices::legacy::{
     AcpiPmDevice, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042, I8042_PORT,
     PVPANIC_PORT,
 };
-use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_OFFSET};
+use devices::virtio::mmio::{MmioTransport, TransportState, MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError, ExitSignal};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -19,6 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::MMIO_DEVICES_START;
 use crate::arch::MmioDeviceDesc;
+use crate::snapshot::SnapshotError;
 
 /// First GSI for virtio-mmio devices (ISA IRQs 0-4 are taken).
 const VIRTIO_FIRST_IRQ: u32 = 5;
@@ -54,6 +56,8 @@ pub struct DeviceManager {
     pub exit: Arc<ExitSignal>,
     /// Where each virtio-mmio device sits, for ACPI and the command line.
     pub virtio: Vec<MmioDeviceDesc>,
+    /// The virtio transports, in `virtio` order.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl DeviceManager {
@@ -65,7 +69,9 @@ impl DeviceManager {
         let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq, COM1_IRQ)
             .map_err(|err| DeviceError::Irqfd { gsi: COM1_IRQ, err })?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+        let serial = Arc::new(Mutex::new(
+            SerialDevice::new(irq, out).map_err(DeviceError::EventFd)?,
+        ));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         // Ports 0x60 (data) to 0x64 (command).
         pio.insert(
@@ -90,6 +96,7 @@ impl DeviceManager {
             serial,
             exit,
             virtio: Vec::new(),
+            transports: Vec::new(),
         })
     }
 
@@ -122,13 +129,72 @@ impl DeviceManager {
             irq,
             "virtio device"
         );
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(transport.clone(), base, MMIO_WINDOW)?;
+        self.transports.push(transport);
         self.virtio.push(MmioDeviceDesc {
             base,
             size: MMIO_WINDOW,
             irq,
         });
+        Ok(())
+    }
+
+    fn each_transport(&self, mut f: impl FnMut(&mut MmioTransport)) {
+        for t in &self.transports {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// Stops every virtio device with its rings at rest (for a snapshot).
+    pub fn quiesce(&self) {
+        self.each_transport(|t| t.quiesce());
+    }
+
+    /// Starts quiesced virtio devices again.
+    pub fn resume(&self) {
+        self.each_transport(|t| t.resume());
+    }
+
+    /// The UART's state.
+    pub fn serial_state(&self) -> SerialSnapshot {
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot()
+    }
+
+    /// Every virtio transport's state (devices quiesced).
+    pub fn transport_states(&self) -> Vec<TransportState> {
+        let mut v = Vec::new();
+        self.each_transport(|t| v.push(t.state()));
+        v
+    }
+
+    /// Puts a snapshot's device state back (same devices, fresh).
+    pub fn restore(
+        &self,
+        serial: &SerialSnapshot,
+        transports: &[TransportState],
+    ) -> Result<(), SnapshotError> {
+        if transports.len() != self.transports.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "{} virtio devices in the snapshot, {} configured",
+                transports.len(),
+                self.transports.len()
+            )));
+        }
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(serial, Box::new(ConsoleOut))
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        for (t, st) in self.transports.iter().zip(transports) {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore(st)
+                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        }
         Ok(())
     }
 

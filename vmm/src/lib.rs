@@ -13,6 +13,7 @@ mod device_manager;
 mod loader;
 mod memory;
 pub mod probe;
+pub mod snapshot;
 mod vcpu;
 mod vm;
 

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use devices::{Bus, ExitSignal};
 use kvm_bindings::{
-    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -102,6 +105,82 @@ impl Vcpu {
     }
 
     /// Starts the vCPU on its own thread.
+    /// Recreates vCPU `id` of a snapshot: CPUID as at boot, then every
+    /// register, the local APIC and pending events as they were saved.
+    pub fn restore(
+        vm: &VmFd,
+        id: u8,
+        count: u8,
+        supported_cpuid: &CpuId,
+        state: &VcpuState,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|err| VcpuError::Create { id, err })?;
+        let cfg = |what: &str, e: kvm_ioctls::Error| VcpuError::Configure {
+            id,
+            what: format!("{what}: {e}"),
+        };
+        let mut cpuid = supported_cpuid.clone();
+        arch::filter_cpuid(&mut cpuid, id, count).map_err(|e| VcpuError::Configure {
+            id,
+            what: e.to_string(),
+        })?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| cfg("KVM_SET_CPUID2", e))?;
+        fd.set_mp_state(state.mp_state)
+            .map_err(|e| cfg("KVM_SET_MP_STATE", e))?;
+        fd.set_regs(&state.regs)
+            .map_err(|e| cfg("KVM_SET_REGS", e))?;
+        fd.set_sregs(&state.sregs)
+            .map_err(|e| cfg("KVM_SET_SREGS", e))?;
+        // SAFETY: the xsave area was produced by KVM_GET_XSAVE on this
+        // host for a vCPU with the same CPUID.
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(|e| cfg("KVM_SET_XSAVE", e))?;
+        fd.set_xcrs(&state.xcrs)
+            .map_err(|e| cfg("KVM_SET_XCRS", e))?;
+        fd.set_debug_regs(&state.debugregs)
+            .map_err(|e| cfg("KVM_SET_DEBUGREGS", e))?;
+        fd.set_lapic(&state.lapic)
+            .map_err(|e| cfg("KVM_SET_LAPIC", e))?;
+        let msrs = Msrs::from_entries(&state.msrs).map_err(|e| VcpuError::Configure {
+            id,
+            what: format!("MSR list: {e:?}"),
+        })?;
+        let n = fd.set_msrs(&msrs).map_err(|e| cfg("KVM_SET_MSRS", e))?;
+        if n != state.msrs.len() {
+            tracing::warn!(
+                vcpu = id,
+                "restored {n} of {} MSRs (MSR {:#x} refused)",
+                state.msrs.len(),
+                state.msrs.get(n).map_or(0, |m| m.index)
+            );
+        }
+        fd.set_vcpu_events(&state.events)
+            .map_err(|e| cfg("KVM_SET_VCPU_EVENTS", e))?;
+        Ok(Self { id, fd })
+    }
+
+    /// Everything KVM holds about this vCPU. Only valid between two
+    /// KVM_RUN calls with no I/O pending (see [`VcpuControl`]).
+    fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, String> {
+        fn e(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> String {
+            move |e| format!("{what}: {e}")
+        }
+        let fd = &self.fd;
+        Ok(VcpuState {
+            regs: fd.get_regs().map_err(e("KVM_GET_REGS"))?,
+            sregs: fd.get_sregs().map_err(e("KVM_GET_SREGS"))?,
+            xsave: fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?,
+            xcrs: fd.get_xcrs().map_err(e("KVM_GET_XCRS"))?,
+            debugregs: fd.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?,
+            lapic: fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?,
+            mp_state: fd.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?,
+            events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
+            msrs: read_msrs(fd, msr_list)?,
+        })
+    }
+
     pub fn start(
         self,
         pio: Arc<Bus>,
@@ -120,7 +199,14 @@ impl Vcpu {
         let id = self.id;
         while !control.stop.load(Ordering::Acquire) {
             if control.paused.load(Ordering::Acquire) {
-                control.park(&self.fd);
+                // Complete any I/O the last exit left pending (KVM finishes
+                // it on entry) without running guest code, so the state
+                // saved while parked is whole.
+                self.fd.set_kvm_immediate_exit(1);
+                let _ = self.fd.run();
+                self.fd.set_kvm_immediate_exit(0);
+                let state = self.save_state(&control.msr_list);
+                control.park(&self.fd, id, state);
                 continue;
             }
             let exit = match self.fd.run() {
@@ -199,6 +285,10 @@ pub struct VcpuControl {
     /// How many threads are parked (paused).
     parked: Mutex<usize>,
     cv: Condvar,
+    /// MSRs saved with each vCPU's state.
+    msr_list: Vec<u32>,
+    /// Each vCPU's state, saved when it last parked.
+    states: Mutex<Vec<Option<Result<VcpuState, String>>>>,
 }
 
 impl VcpuControl {
@@ -206,8 +296,40 @@ impl VcpuControl {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by a vCPU thread: waits while the VM is paused.
-    fn park(&self, fd: &VcpuFd) {
+    /// Controls `count` vCPUs, saving `msr_list` with their state.
+    pub fn new(count: usize, msr_list: Vec<u32>) -> Self {
+        Self {
+            msr_list,
+            states: Mutex::new(vec![None; count]),
+            ..Self::default()
+        }
+    }
+
+    /// The state every vCPU saved when it parked (the VM must be paused).
+    pub fn saved_states(&self) -> Result<Vec<VcpuState>, String> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(Ok(s)) => Ok(s.clone()),
+                Some(Err(e)) => Err(format!("vCPU {i}: {e}")),
+                None => Err(format!("vCPU {i} has not stopped")),
+            })
+            .collect()
+    }
+
+    /// Called by a vCPU thread: records its state, waits while the VM is
+    /// paused.
+    fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, String>) {
+        if let Some(slot) = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(usize::from(id))
+        {
+            *slot = Some(state);
+        }
         let mut n = self.lock();
         *n += 1;
         self.cv.notify_all();
@@ -218,6 +340,15 @@ impl VcpuControl {
             n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
         *n -= 1;
+        drop(n);
+        if let Some(slot) = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(usize::from(id))
+        {
+            *slot = None;
+        }
     }
 
     /// Asks every thread to stop (they exit their loop).
@@ -249,6 +380,12 @@ impl VcpuControl {
         true
     }
 
+    /// Marks the VM paused before its threads start (a restored snapshot
+    /// that is not resumed yet).
+    pub fn set_paused(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
     /// Resumes paused threads.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::Release);
@@ -259,5 +396,65 @@ impl VcpuControl {
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+}
+
+/// One vCPU as a snapshot holds it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: kvm_xsave,
+    xcrs: kvm_xcrs,
+    debugregs: kvm_debugregs,
+    lapic: kvm_lapic_state,
+    mp_state: kvm_mp_state,
+    events: kvm_vcpu_events,
+    msrs: Vec<kvm_msr_entry>,
+}
+
+/// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
+/// it cannot read: that one is skipped and the rest read on).
+fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut i = 0;
+    while i < list.len() {
+        let chunk = &list[i..(i + 255).min(list.len())];
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
+        let n = fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+        out.extend_from_slice(&msrs.as_slice()[..n.min(chunk.len())]);
+        // Past the chunk, or past the MSR that stopped KVM.
+        i += if n >= chunk.len() { chunk.len() } else { n + 1 };
+    }
+    Ok(out)
+}
+
+impl Clone for VcpuState {
+    fn clone(&self) -> Self {
+        Self {
+            regs: self.regs,
+            sregs: self.sregs,
+            // kvm_xsave is plain data but not Clone (it ends in a flexible
+            // array KVM_GET_XSAVE does not use).
+            xsave: kvm_xsave {
+                region: self.xsave.region,
+                ..Default::default()
+            },
+            xcrs: self.xcrs,
+            debugregs: self.debugregs,
+            lapic: self.lapic,
+            mp_state: self.mp_state,
+            events: self.events,
+            msrs: self.msrs.clone(),
+        }
     }
 }

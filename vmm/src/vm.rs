@@ -30,6 +30,7 @@ use crate::device_manager::{ConsoleOut, DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, MemoryError};
 use crate::probe::{self, ProbeError};
+use crate::snapshot::{self, Snapshot, SnapshotError};
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VmExit, VmExitSink};
 
 /// Everything that can stop a VM from starting or running.
@@ -63,6 +64,8 @@ pub enum VmmError {
     Net(devices::virtio::net::tap::TapError),
     #[error(transparent)]
     Vsock(devices::virtio::vsock::VsockError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("event loop: {0}")]
@@ -125,8 +128,8 @@ pub struct Vm {
     sink: Arc<VmExitSink>,
     balloon: Option<BalloonHandle>,
     limiters: Limiters,
-    _mem: vm_memory::GuestMemoryMmap,
-    _vm: kvm_ioctls::VmFd,
+    mem: vm_memory::GuestMemoryMmap,
+    vm: kvm_ioctls::VmFd,
 }
 
 /// A device's rate limiter, shared with the running device.
@@ -205,19 +208,7 @@ impl Vm {
         if !opts.skip_probe {
             probe::check(&kvm)?;
         }
-        let kvm_err = |what| move |err| VmmError::Kvm { what, err };
-
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
+        let vm = create_vm(&kvm)?;
         let mem = memory::create(config.mem_bytes())?;
         memory::register(&vm, &mem)?;
 
@@ -226,55 +217,12 @@ impl Vm {
             Some(p) => Some(loader::load_initrd(&mem, p)?),
             None => None,
         };
-        let mut devices = DeviceManager::new(&vm, Box::new(ConsoleOut))?;
-        let mut root_args = String::new();
-        let mut limiters = Limiters::default();
-        for (i, d) in config.disks.iter().enumerate() {
-            let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
-            let block = Block::new(disk).rate_limiter(limiter(&d.rate_limiter)?);
-            if let Some(l) = block.rate_limiter_handle() {
-                limiters.drives.push((d.id.clone(), l));
-            }
-            devices.add_virtio(&vm, &mem, Box::new(block))?;
-            if d.root {
-                let letter = char::from(b'a' + i as u8);
-                let mode = if d.read_only { "ro" } else { "rw" };
-                root_args = format!(" root=/dev/vd{letter} {mode}");
-            }
-        }
-        let mut balloon = None;
-        if let Some(b) = &config.balloon {
-            let dev = Balloon::new(
-                b.amount_mib,
-                b.deflate_on_oom,
-                b.stats_polling_interval_s,
-                b.free_page_reporting,
-            );
-            balloon = Some(dev.handle());
-            devices.add_virtio(&vm, &mem, Box::new(dev))?;
-        }
-        for n in &config.nets {
-            let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
-            let net = Net::new(tap, n.mac)
-                .rx_rate_limiter(limiter(&n.rx_rate_limiter)?)
-                .tx_rate_limiter(limiter(&n.tx_rate_limiter)?);
-            limiters
-                .nets
-                .push((n.id.clone(), net.rate_limiter_handles()));
-            devices.add_virtio(&vm, &mem, Box::new(net))?;
-        }
-        if let Some(v) = &config.vsock {
-            let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
-            devices.add_virtio(&vm, &mem, Box::new(vsock))?;
-        }
-        if config.entropy {
-            devices.add_virtio(&vm, &mem, Box::new(devices::virtio::rng::Rng::new()))?;
-        }
+        let built = create_devices(&vm, &mem, config)?;
         // Devices are described in the DSDT; a guest booted without ACPI finds
         // them on its command line instead (both at once would probe twice).
-        let mut extra = root_args;
+        let mut extra = built.root_args.clone();
         if config.cmdline.split_whitespace().any(|w| w == "acpi=off") {
-            extra.push_str(&devices.virtio_cmdline_args());
+            extra.push_str(&built.devices.virtio_cmdline_args());
         }
         // Kernel parameters go before ` -- `, where init's arguments start.
         let cmdline = match config.cmdline.find(" -- ") {
@@ -287,7 +235,7 @@ impl Vm {
         arch::setup_mptable(&mem, config.vcpus).map_err(arch_err)?;
         let acpi = AcpiConfig {
             num_cpus: config.vcpus,
-            mmio_devices: devices.virtio.clone(),
+            mmio_devices: built.devices.virtio.clone(),
         };
         let rsdp = arch::create_acpi_tables(&mem, &acpi).map_err(arch_err)?;
         arch::configure_system(
@@ -302,9 +250,7 @@ impl Vm {
         )
         .map_err(arch_err)?;
 
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = supported_cpuid(&kvm)?;
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for id in 0..config.vcpus {
             vcpus.push(Vcpu::new(
@@ -317,14 +263,140 @@ impl Vm {
                 kernel.protocol,
             )?);
         }
+        let vm = Self::start(&kvm, vm, mem, config, built, vcpus, false)?;
+        tracing::info!(
+            vcpus = config.vcpus,
+            mem_mib = config.mem_mib,
+            protocol = ?kernel.protocol,
+            "guest started"
+        );
+        Ok(vm)
+    }
 
+    /// Restores a snapshot into this fresh process: the machine is rebuilt
+    /// from the snapshot's configuration (disks, TAPs and sockets reopened),
+    /// guest memory is mapped privately from `mem_path` (pages load lazily,
+    /// so restoring costs the same whatever the memory size), then every
+    /// vCPU, the interrupt controllers, timers, clock and devices are put
+    /// back. The VM starts paused unless `resume`.
+    pub fn restore(
+        snapshot_path: &std::path::Path,
+        mem_path: &std::path::Path,
+        resume: bool,
+        opts: RunOptions,
+    ) -> Result<Self, VmmError> {
+        let snap = snapshot::read(snapshot_path).map_err(VmmError::Snapshot)?;
+        let config = VmConfig::from_firecracker(snap.config.clone())?;
+        if snap.vcpus.len() != usize::from(config.vcpus) {
+            return Err(VmmError::Snapshot(SnapshotError::Invalid(
+                "vCPU count does not match the configuration".into(),
+            )));
+        }
+        let kvm = open_kvm()?;
+        if !opts.skip_probe {
+            probe::check(&kvm)?;
+        }
+        let vm = create_vm(&kvm)?;
+        let mem = snapshot::map_memory(mem_path, &snap.mem_regions).map_err(VmmError::Snapshot)?;
+        memory::register(&vm, &mem)?;
+        let built = create_devices(&vm, &mem, &config)?;
+        let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+        for chip in &snap.irqchips {
+            vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        vm.set_pit2(&snap.pit).map_err(kvm_err("KVM_SET_PIT2"))?;
+        let mut clock = snap.clock;
+        clock.flags = 0;
+        vm.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))?;
+        built
+            .devices
+            .restore(&snap.serial, &snap.transports)
+            .map_err(VmmError::Snapshot)?;
+        let supported = supported_cpuid(&kvm)?;
+        let mut vcpus = Vec::with_capacity(snap.vcpus.len());
+        for (id, st) in snap.vcpus.iter().enumerate() {
+            vcpus.push(Vcpu::restore(&vm, id as u8, config.vcpus, &supported, st)?);
+        }
+        let vm = Self::start(&kvm, vm, mem, &config, built, vcpus, !resume)?;
+        tracing::info!(paused = !resume, "snapshot restored");
+        Ok(vm)
+    }
+
+    /// Writes a full snapshot: the machine state to `snapshot_path`, guest
+    /// memory to `mem_path`. The VM must be paused; its devices are
+    /// quiesced meanwhile and resume afterwards.
+    pub fn snapshot(
+        &mut self,
+        snapshot_path: &std::path::Path,
+        mem_path: &std::path::Path,
+    ) -> Result<(), String> {
+        if !self.is_paused() {
+            return Err("the microVM must be paused to create a snapshot".into());
+        }
+        self.devices.quiesce();
+        let r = self.write_snapshot(snapshot_path, mem_path);
+        self.devices.resume();
+        r
+    }
+
+    fn write_snapshot(
+        &self,
+        snapshot_path: &std::path::Path,
+        mem_path: &std::path::Path,
+    ) -> Result<(), String> {
+        let e = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what}: {e}");
+        let mut irqchips = Vec::new();
+        for chip_id in 0..3 {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.vm
+                .get_irqchip(&mut chip)
+                .map_err(e("KVM_GET_IRQCHIP"))?;
+            irqchips.push(chip);
+        }
+        let snap = Snapshot {
+            config: self.config.to_firecracker(),
+            mem_regions: snapshot::regions_of(&self.mem),
+            vcpus: self.threads.control.saved_states()?,
+            irqchips,
+            pit: self.vm.get_pit2().map_err(e("KVM_GET_PIT2"))?,
+            clock: self.vm.get_clock().map_err(e("KVM_GET_CLOCK"))?,
+            serial: self.devices.serial_state(),
+            transports: self.devices.transport_states(),
+        };
+        snapshot::write_memory(&self.mem, mem_path)
+            .map_err(|e| format!("memory file {}: {e}", mem_path.display()))?;
+        snapshot::write(snapshot_path, &snap)
+            .map_err(|e| format!("snapshot file {}: {e}", snapshot_path.display()))
+    }
+
+    /// Starts the vCPU threads (parked when `paused`).
+    fn start(
+        kvm: &Kvm,
+        vm: kvm_ioctls::VmFd,
+        mem: vm_memory::GuestMemoryMmap,
+        config: &VmConfig,
+        built: Built,
+        vcpus: Vec<Vcpu>,
+        paused: bool,
+    ) -> Result<Self, VmmError> {
         vcpu::install_kick_handler()?;
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
+        let control = Arc::new(VcpuControl::new(vcpus.len(), msr_list));
+        if paused {
+            control.set_paused();
+        }
         let sink = Arc::new(VmExitSink::new().map_err(VmmError::EventLoop)?);
-        let pio = Arc::new(devices.pio.clone());
-        let mmio = Arc::new(devices.mmio.clone());
+        let pio = Arc::new(built.devices.pio.clone());
+        let mmio = Arc::new(built.devices.mmio.clone());
         let mut threads = VcpuThreads {
             handles: Vec::new(),
-            control: Arc::new(VcpuControl::default()),
+            control,
         };
         for v in vcpus {
             threads.handles.push(v.start(
@@ -334,24 +406,107 @@ impl Vm {
                 sink.clone(),
             )?);
         }
-        tracing::info!(
-            vcpus = config.vcpus,
-            mem_mib = config.mem_mib,
-            protocol = ?kernel.protocol,
-            "guest started"
-        );
-
         Ok(Self {
             threads,
             config: config.clone(),
-            devices,
+            devices: built.devices,
             sink,
-            balloon,
-            limiters,
-            _mem: mem,
-            _vm: vm,
+            balloon: built.balloon,
+            limiters: built.limiters,
+            mem,
+            vm,
         })
     }
+}
+
+/// A VM with KVM's in-kernel interrupt controllers and PIT.
+fn create_vm(kvm: &Kvm) -> Result<kvm_ioctls::VmFd, VmmError> {
+    let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|err| VmmError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            err,
+        })
+}
+
+/// The devices `config` asks for, on the buses.
+struct Built {
+    devices: DeviceManager,
+    /// `root=/dev/vdX rw|ro` for the root disk, if any.
+    root_args: String,
+    limiters: Limiters,
+    balloon: Option<BalloonHandle>,
+}
+
+fn create_devices(
+    vm: &kvm_ioctls::VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<Built, VmmError> {
+    let mut devices = DeviceManager::new(vm, Box::new(ConsoleOut))?;
+    let mut root_args = String::new();
+    let mut limiters = Limiters::default();
+    for (i, d) in config.disks.iter().enumerate() {
+        let disk = Disk::open(&d.path, d.read_only, &d.id).map_err(VmmError::Disk)?;
+        let block = Block::new(disk).rate_limiter(limiter(&d.rate_limiter)?);
+        if let Some(l) = block.rate_limiter_handle() {
+            limiters.drives.push((d.id.clone(), l));
+        }
+        devices.add_virtio(vm, mem, Box::new(block))?;
+        if d.root {
+            let letter = char::from(b'a' + i as u8);
+            let mode = if d.read_only { "ro" } else { "rw" };
+            root_args = format!(" root=/dev/vd{letter} {mode}");
+        }
+    }
+    let mut balloon = None;
+    if let Some(b) = &config.balloon {
+        let dev = Balloon::new(
+            b.amount_mib,
+            b.deflate_on_oom,
+            b.stats_polling_interval_s,
+            b.free_page_reporting,
+        );
+        balloon = Some(dev.handle());
+        devices.add_virtio(vm, mem, Box::new(dev))?;
+    }
+    for n in &config.nets {
+        let tap = Tap::open(&n.tap).map_err(VmmError::Net)?;
+        let net = Net::new(tap, n.mac)
+            .rx_rate_limiter(limiter(&n.rx_rate_limiter)?)
+            .tx_rate_limiter(limiter(&n.tx_rate_limiter)?);
+        limiters
+            .nets
+            .push((n.id.clone(), net.rate_limiter_handles()));
+        devices.add_virtio(vm, mem, Box::new(net))?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.cid, &v.uds_path).map_err(VmmError::Vsock)?;
+        devices.add_virtio(vm, mem, Box::new(vsock))?;
+    }
+    if config.entropy {
+        devices.add_virtio(vm, mem, Box::new(devices::virtio::rng::Rng::new()))?;
+    }
+    Ok(Built {
+        devices,
+        root_args,
+        limiters,
+        balloon,
+    })
 }
 
 /// The vCPU threads, stopped and joined on drop so no exit path leaks them.

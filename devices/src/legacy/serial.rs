@@ -26,14 +26,69 @@ impl Trigger for EventFdTrigger {
 /// The UART as a bus device; output goes to `out`.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    irq: EventFd,
+}
+
+/// The UART's registers and receive FIFO, for a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }
 
 impl SerialDevice {
     /// A UART raising `irq` and writing guest output to `out`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Self {
-            uart: Serial::new(EventFdTrigger(irq), out),
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> io::Result<Self> {
+        Ok(Self {
+            uart: Serial::new(EventFdTrigger(irq.try_clone()?), out),
+            irq,
+        })
+    }
+
+    /// The registers and FIFO.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
+    }
+
+    /// Puts the registers and FIFO back; output goes to `out`.
+    pub fn restore(&mut self, snap: &SerialSnapshot, out: Box<dyn Write + Send>) -> io::Result<()> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: snap.baud_divisor_low,
+            baud_divisor_high: snap.baud_divisor_high,
+            interrupt_enable: snap.interrupt_enable,
+            interrupt_identification: snap.interrupt_identification,
+            line_control: snap.line_control,
+            line_status: snap.line_status,
+            modem_control: snap.modem_control,
+            modem_status: snap.modem_status,
+            scratch: snap.scratch,
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let trigger = EventFdTrigger(self.irq.try_clone()?);
+        self.uart = Serial::from_state(&state, trigger, NoEvents, out).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("UART state: {e:?}"))
+        })?;
+        Ok(())
     }
 
     /// Free space in the receive FIFO.
@@ -97,7 +152,7 @@ mod tests {
     fn output_and_input() {
         let sink = Sink::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone())).unwrap();
         for b in b"hi" {
             s.write(0, &[*b]);
         }
@@ -117,7 +172,7 @@ mod tests {
     #[test]
     fn input_is_bounded_by_fifo() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = SerialDevice::new(irq, Box::new(io::sink()));
+        let mut s = SerialDevice::new(irq, Box::new(io::sink())).unwrap();
         let cap = s.input_capacity();
         let big = vec![b'a'; cap + 100];
         assert_eq!(s.enqueue_input(&big), cap);

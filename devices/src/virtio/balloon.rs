@@ -244,6 +244,25 @@ impl VirtioDevice for Balloon {
         s.stats.actual_pages = 0;
         true
     }
+
+    fn quiesce(&mut self) {
+        self.worker = None;
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        let s = self.shared.lock();
+        let mut v = s.stats.target_pages.to_le_bytes().to_vec();
+        v.extend_from_slice(&s.stats.actual_pages.to_le_bytes());
+        v
+    }
+
+    fn restore_state(&mut self, state: &[u8]) {
+        if let [a, b, c, d, e, f, g, h] = *state {
+            let mut s = self.shared.lock();
+            s.stats.target_pages = u32::from_le_bytes([a, b, c, d]);
+            s.stats.actual_pages = u32::from_le_bytes([e, f, g, h]);
+        }
+    }
 }
 
 struct BalloonWorker {

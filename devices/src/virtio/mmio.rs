@@ -49,6 +49,34 @@ pub struct MmioTransport {
     activated: bool,
 }
 
+/// A transport and its device as a snapshot holds them. Ring positions are
+/// not kept: they are in guest memory (the used index), taken while the
+/// device is quiesced.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub activated: bool,
+    pub queues: Vec<QueueConfig>,
+    pub device: Vec<u8>,
+}
+
+/// One queue as the driver configured it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct QueueConfig {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
 /// Errors building a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -56,6 +84,8 @@ pub enum TransportError {
     EventFd(std::io::Error),
     #[error("invalid queue size {0}")]
     QueueSize(u16),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl MmioTransport {
@@ -206,11 +236,96 @@ impl MmioTransport {
         }
         self.status = v;
         if added & DRIVER_OK != 0 && self.status & FEATURES_OK != 0 && !self.activated {
-            self.activate();
+            self.activate(false);
         }
     }
 
-    fn activate(&mut self) {
+    /// Stops the device's workers (if it runs) with its rings at rest.
+    pub fn quiesce(&mut self) {
+        if self.activated {
+            self.device.quiesce();
+        }
+    }
+
+    /// Starts a quiesced device again, from where its rings are.
+    pub fn resume(&mut self) {
+        if self.activated {
+            self.activated = false;
+            self.activate(true);
+        }
+    }
+
+    /// The transport's state (the device must be quiesced).
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            activated: self.activated,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let st = q.state();
+                    QueueConfig {
+                        size: st.size,
+                        ready: st.ready,
+                        desc_table: st.desc_table,
+                        avail_ring: st.avail_ring,
+                        used_ring: st.used_ring,
+                    }
+                })
+                .collect(),
+            device: self.device.save_state(),
+        }
+    }
+
+    /// Restores a snapshot's state into this fresh transport (same device
+    /// type) over the snapshot's memory, and starts the device if it ran.
+    pub fn restore(&mut self, st: &TransportState) -> Result<(), TransportError> {
+        let bad = |m: String| TransportError::Snapshot(m);
+        if st.device_type != self.device.device_type() || st.queues.len() != self.queues.len() {
+            return Err(bad(format!(
+                "device type {} with {} queues does not match this VM's",
+                st.device_type,
+                st.queues.len()
+            )));
+        }
+        for (q, c) in self.queues.iter_mut().zip(&st.queues) {
+            q.try_set_size(c.size)
+                .map_err(|e| bad(format!("queue size {}: {e}", c.size)))?;
+            q.set_desc_table_address(Some(c.desc_table as u32), Some((c.desc_table >> 32) as u32));
+            q.set_avail_ring_address(Some(c.avail_ring as u32), Some((c.avail_ring >> 32) as u32));
+            q.set_used_ring_address(Some(c.used_ring as u32), Some((c.used_ring >> 32) as u32));
+            q.set_ready(c.ready);
+        }
+        self.status = st.status;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.driver_features = st.driver_features;
+        self.queue_sel = st.queue_sel;
+        self.config_generation = st.config_generation;
+        self.device.restore_state(&st.device);
+        if st.activated {
+            self.activate(true);
+            if !self.activated {
+                return Err(bad(format!("device type {} did not start", st.device_type)));
+            }
+        }
+        if st.interrupt_status != 0 {
+            self.interrupt.trigger(st.interrupt_status);
+        }
+        Ok(())
+    }
+
+    /// Starts the device; `from_rings` takes the ring positions from guest
+    /// memory (after a quiesce or a restore) instead of zero.
+    fn activate(&mut self, from_rings: bool) {
         let mem = self.mem.clone();
         let ok = self.queues.iter().all(|q| !q.ready() || q.is_valid(&mem));
         let evts: Result<Vec<_>, _> = self.queue_evts.iter().map(|e| e.try_clone()).collect();
@@ -225,10 +340,23 @@ impl MmioTransport {
         };
         // The device gets its own copies; the transport keeps the
         // configuration the driver wrote, for register reads and reset.
+        // Ring positions: zero at first activation, else where the device
+        // left them (the used index in guest memory).
         let queues: Result<Vec<Queue>, _> = self
             .queues
             .iter()
-            .map(|q| Queue::try_from(q.state()))
+            .map(|q| {
+                let mut st = q.state();
+                if st.ready && from_rings {
+                    let used = q
+                        .used_idx(&mem, std::sync::atomic::Ordering::Acquire)
+                        .map(|w| w.0)
+                        .unwrap_or(0);
+                    st.next_used = used;
+                    st.next_avail = used;
+                }
+                Queue::try_from(st)
+            })
             .collect();
         let Ok(queues) = queues else {
             self.status |= DEVICE_NEEDS_RESET;

@@ -115,6 +115,18 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool {
         false
     }
+    /// Stops serving the queues, keeping the device's state, so that guest
+    /// memory and the rings hold still for a snapshot; every chain taken is
+    /// finished first. The transport activates the device again afterwards.
+    fn quiesce(&mut self) {
+        let _ = self.reset();
+    }
+    /// Device-specific state for a snapshot (beyond the transport's).
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Restores what [`VirtioDevice::save_state`] returned.
+    fn restore_state(&mut self, _state: &[u8]) {}
 }
 
 /// A descriptor chain as the devices see it.

@@ -248,10 +248,6 @@ fn common(req: &Request) -> Option<Response> {
                 format!("{} is not supported by condo yet", req.path),
             ))
         }
-        ("PUT", "/snapshot/create") | ("PUT", "/snapshot/load") => Some(Response::fault(
-            400,
-            "snapshots are not supported by condo yet",
-        )),
         _ => None,
     }
 }
@@ -261,6 +257,8 @@ fn common(req: &Request) -> Option<Response> {
 pub struct PreBoot {
     fc: FirecrackerConfig,
     has_boot_source: bool,
+    /// Something was configured (a snapshot can no longer be loaded).
+    configured: bool,
 }
 
 /// What the pre-boot handler decided.
@@ -269,12 +267,54 @@ pub enum PreBootOutcome {
     Reply(Response),
     /// InstanceStart with this configuration: boot it, then answer.
     Start(VmConfig),
+    /// Load a snapshot, then answer.
+    Restore {
+        snapshot: PathBuf,
+        mem: PathBuf,
+        resume: bool,
+    },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Action {
     action_type: String,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotCreate {
+    snapshot_path: PathBuf,
+    mem_file_path: PathBuf,
+    #[serde(default)]
+    snapshot_type: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotLoad {
+    snapshot_path: PathBuf,
+    #[serde(default)]
+    mem_file_path: Option<PathBuf>,
+    #[serde(default)]
+    mem_backend: Option<MemBackend>,
+    #[serde(default)]
+    enable_diff_snapshots: Option<bool>,
+    #[serde(default)]
+    track_dirty_pages: Option<bool>,
+    #[serde(default)]
+    resume_vm: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemBackend {
+    backend_path: PathBuf,
+    backend_type: String,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +368,7 @@ impl PreBoot {
                 ..FirecrackerConfig::default()
             },
             has_boot_source: false,
+            configured: false,
         }
     }
 
@@ -405,6 +446,41 @@ impl PreBoot {
                 Ok(a) => Response::fault(400, format!("unknown action_type {:?}", a.action_type)),
                 Err(r) => r,
             },
+            ("PUT", "/snapshot/load") => match parse::<SnapshotLoad>(req) {
+                Err(r) => r,
+                Ok(_) if self.configured => Response::fault(
+                    400,
+                    "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+                ),
+                Ok(l) => {
+                    let mem = match (l.mem_file_path, l.mem_backend) {
+                        (Some(p), None) => p,
+                        (None, Some(b)) if b.backend_type == "File" => b.backend_path,
+                        (None, Some(b)) => {
+                            return Reply(Response::fault(
+                                400,
+                                format!("memory backend {:?} is not supported (File)", b.backend_type),
+                            ))
+                        }
+                        _ => {
+                            return Reply(Response::fault(
+                                400,
+                                "give exactly one of mem_file_path and mem_backend",
+                            ))
+                        }
+                    };
+                    let _ = (l.enable_diff_snapshots, l.track_dirty_pages);
+                    return PreBootOutcome::Restore {
+                        snapshot: l.snapshot_path,
+                        mem,
+                        resume: l.resume_vm.unwrap_or(false),
+                    };
+                }
+            },
+            ("PUT", "/snapshot/create") => Response::fault(
+                400,
+                "The requested operation is not supported before starting the microVM.",
+            ),
             ("PATCH", "/vm")
             | ("PATCH", "/balloon")
             | ("GET", "/balloon/statistics")
@@ -448,6 +524,9 @@ impl PreBoot {
             }
             _ => invalid(req),
         };
+        if req.method != "GET" && r.status == 204 {
+            self.configured = true;
+        }
         Reply(r)
     }
 
@@ -506,6 +585,20 @@ pub fn run(
                         }
                         Err(e) => {
                             tracing::warn!("InstanceStart failed: {e}");
+                            p.respond(Response::fault(400, e));
+                        }
+                    },
+                    PreBootOutcome::Restore {
+                        snapshot,
+                        mem,
+                        resume,
+                    } => match Vm::restore(&snapshot, &mem, resume, opts) {
+                        Ok(vm) => {
+                            p.respond(Response::no_content());
+                            break vm;
+                        }
+                        Err(e) => {
+                            tracing::warn!("snapshot load failed: {e}");
                             p.respond(Response::fault(400, e));
                         }
                     },
@@ -652,6 +745,27 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
                 },
             }
         }
+        ("PUT", "/snapshot/create") => match parse::<SnapshotCreate>(req) {
+            Err(r) => r,
+            Ok(c) if c.snapshot_type.as_deref().is_some_and(|t| t != "Full") => Response::fault(
+                400,
+                format!(
+                    "snapshot type {:?} is not supported (Full)",
+                    c.snapshot_type
+                ),
+            ),
+            Ok(c) => {
+                let _ = c.version;
+                match vm.snapshot(&c.snapshot_path, &c.mem_file_path) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Response::fault(400, e),
+                }
+            }
+        },
+        ("PUT", "/snapshot/load") => Response::fault(
+            400,
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+        ),
         ("PUT", _) => Response::fault(400, AFTER_START),
         _ => invalid(req),
     }
@@ -673,7 +787,7 @@ mod tests {
     fn status(o: PreBootOutcome) -> (u16, String) {
         match o {
             PreBootOutcome::Reply(r) => (r.status, r.body.unwrap_or_default()),
-            PreBootOutcome::Start(_) => (0, String::new()),
+            PreBootOutcome::Start(_) | PreBootOutcome::Restore { .. } => (0, String::new()),
         }
     }
 
@@ -733,6 +847,7 @@ mod tests {
                 assert!(c.entropy && c.vsock.is_some() && c.balloon.is_some());
             }
             PreBootOutcome::Reply(r) => panic!("{r:?}"),
+            PreBootOutcome::Restore { .. } => panic!("not a restore"),
         }
     }
 
@@ -768,6 +883,12 @@ mod tests {
             ("PATCH", "/vm", r#"{"state": "Paused"}"#),
             ("PUT", "/actions", r#"{"action_type": "Dance"}"#),
             ("PUT", "/snapshot/create", "{}"),
+            ("PUT", "/snapshot/load", r#"{"snapshot_path": "/s"}"#),
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
+            ),
         ] {
             let (code, body) = status(p.handle(&req(m, path, body)));
             assert_eq!(code, 400, "{m} {path}");
