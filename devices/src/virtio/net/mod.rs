@@ -16,12 +16,12 @@
 
 pub mod tap;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::block::{admit, drain_queue_until_refused, limiter_timer_event, lock};
@@ -109,6 +109,25 @@ trait FrameIo: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one frame.
     fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Writes one frame that lies in guest memory as `parts` (each within
+    /// one region), without copying it first where the backend can.
+    fn write_guest_frame(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        parts: &[(GuestAddress, usize)],
+        scratch: &mut [u8],
+    ) -> std::io::Result<usize> {
+        let mut n = 0;
+        for &(addr, len) in parts {
+            let dst = scratch
+                .get_mut(n..n + len)
+                .ok_or(std::io::ErrorKind::InvalidInput)?;
+            mem.read_slice(dst, addr)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            n += len;
+        }
+        self.write_frame(&scratch[..n])
+    }
 }
 
 impl FrameIo for Tap {
@@ -118,6 +137,27 @@ impl FrameIo for Tap {
 
     fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         Tap::write_frame(self, buf)
+    }
+
+    fn write_guest_frame(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        parts: &[(GuestAddress, usize)],
+        _scratch: &mut [u8],
+    ) -> std::io::Result<usize> {
+        // writev straight from guest memory: the frame is not copied in
+        // the VMM (the kernel copies it once, into the TAP's skb).
+        let mut iov = Vec::with_capacity(parts.len());
+        for &(addr, len) in parts {
+            let slice = mem
+                .get_slice(addr, len)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+                iov_len: len,
+            });
+        }
+        self.write_iovecs(&iov)
     }
 }
 
@@ -300,20 +340,24 @@ impl<T: FrameIo> NetWorker<T> {
         let mem = &self.mem;
         let tx_buf = &mut self.tx_buf;
         let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = Vec::new();
         drain_queue_until_refused(mem, &mut self.tx, &self.irq, |chain| {
-            let Ok(mut r) = chain.reader(mem) else {
-                tracing::debug!("virtio-net: malformed transmit chain");
-                return Some(0);
-            };
-            let len = r.available_bytes();
+            parts.clear();
+            let mut len = 0usize;
+            for d in chain {
+                if d.is_write_only() || parts.len() >= usize::from(QUEUE_SIZE) {
+                    tracing::debug!("virtio-net: malformed transmit chain");
+                    return Some(0);
+                }
+                len = len.saturating_add(d.len() as usize);
+                parts.push((d.addr(), d.len() as usize));
+            }
             if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
                 tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
             } else if !admit(limiter.as_deref_mut(), len as u64) {
                 return None;
-            } else if r.read_exact(&mut tx_buf[..len]).is_ok() {
-                if let Err(e) = tap.write_frame(&tx_buf[..len]) {
-                    tracing::debug!("virtio-net: TAP write: {e}");
-                }
+            } else if let Err(e) = tap.write_guest_frame(mem, &parts, tx_buf) {
+                tracing::debug!("virtio-net: TAP write: {e}");
             }
             Some(0)
         })

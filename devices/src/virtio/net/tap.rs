@@ -123,6 +123,20 @@ impl Tap {
         self.file.write(buf)
     }
 
+    /// Writes one frame (vnet header first) gathered from `iov`, whose
+    /// pointers must be valid for reads of their lengths.
+    pub fn write_iovecs(&self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        let n = libc::c_int::try_from(iov.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: the kernel only reads the `n` iovecs, each of which the
+        // caller guarantees points into live memory (guest RAM mappings
+        // that outlive this call).
+        let r = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
