@@ -96,38 +96,13 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli.log_level) {
+    if let Err(e) = vmm::logger::init(&cli.log_level) {
         return fail(e);
     }
     match cli.command {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(*args),
     }
-}
-
-fn init_logging(level: &str) -> Result<(), String> {
-    use tracing_subscriber::filter::LevelFilter;
-    // A plain level keeps the binary small (no regex-based filter engine):
-    // the VMM's resident memory is part of what condo promises.
-    let filter = match level.to_ascii_lowercase().as_str() {
-        "off" => LevelFilter::OFF,
-        "error" => LevelFilter::ERROR,
-        "warn" => LevelFilter::WARN,
-        "info" => LevelFilter::INFO,
-        "debug" => LevelFilter::DEBUG,
-        "trace" => LevelFilter::TRACE,
-        other => {
-            return Err(format!(
-                "unknown log level {other:?} (off, error, warn, info, debug, trace)"
-            ))
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    Ok(())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

@@ -845,6 +845,18 @@ fn api_lifecycle_pause_resume_and_balloon() {
     );
     vm.wait_until("the guest to tick", LIMIT, |v| v.count("tick") >= 3);
 
+    // Metrics: a Firecracker JSON line on FlushMetrics, with the guest's
+    // serial output counted as port I/O exits.
+    let mfile = d.join("metrics.json");
+    let mcfg = serde_json::json!({"metrics_path": mfile}).to_string();
+    assert_eq!(api(&sock, "PUT", "/metrics", &mcfg).0, 204);
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    assert_eq!(api(&sock, "PUT", "/actions", flush).0, 204);
+    let line = std::fs::read_to_string(&mfile).expect("metrics file");
+    let m: serde_json::Value =
+        serde_json::from_str(line.lines().last().unwrap_or("")).expect("JSON line");
+    assert!(m["vcpu"]["exit_io_out"].as_u64().unwrap_or(0) > 0, "{line}");
+
     // Pause: no ticks for a second; resume: ticks again.
     assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
     assert!(api(&sock, "GET", "/", "").1.contains(r#""state":"Paused""#));

@@ -268,6 +268,25 @@ fn api_configures_and_refuses_bad_requests_before_boot() {
     );
     assert_eq!(code, 400);
     assert!(body.contains("/nonexistent/vmlinux"), "{body}");
+    // Logger and metrics: level and file changeable, Prometheus text.
+    let log = d.join("condo.log");
+    let logger = serde_json::json!({"level": "Info", "log_path": log}).to_string();
+    assert_eq!(api(&sock, "PUT", "/logger", &logger).0, 204);
+    assert_eq!(api(&sock, "PUT", "/logger", r#"{"level": "Loud"}"#).0, 400);
+    let metrics = serde_json::json!({"metrics_path": d.join("metrics.json")}).to_string();
+    assert_eq!(api(&sock, "PUT", "/metrics", &metrics).0, 204);
+    let bad_metrics = r#"{"metrics_path": "/nonexistent/dir/m.json"}"#;
+    assert_eq!(api(&sock, "PUT", "/metrics", bad_metrics).0, 400);
+    let (code, prom) = api(&sock, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(prom.contains("condo_api_server_requests_count "), "{prom}");
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(api(&sock, "PUT", "/actions", start).0, 400);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("InstanceStart failed"),
+        "log file: {logged:?}"
+    );
     // Still configurable after a failed start.
     assert_eq!(api(&sock, "GET", "/", "").0, 200);
     let _ = child.kill();

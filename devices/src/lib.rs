@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod metrics;
 pub mod rate_limiter;
 pub mod virtio;
 

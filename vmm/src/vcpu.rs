@@ -211,18 +211,22 @@ impl Vcpu {
             }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    crate::metrics::METRICS.vcpu.exit_io_in.inc();
                     pio.read(u64::from(port), data);
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    crate::metrics::METRICS.vcpu.exit_io_out.inc();
                     pio.write(u64::from(port), data);
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    crate::metrics::METRICS.vcpu.exit_mmio_read.inc();
                     mmio.read(addr, data);
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    crate::metrics::METRICS.vcpu.exit_mmio_write.inc();
                     mmio.write(addr, data);
                     continue;
                 }

@@ -90,6 +90,7 @@ const TOKEN_VCPU_EXIT: u64 = 2;
 const TOKEN_STDIN: u64 = 3;
 const TOKEN_API: u64 = 4;
 const TOKEN_SIGTERM: u64 = 5;
+const TOKEN_METRICS: u64 = 6;
 
 /// Opens the KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests
 /// use it to simulate a host without KVM).
@@ -183,6 +184,7 @@ impl Vm {
     /// Stops every vCPU (between two instructions, as far as the guest can
     /// tell) until [`Vm::resume`].
     pub fn pause(&mut self) -> Result<(), String> {
+        crate::metrics::METRICS.vmm.pause_count.inc();
         if self.threads.pause() {
             Ok(())
         } else {
@@ -193,6 +195,7 @@ impl Vm {
 
     /// Resumes paused vCPUs.
     pub fn resume(&mut self) {
+        crate::metrics::METRICS.vmm.resume_count.inc();
         self.threads.control.resume();
     }
 
@@ -285,6 +288,7 @@ impl Vm {
         resume: bool,
         opts: RunOptions,
     ) -> Result<Self, VmmError> {
+        crate::metrics::METRICS.vmm.snapshot_load_count.inc();
         let snap = snapshot::read(snapshot_path).map_err(VmmError::Snapshot)?;
         let config = VmConfig::from_firecracker(snap.config.clone())?;
         if snap.vcpus.len() != usize::from(config.vcpus) {
@@ -333,6 +337,7 @@ impl Vm {
         if !self.is_paused() {
             return Err("the microVM must be paused to create a snapshot".into());
         }
+        crate::metrics::METRICS.vmm.snapshot_create_count.inc();
         self.devices.quiesce();
         let r = self.write_snapshot(snapshot_path, mem_path);
         self.devices.resume();
@@ -563,6 +568,9 @@ impl Vm {
     ) -> Result<VmExit, VmmError> {
         let result = self.serve(opts, api);
         self.threads.stop_all();
+        if let Err(e) = crate::metrics::flush() {
+            tracing::warn!("metrics: {e}");
+        }
         result
     }
 
@@ -583,6 +591,13 @@ impl Vm {
         }
         let mut stop_signals = crate::api::StopSignals::new().map_err(ev)?;
         add(stop_signals.as_raw_fd(), TOKEN_SIGTERM).map_err(ev)?;
+        // Metrics lines once a minute, as Firecracker writes them.
+        let errno =
+            |e: vmm_sys_util::errno::Error| ev(std::io::Error::from_raw_os_error(e.errno()));
+        let mut metrics_timer = vmm_sys_util::timerfd::TimerFd::new().map_err(errno)?;
+        let minute = Duration::from_secs(60);
+        metrics_timer.reset(minute, Some(minute)).map_err(errno)?;
+        add(metrics_timer.as_raw_fd(), TOKEN_METRICS).map_err(ev)?;
         let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
         let mut pending: Vec<u8> = Vec::new();
         let mut events = [EpollEvent::default(); 8];
@@ -604,6 +619,12 @@ impl Vm {
                                 let r = crate::api::handle_running(self, &p.req);
                                 p.respond(r);
                             }
+                        }
+                    }
+                    TOKEN_METRICS => {
+                        let _ = metrics_timer.wait();
+                        if let Err(e) = crate::metrics::flush() {
+                            tracing::warn!("metrics: {e}");
                         }
                     }
                     TOKEN_SIGTERM if stop_signals.read() => {

@@ -284,13 +284,22 @@ impl BalloonWorker {
         };
         match q {
             0 => drain_queue(mem, queue, &self.irq, |chain| {
+                crate::metrics::METRICS.balloon.inflate_count.inc();
                 inflate(mem, chain);
                 0
             }),
-            1 => drain_queue(mem, queue, &self.irq, |_| 0),
+            1 => drain_queue(mem, queue, &self.irq, |_| {
+                crate::metrics::METRICS.balloon.deflate_count.inc();
+                0
+            }),
             _ if Some(q) == self.report_q => drain_queue(mem, queue, &self.irq, |chain| {
                 for d in chain {
-                    discard(mem, d.addr(), u64::from(d.len()));
+                    if discard(mem, d.addr(), u64::from(d.len())) {
+                        crate::metrics::METRICS
+                            .balloon
+                            .reported_pages
+                            .add(u64::from(d.len()) / PAGE_SIZE);
+                    }
                 }
                 0
             }),
@@ -302,6 +311,7 @@ impl BalloonWorker {
                     while let Some(chain) = queue.pop_descriptor_chain(mem) {
                         let head = chain.head_index();
                         let mut s = self.shared.lock();
+                        crate::metrics::METRICS.balloon.stats_updates_count.inc();
                         read_stats(mem, chain, &mut s.stats.tags);
                         drop(s);
                         // A driver that sends a second buffer gets the first back.

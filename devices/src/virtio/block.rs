@@ -486,13 +486,16 @@ fn execute(
         h.type_,
         VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES
     );
+    let m = &crate::metrics::METRICS.block;
     if changes && disk.read_only {
+        m.invalid_reqs_count.inc();
         return (VIRTIO_BLK_S_IOERR, 0);
     }
     let ok = |res: std::io::Result<u32>| match res {
         Ok(n) => (VIRTIO_BLK_S_OK, n),
         Err(e) => {
             tracing::debug!("virtio-blk: request failed: {e}");
+            m.io_errors_count.inc();
             (VIRTIO_BLK_S_IOERR, 0)
         }
     };
@@ -503,8 +506,11 @@ fn execute(
                 || len > buf.len()
                 || !disk.check_range(h.sector, len as u64)
             {
+                m.invalid_reqs_count.inc();
                 return (VIRTIO_BLK_S_IOERR, 0);
             }
+            m.read_count.inc();
+            m.read_bytes.add(len as u64);
             ok(disk
                 .file
                 .read_exact_at(&mut buf[..len], h.sector * SECTOR_SIZE)
@@ -517,13 +523,19 @@ fn execute(
                 || len > buf.len()
                 || !disk.check_range(h.sector, len as u64)
             {
+                m.invalid_reqs_count.inc();
                 return (VIRTIO_BLK_S_IOERR, 0);
             }
+            m.write_count.inc();
+            m.write_bytes.add(len as u64);
             ok(r.read_exact(&mut buf[..len])
                 .and_then(|()| disk.file.write_all_at(&buf[..len], h.sector * SECTOR_SIZE))
                 .map(|()| 0))
         }
-        VIRTIO_BLK_T_FLUSH => ok(disk.file.sync_data().map(|()| 0)),
+        VIRTIO_BLK_T_FLUSH => {
+            m.flush_count.inc();
+            ok(disk.file.sync_data().map(|()| 0))
+        }
         VIRTIO_BLK_T_GET_ID => {
             let n = w.available_bytes().min(VIRTIO_BLK_ID_BYTES);
             ok(w.write_all(&disk.id[..n]).map(|()| n as u32))
@@ -536,6 +548,7 @@ fn execute(
                 return (VIRTIO_BLK_S_IOERR, 0);
             };
             let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
+            m.discard_count.inc();
             if !disk.check_range(seg.sector, len) {
                 return (VIRTIO_BLK_S_IOERR, 0);
             }

@@ -85,6 +85,9 @@ pub fn process_queue(
             }
             written += len as u32;
         }
+        let m = &crate::metrics::METRICS.entropy;
+        m.entropy_event_count.inc();
+        m.entropy_bytes.add(u64::from(written));
         written
     })
 }

@@ -50,6 +50,11 @@ pub struct Pending {
 impl Pending {
     /// Sends the answer back to the connection.
     pub fn respond(self, r: Response) {
+        let m = &crate::metrics::METRICS.api_server;
+        m.requests_count.inc();
+        if r.status >= 400 {
+            m.failed_requests_count.inc();
+        }
         let _ = self.reply.send(r);
     }
 }
@@ -242,12 +247,32 @@ fn common(req: &Request) -> Option<Response> {
         ("GET", "/version") => Some(Response::json(
             json!({ "firecracker_version": env!("CARGO_PKG_VERSION") }).to_string(),
         )),
-        ("PUT", "/logger") | ("PUT", "/metrics") | ("PUT", "/mmds") | ("PUT", "/mmds/config") => {
-            Some(Response::fault(
-                400,
-                format!("{} is not supported by condo yet", req.path),
-            ))
-        }
+        ("PUT", "/logger") => Some(match parse::<LoggerConfig>(req) {
+            Err(r) => r,
+            Ok(l) => {
+                let _ = (l.show_level, l.show_log_origin, l.module);
+                let level = l.level.map_or(Ok(()), |lv| crate::logger::set_level(&lv));
+                let path = l.log_path.map_or(Ok(()), |p| {
+                    crate::logger::set_path(&p).map_err(|e| format!("{}: {e}", p.display()))
+                });
+                match level.and(path) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Response::fault(400, e),
+                }
+            }
+        }),
+        ("PUT", "/metrics") => Some(match parse::<MetricsConfig>(req) {
+            Err(r) => r,
+            Ok(m) => match crate::metrics::set_path(&m.metrics_path) {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::fault(400, format!("{}: {e}", m.metrics_path.display())),
+            },
+        }),
+        ("GET", "/metrics") => Some(Response::text(crate::metrics::prometheus())),
+        ("PUT", "/mmds") | ("PUT", "/mmds/config") => Some(Response::fault(
+            400,
+            format!("{} is not supported by condo yet", req.path),
+        )),
         _ => None,
     }
 }
@@ -279,6 +304,29 @@ pub enum PreBootOutcome {
 #[serde(deny_unknown_fields)]
 struct Action {
     action_type: String,
+}
+
+/// `PUT /logger`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoggerConfig {
+    #[serde(default)]
+    log_path: Option<PathBuf>,
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    show_level: Option<bool>,
+    #[serde(default)]
+    show_log_origin: Option<bool>,
+    #[serde(default)]
+    module: Option<String>,
+}
+
+/// `PUT /metrics`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsConfig {
+    metrics_path: PathBuf,
 }
 
 /// `PUT /snapshot/create`.
@@ -697,6 +745,11 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
             Ok(a) if a.action_type == "InstanceStart" => {
                 Response::fault(400, "The microVM is already running.")
             }
+            Ok(a) if a.action_type == "FlushMetrics" => match crate::metrics::flush() {
+                Ok(true) => Response::no_content(),
+                Ok(false) => Response::fault(400, "no metrics destination: PUT /metrics first"),
+                Err(e) => Response::fault(400, format!("cannot write metrics: {e}")),
+            },
             Ok(a) => Response::fault(
                 400,
                 format!("action {:?} is not supported by condo yet", a.action_type),

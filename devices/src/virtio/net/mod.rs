@@ -352,12 +352,18 @@ impl<T: FrameIo> NetWorker<T> {
                 len = len.saturating_add(d.len() as usize);
                 parts.push((d.addr(), d.len() as usize));
             }
+            let m = &crate::metrics::METRICS.net;
             if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
                 tracing::debug!("virtio-net: dropped a {len}-byte transmit chain");
+                m.tx_malformed_frames.inc();
             } else if !admit(limiter.as_deref_mut(), len as u64) {
                 return None;
             } else if let Err(e) = tap.write_guest_frame(mem, &parts, tx_buf) {
                 tracing::debug!("virtio-net: TAP write: {e}");
+                m.tap_write_fails.inc();
+            } else {
+                m.tx_packets_count.inc();
+                m.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
             }
             Some(0)
         })
@@ -434,6 +440,7 @@ impl<T: FrameIo> NetWorker<T> {
                     self.rx.add_used(mem, c.head_index(), 0)?;
                 }
                 self.pending = 0;
+                crate::metrics::METRICS.net.rx_dropped_frames.inc();
                 tracing::debug!("virtio-net: dropped a {len}-byte frame (buffer too small)");
                 return Ok(Delivery::Dropped);
             }
@@ -467,6 +474,9 @@ impl<T: FrameIo> NetWorker<T> {
             self.rx.add_used(mem, head, written as u32)?;
         }
         self.pending = 0;
+        let m = &crate::metrics::METRICS.net;
+        m.rx_packets_count.inc();
+        m.rx_bytes_count.add((len - VNET_HDR_LEN) as u64);
         Ok(Delivery::Done)
     }
 }

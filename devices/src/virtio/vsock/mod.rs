@@ -368,12 +368,14 @@ impl Muxer {
             return None;
         }
         self.conns.insert(token, conn);
+        crate::metrics::METRICS.vsock.conns_added.inc();
         Some(token)
     }
 
     /// Drops a connection (closing its stream removes it from epoll).
     fn remove(&mut self, token: u64) {
         if let Some(c) = self.conns.remove(&token) {
+            crate::metrics::METRICS.vsock.conns_removed.inc();
             let key = (c.local_port, c.peer_port);
             if self.by_ports.get(&key) == Some(&token) {
                 self.by_ports.remove(&key);
@@ -535,9 +537,16 @@ impl Muxer {
                     r.read_exact(&mut payload[..len]).ok()?;
                     Some(h)
                 });
+                let m = &crate::metrics::METRICS.vsock;
                 match parsed {
-                    Some(h) => self.guest_packet(&h, &payload[..h.len as usize], epoll),
-                    None => tracing::debug!("virtio-vsock: malformed transmit chain dropped"),
+                    Some(h) => {
+                        m.tx_packets_count.inc();
+                        self.guest_packet(&h, &payload[..h.len as usize], epoll)
+                    }
+                    None => {
+                        m.tx_malformed_packets.inc();
+                        tracing::debug!("virtio-vsock: malformed transmit chain dropped")
+                    }
                 }
                 self.txq.add_used(&self.mem, head, 0)?;
             }
@@ -768,6 +777,7 @@ impl Muxer {
             }
             self.rxq
                 .add_used(&self.mem, head, if ok { (HDR_LEN + len) as u32 } else { 0 })?;
+            crate::metrics::METRICS.vsock.rx_packets_count.inc();
             used = true;
         }
         if used && self.rxq.needs_notification(&self.mem)? {
