@@ -13,6 +13,8 @@
 
 #![allow(clippy::print_stdout)]
 
+mod snapshot;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,8 +45,16 @@ fn usage() -> ! {
 
 fn parse() -> Opts {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("boot") {
-        usage();
+    match args.next().as_deref() {
+        Some("boot") => {}
+        Some("snapshot") => match snapshot::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench snapshot: {e}");
+                std::process::exit(1)
+            }
+        },
+        _ => usage(),
     }
     let mut o = Opts {
         condo: String::new(),

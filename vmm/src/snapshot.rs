@@ -147,8 +147,10 @@ pub fn regions_of(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 }
 
 /// Writes guest RAM to `path`, region after region, leaving all-zero MiBs
-/// as holes.
-pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
+/// as holes. With `anonymous` RAM, MiBs with no resident page are known
+/// to be zero without reading them (not so for RAM mapped from a file: a
+/// restored VM's pages may be non-zero yet not resident).
+pub fn write_memory(mem: &GuestMemoryMmap, path: &Path, anonymous: bool) -> std::io::Result<()> {
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     let f = std::fs::File::create(path)?;
     f.set_len(total)?;
@@ -158,7 +160,13 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
         let mut done = 0u64;
         while done < r.len() {
             let n = (r.len() - done).min(buf.len() as u64) as usize;
-            mem.read_slice(&mut buf[..n], r.start_addr().unchecked_add(done))
+            let at = r.start_addr().unchecked_add(done);
+            if anonymous && !any_resident(mem, at, n) {
+                // Never touched (or given back by the balloon): zero.
+                done += n as u64;
+                continue;
+            }
+            mem.read_slice(&mut buf[..n], at)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             if buf[..n].iter().any(|&b| b != 0) {
                 f.write_all_at(&buf[..n], off + done)?;
@@ -168,6 +176,22 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
         off += r.len();
     }
     f.sync_all()
+}
+
+/// Whether any page of guest range `at..at+len` is resident (mincore);
+/// true when that cannot be told.
+fn any_resident(mem: &GuestMemoryMmap, at: GuestAddress, len: usize) -> bool {
+    let Ok(slice) = mem.get_slice(at, len) else {
+        return true;
+    };
+    let ptr = slice.ptr_guard().as_ptr();
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `ptr..ptr+len` is a page-aligned range of a live guest RAM
+    // mapping (regions and the 1 MiB steps are page aligned); mincore only
+    // writes `pages` bytes into `vec`.
+    let r = unsafe { libc::mincore(ptr.cast_mut().cast(), len, vec.as_mut_ptr()) };
+    r != 0 || vec.iter().any(|&b| b & 1 != 0)
 }
 
 /// Maps a memory file privately as guest RAM with the given layout.
@@ -281,7 +305,7 @@ mod tests {
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x1234))
             .unwrap();
         mem.write_obj(0x55u8, GuestAddress((9 << 20) + 7)).unwrap();
-        write_memory(&mem, &p).unwrap();
+        write_memory(&mem, &p, true).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 6 << 20);
         assert_eq!(regions_of(&mem), layout.to_vec());
         let a = map_memory(&p, &layout).unwrap();
@@ -302,6 +326,11 @@ mod tests {
             c.read_obj::<u32>(GuestAddress(0x1234)).unwrap(),
             0xdead_beef
         );
+        // A snapshot of restored (file-backed) memory keeps its contents.
+        let p2 = dir.join("m2");
+        write_memory(&c, &p2, false).unwrap();
+        let e = map_memory(&p2, &layout).unwrap();
+        assert_eq!(e.read_obj::<u8>(GuestAddress((9 << 20) + 7)).unwrap(), 0x55);
         // A memory file of the wrong size.
         assert!(map_memory(&p, &[(0, 1 << 20)]).is_err());
         let _ = std::fs::remove_dir_all(&dir);

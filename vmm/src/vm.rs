@@ -130,6 +130,8 @@ pub struct Vm {
     balloon: Option<BalloonHandle>,
     limiters: Limiters,
     mem: vm_memory::GuestMemoryMmap,
+    /// Guest RAM is mapped from a snapshot's memory file.
+    mem_from_file: bool,
     vm: kvm_ioctls::VmFd,
 }
 
@@ -321,7 +323,8 @@ impl Vm {
         for (id, st) in snap.vcpus.iter().enumerate() {
             vcpus.push(Vcpu::restore(&vm, id as u8, config.vcpus, &supported, st)?);
         }
-        let vm = Self::start(&kvm, vm, mem, &config, built, vcpus, !resume)?;
+        let mut vm = Self::start(&kvm, vm, mem, &config, built, vcpus, !resume)?;
+        vm.mem_from_file = true;
         tracing::info!(paused = !resume, "snapshot restored");
         Ok(vm)
     }
@@ -371,7 +374,7 @@ impl Vm {
             serial: self.devices.serial_state(),
             transports: self.devices.transport_states(),
         };
-        snapshot::write_memory(&self.mem, mem_path)
+        snapshot::write_memory(&self.mem, mem_path, !self.mem_from_file)
             .map_err(|e| format!("memory file {}: {e}", mem_path.display()))?;
         snapshot::write(snapshot_path, &snap)
             .map_err(|e| format!("snapshot file {}: {e}", snapshot_path.display()))
@@ -419,6 +422,7 @@ impl Vm {
             balloon: built.balloon,
             limiters: built.limiters,
             mem,
+            mem_from_file: false,
             vm,
         })
     }
