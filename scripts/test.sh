@@ -18,6 +18,9 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 step "unit tests and command-line tests"
 cargo test --workspace --locked -q --lib --bins --test cli 2>&1
 
+step "fuzzing every guest- and client-reachable parser (short run)"
+bash scripts/fuzz.sh 15
+
 step "building the boot tests"
 boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')

@@ -109,9 +109,23 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         path: name.clone(),
         err,
     })?;
-    let mut header = [0u8; HEADER_LEN];
-    let mut r = std::io::BufReader::new(f);
-    if r.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+    let mut bytes = Vec::new();
+    f.take(HEADER_LEN as u64 + MAX_BODY + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| SnapshotError::Read {
+            path: name.clone(),
+            err,
+        })?;
+    decode(&bytes, &name)
+}
+
+/// Checks and decodes a state file's bytes (`name` for errors).
+pub fn decode(bytes: &[u8], name: &str) -> Result<Snapshot, SnapshotError> {
+    let name = name.to_owned();
+    let Some(header) = bytes.get(..HEADER_LEN) else {
+        return Err(SnapshotError::NotSnapshot(name));
+    };
+    if &header[..8] != MAGIC {
         return Err(SnapshotError::NotSnapshot(name));
     }
     let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
@@ -125,20 +139,11 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
     len.copy_from_slice(&header[12..20]);
     let len = u64::from_le_bytes(len);
     let crc = u32::from_le_bytes([header[20], header[21], header[22], header[23]]);
-    if len > MAX_BODY {
+    let body = &bytes[HEADER_LEN..];
+    if len > MAX_BODY || body.len() as u64 != len || crc32(body) != crc {
         return Err(SnapshotError::Corrupt(name));
     }
-    let mut body = Vec::new();
-    r.take(len + 1)
-        .read_to_end(&mut body)
-        .map_err(|err| SnapshotError::Read {
-            path: name.clone(),
-            err,
-        })?;
-    if body.len() as u64 != len || crc32(&body) != crc {
-        return Err(SnapshotError::Corrupt(name));
-    }
-    serde_json::from_slice(&body).map_err(|e| SnapshotError::Invalid(format!("{name}: {e}")))
+    serde_json::from_slice(body).map_err(|e| SnapshotError::Invalid(format!("{name}: {e}")))
 }
 
 /// The guest RAM layout of `mem`.

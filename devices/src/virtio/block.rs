@@ -24,8 +24,8 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::worker::QueueWorker;
 use super::{
-    device_type, read_config_bytes, ActivateError, Activation, Chain, Interrupt, VirtioDevice,
-    INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+    device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation,
+    Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::rate_limiter::{self, RateLimiter, TokenType};
 
@@ -351,37 +351,6 @@ pub(super) fn admit(rl: Option<&mut RateLimiter>, bytes: u64) -> bool {
         return false;
     }
     true
-}
-
-/// Like [`super::drain_queue`], except that `serve` may refuse a chain by
-/// returning `None` (e.g. rate limited): the chain then stays available (it
-/// is served first next time), draining stops with notifications still off,
-/// and the caller must call again later (e.g. on the limiter's timer). The
-/// guest is interrupted, if it asked to be, for the chains that were used.
-pub(super) fn drain_queue_until_refused(
-    mem: &GuestMemoryMmap,
-    queue: &mut Queue,
-    irq: &Interrupt,
-    mut serve: impl FnMut(Chain<'_>) -> Option<u32>,
-) -> Result<(), virtio_queue::Error> {
-    'drain: loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let Some(used) = serve(chain) else {
-                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                break 'drain;
-            };
-            queue.add_used(mem, head, used)?;
-        }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    if queue.needs_notification(mem)? {
-        irq.trigger(INT_VRING);
-    }
-    Ok(())
 }
 
 /// Serves every available request on `queue`.

@@ -17,7 +17,7 @@ mod worker;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -143,14 +143,31 @@ pub fn drain_queue(
     irq: &Interrupt,
     mut serve: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<(), virtio_queue::Error> {
-    use virtio_queue::QueueT;
-    loop {
+    drain_queue_until_refused(mem, queue, irq, |c| Some(serve(c)))
+}
+
+/// Like [`drain_queue`], but `serve` may refuse a chain (None: a rate
+/// limiter said no): the chain goes back to the ring, draining stops with
+/// notifications still off (the limiter's timer resumes it), and the
+/// guest is interrupted, if it asked to be, for the chains that were used.
+/// A driver whose available index runs away is an error (the device stops).
+pub fn drain_queue_until_refused(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    irq: &Interrupt,
+    mut serve: impl FnMut(Chain<'_>) -> Option<u32>,
+) -> Result<(), virtio_queue::Error> {
+    'drain: loop {
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let used = serve(chain);
+            let Some(used) = serve(chain) else {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                break 'drain;
+            };
             queue.add_used(mem, head, used)?;
         }
+        check_avail(mem, queue)?;
         if !queue.enable_notification(mem)? {
             break;
         }
@@ -159,6 +176,14 @@ pub fn drain_queue(
         irq.trigger(INT_VRING);
     }
     Ok(())
+}
+
+/// Fails when the driver's available index is more than a queue's worth
+/// ahead of the device (a broken or hostile driver): popping then yields
+/// nothing while the ring never looks empty, so a drain loop would spin.
+pub fn check_avail(mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<(), virtio_queue::Error> {
+    use virtio_queue::QueueOwnedT;
+    queue.iter(mem).map(|_| ())
 }
 
 /// Asks the guest to notify when it adds buffers beyond those already in
@@ -173,7 +198,6 @@ pub fn arm_notification(
     queue: &mut Queue,
 ) -> Result<bool, virtio_queue::Error> {
     use std::sync::atomic::Ordering;
-    use virtio_queue::QueueT;
     let saved = queue.next_avail();
     let avail = queue.avail_idx(mem, Ordering::Acquire)?.0;
     queue.set_next_avail(avail);

@@ -166,4 +166,19 @@ mod tests {
             let _ = process_queue(&mem, &mut q, &irq(), &mut [0u8; MAX_REQUEST as usize]);
         }
     }
+
+    /// Found by fuzzing: an available index far ahead of the device (more
+    /// than the queue holds) made the drain loop spin forever. It is now an
+    /// error (the device stops).
+    #[test]
+    fn runaway_available_index_stops_the_device() {
+        let d = SplitDescriptor::new(0x8000, 256, WRITE, 0);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mq = MockSplitQueue::new(&mem, 16);
+        mq.build_desc_chain(&[RawDescriptor::from(d)]).unwrap();
+        mq.avail().idx().store(1000);
+        let mut q: Queue = mq.create_queue().unwrap();
+        let r = process_queue(&mem, &mut q, &irq(), &mut [0u8; MAX_REQUEST as usize]);
+        assert!(r.is_err());
+    }
 }

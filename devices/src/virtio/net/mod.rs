@@ -24,7 +24,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
-use super::block::{admit, drain_queue_until_refused, limiter_timer_event, lock};
+use super::block::{admit, limiter_timer_event, lock};
+use super::drain_queue_until_refused;
 use super::worker::QueueWorker;
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
@@ -802,4 +803,41 @@ mod tests {
         .unwrap();
         assert!(net.reset());
     }
+}
+
+/// A frame sink for fuzzing: frames are discarded, none arrive.
+struct NullFrames;
+
+impl FrameIo for NullFrames {
+    fn read_frame(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+
+    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+}
+
+/// Fuzzing entry point: serves a (hostile) transmit queue, and delivers a
+/// `frame_len`-byte frame into a (hostile) receive queue.
+#[doc(hidden)]
+pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize) {
+    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
+        return;
+    };
+    let mut w = NetWorker {
+        mem: mem.clone(),
+        irq: Arc::new(Interrupt::new(evt)),
+        rx,
+        tx,
+        tap: Arc::new(Mutex::new(NullFrames)),
+        frame: vec![0u8; MAX_FRAME],
+        pending: frame_len.clamp(VNET_HDR_LEN, MAX_FRAME),
+        tx_buf: vec![0u8; MAX_FRAME],
+        mergeable: frame_len % 2 == 0,
+        rx_throttle: None,
+        tx_throttle: None,
+    };
+    let _ = w.process_tx();
+    let _ = w.process_rx();
 }
