@@ -834,7 +834,7 @@ pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize
         frame: vec![0u8; MAX_FRAME],
         pending: frame_len.clamp(VNET_HDR_LEN, MAX_FRAME),
         tx_buf: vec![0u8; MAX_FRAME],
-        mergeable: frame_len % 2 == 0,
+        mergeable: frame_len.is_multiple_of(2),
         rx_throttle: None,
         tx_throttle: None,
     };
