@@ -432,6 +432,29 @@ fn read_stats(mem: &GuestMemoryMmap, chain: super::Chain<'_>, tags: &mut [Option
     }
 }
 
+/// Fuzzing entry point: inflate, deflate, statistics and reporting queues
+/// (hostile) are served, and the statistics buffer requested.
+#[doc(hidden)]
+pub fn fuzz_queues(mem: &GuestMemoryMmap, queues: Vec<Queue>) {
+    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
+        return;
+    };
+    let n = queues.len();
+    let mut w = BalloonWorker {
+        mem: mem.clone(),
+        irq: Arc::new(Interrupt::new(evt)),
+        queues,
+        stats_q: (n > 2).then_some(2),
+        report_q: (n > 3).then_some(3),
+        stats_head: None,
+        shared: BalloonHandle(Arc::default()),
+    };
+    for q in 0..n {
+        let _ = w.process(q);
+    }
+    let _ = w.request_stats();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,27 +597,4 @@ mod tests {
         assert_eq!(h.stats().target_pages, u32::MAX);
         let _ = WRITE;
     }
-}
-
-/// Fuzzing entry point: inflate, deflate, statistics and reporting queues
-/// (hostile) are served, and the statistics buffer requested.
-#[doc(hidden)]
-pub fn fuzz_queues(mem: &GuestMemoryMmap, queues: Vec<Queue>) {
-    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
-        return;
-    };
-    let n = queues.len();
-    let mut w = BalloonWorker {
-        mem: mem.clone(),
-        irq: Arc::new(Interrupt::new(evt)),
-        queues,
-        stats_q: (n > 2).then_some(2),
-        report_q: (n > 3).then_some(3),
-        stats_head: None,
-        shared: BalloonHandle(Arc::default()),
-    };
-    for q in 0..n {
-        let _ = w.process(q);
-    }
-    let _ = w.request_stats();
 }

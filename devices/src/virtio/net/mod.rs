@@ -490,6 +490,43 @@ enum Delivery {
     Throttled,
 }
 
+/// A frame sink for fuzzing: frames are discarded, none arrive.
+struct NullFrames;
+
+impl FrameIo for NullFrames {
+    fn read_frame(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+
+    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+}
+
+/// Fuzzing entry point: serves a (hostile) transmit queue, and delivers a
+/// `frame_len`-byte frame into a (hostile) receive queue.
+#[doc(hidden)]
+pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize) {
+    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
+        return;
+    };
+    let mut w = NetWorker {
+        mem: mem.clone(),
+        irq: Arc::new(Interrupt::new(evt)),
+        rx,
+        tx,
+        tap: Arc::new(Mutex::new(NullFrames)),
+        frame: vec![0u8; MAX_FRAME],
+        pending: frame_len.clamp(VNET_HDR_LEN, MAX_FRAME),
+        tx_buf: vec![0u8; MAX_FRAME],
+        mergeable: frame_len.is_multiple_of(2),
+        rx_throttle: None,
+        tx_throttle: None,
+    };
+    let _ = w.process_tx();
+    let _ = w.process_rx();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,41 +840,4 @@ mod tests {
         .unwrap();
         assert!(net.reset());
     }
-}
-
-/// A frame sink for fuzzing: frames are discarded, none arrive.
-struct NullFrames;
-
-impl FrameIo for NullFrames {
-    fn read_frame(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
-    }
-
-    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-}
-
-/// Fuzzing entry point: serves a (hostile) transmit queue, and delivers a
-/// `frame_len`-byte frame into a (hostile) receive queue.
-#[doc(hidden)]
-pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize) {
-    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
-        return;
-    };
-    let mut w = NetWorker {
-        mem: mem.clone(),
-        irq: Arc::new(Interrupt::new(evt)),
-        rx,
-        tx,
-        tap: Arc::new(Mutex::new(NullFrames)),
-        frame: vec![0u8; MAX_FRAME],
-        pending: frame_len.clamp(VNET_HDR_LEN, MAX_FRAME),
-        tx_buf: vec![0u8; MAX_FRAME],
-        mergeable: frame_len.is_multiple_of(2),
-        rx_throttle: None,
-        tx_throttle: None,
-    };
-    let _ = w.process_tx();
-    let _ = w.process_rx();
 }

@@ -788,6 +788,29 @@ impl Muxer {
     }
 }
 
+/// Fuzzing entry point: the guest's (hostile) transmit queue is served,
+/// then the replies go into its (hostile) receive queue. Host sockets are
+/// looked for under a path nobody listens on.
+#[doc(hidden)]
+pub fn fuzz_queues(mem: &GuestMemoryMmap, rxq: Queue, txq: Queue) {
+    let (Ok(evt), Ok(epoll)) = (
+        vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK),
+        Epoll::new(),
+    ) else {
+        return;
+    };
+    let mut m = Muxer::new(
+        3,
+        PathBuf::from("/nonexistent/condo-fuzz.sock"),
+        mem.clone(),
+        Arc::new(Interrupt::new(evt)),
+        rxq,
+        txq,
+    );
+    let _ = m.process_tx(&epoll);
+    let _ = m.process_rx();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1083,27 +1106,4 @@ mod tests {
         drop(v);
         assert!(!p.exists(), "socket removed with the device");
     }
-}
-
-/// Fuzzing entry point: the guest's (hostile) transmit queue is served,
-/// then the replies go into its (hostile) receive queue. Host sockets are
-/// looked for under a path nobody listens on.
-#[doc(hidden)]
-pub fn fuzz_queues(mem: &GuestMemoryMmap, rxq: Queue, txq: Queue) {
-    let (Ok(evt), Ok(epoll)) = (
-        vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK),
-        Epoll::new(),
-    ) else {
-        return;
-    };
-    let mut m = Muxer::new(
-        3,
-        PathBuf::from("/nonexistent/condo-fuzz.sock"),
-        mem.clone(),
-        Arc::new(Interrupt::new(evt)),
-        rxq,
-        txq,
-    );
-    let _ = m.process_tx(&epoll);
-    let _ = m.process_rx();
 }
