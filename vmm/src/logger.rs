@@ -63,12 +63,17 @@ pub fn set_level(level: &str) -> Result<(), String> {
 /// Sends logs to `path` (appended; a file or a named pipe) instead of
 /// stderr.
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let f = open_append(path)?;
     *FILE.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     Ok(())
+}
+
+/// Opens a file (created if missing) or a named pipe for appending lines.
+pub fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
 }
 
 /// Where log lines go: the log file if set, else stderr.

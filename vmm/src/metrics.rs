@@ -131,10 +131,7 @@ static SINK: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
 /// Sends metrics lines to `path` (appended; a file or a named pipe).
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let f = crate::logger::open_append(path)?;
     *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     Ok(())
 }

@@ -23,7 +23,7 @@ use vm_memory::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::worker::QueueWorker;
+use super::worker::{keep_serving, QueueWorker};
 use super::{
     device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
     VirtioDevice, INT_CONFIG, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
@@ -224,13 +224,7 @@ impl VirtioDevice for Balloon {
                 } else {
                     w.process(token)
                 };
-                match r {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("virtio-balloon: {e}; device stopped");
-                        false
-                    }
-                }
+                keep_serving("virtio-balloon", r)
             })
             .map_err(|e| fail(e.to_string()))?;
         self.worker = Some(worker);

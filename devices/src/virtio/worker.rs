@@ -37,15 +37,21 @@ pub fn single_queue_worker(
     };
     queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
     QueueWorker::spawn(name, queue_evts, move |_| {
-        match serve(&mem, &mut queue, &interrupt) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("{name}: {e}; device stopped");
-                false
-            }
-        }
+        keep_serving(name, serve(&mem, &mut queue, &interrupt))
     })
     .map_err(|e| ActivateError::Failed(format!("{name}: {e}")))
+}
+
+/// A worker handler's verdict: keep serving after `r`, or (a broken queue)
+/// log why and stop the device.
+pub fn keep_serving(name: &str, r: Result<(), virtio_queue::Error>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("{name}: {e}; device stopped");
+            false
+        }
+    }
 }
 
 /// A running queue worker; stopped and joined on drop.

@@ -26,7 +26,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::block::{admit, limiter_timer_event, lock};
 use super::drain_queue_until_refused;
-use super::worker::QueueWorker;
+use super::worker::{keep_serving, QueueWorker};
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
     VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
@@ -272,13 +272,7 @@ impl VirtioDevice for Net {
             tx_throttle,
         };
         let worker = QueueWorker::spawn_with_fds("virtio-net", queue_evts, &fds, move |token| {
-            match w.handle(token) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("virtio-net: {e}; device stopped");
-                    false
-                }
-            }
+            keep_serving("virtio-net", w.handle(token))
         })
         .map_err(|e| fail(e.to_string()))?;
         self.worker = Some(worker);

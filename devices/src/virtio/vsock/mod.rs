@@ -29,7 +29,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use self::packet::{op, Header, HDR_LEN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use super::worker::{QueueWorker, DYNAMIC_TOKEN_BASE};
+use super::worker::{keep_serving, QueueWorker, DYNAMIC_TOKEN_BASE};
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
     VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
@@ -160,13 +160,7 @@ impl VirtioDevice for Vsock {
                         Ok(())
                     }
                 };
-                match r.and_then(|()| w.process_rx()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("virtio-vsock: {e}; device stopped");
-                        false
-                    }
-                }
+                keep_serving("virtio-vsock", r.and_then(|()| w.process_rx()))
             },
         )
         .map_err(|e| fail(e.to_string()))?;
