@@ -74,6 +74,9 @@ pub struct Vsock {
     uds_path: PathBuf,
     listener: UnixListener,
     worker: Option<QueueWorker>,
+    /// Restored from a snapshot: the guest's connections are gone and it
+    /// must be told (a transport reset event) when the device starts.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -95,6 +98,7 @@ impl Vsock {
             uds_path: uds_path.to_owned(),
             listener,
             worker: None,
+            reset_pending: false,
         })
     }
 }
@@ -135,11 +139,17 @@ impl VirtioDevice for Vsock {
         } = a;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = queues.into_iter();
-        let (Some(mut rxq), Some(mut txq)) = (queues.next(), queues.next()) else {
+        let (Some(mut rxq), Some(mut txq), Some(mut evq)) =
+            (queues.next(), queues.next(), queues.next())
+        else {
             return Err(fail("three queues needed".into()));
         };
         rxq.set_event_idx(event_idx);
         txq.set_event_idx(event_idx);
+        evq.set_event_idx(event_idx);
+        if std::mem::take(&mut self.reset_pending) {
+            send_transport_reset(&mem, &mut evq, &interrupt);
+        }
         let listener = self.listener.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut w = Muxer::new(self.cid, self.uds_path.clone(), mem, interrupt, rxq, txq);
         let listen_fd = listener.as_raw_fd();
@@ -171,6 +181,38 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) -> bool {
         self.worker = None;
         true
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        // Connections do not survive a snapshot: a restored guest is told.
+        vec![1]
+    }
+
+    fn restore_state(&mut self, state: &[u8]) {
+        self.reset_pending = state == [1];
+    }
+}
+
+/// The event id telling the driver every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// Puts a transport reset event in the event queue (the driver keeps a
+/// buffer there) and interrupts the guest.
+fn send_transport_reset(mem: &GuestMemoryMmap, evq: &mut Queue, irq: &Interrupt) {
+    use vm_memory::Bytes;
+    let Some(chain) = evq.pop_descriptor_chain(mem) else {
+        tracing::warn!("virtio-vsock: no event buffer for the transport reset");
+        return;
+    };
+    let head = chain.head_index();
+    let written = match chain.writable().next() {
+        Some(d) if d.len() >= 4 => mem
+            .write_obj(EVENT_TRANSPORT_RESET, d.addr())
+            .map_or(0, |()| 4),
+        _ => 0,
+    };
+    if evq.add_used(mem, head, written).is_ok() {
+        irq.trigger(INT_VRING);
     }
 }
 
@@ -1099,5 +1141,24 @@ mod tests {
         assert!(Vsock::new(4, &p).is_err(), "live socket kept");
         drop(v);
         assert!(!p.exists(), "socket removed with the device");
+    }
+
+    #[test]
+    fn restored_device_tells_the_guest_its_connections_are_gone() {
+        let m = mem();
+        let mq = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+        m.write_obj(0xffff_ffffu32, GuestAddress(0x20_0000))
+            .unwrap();
+        mq.add_desc_chains(&[RawDescriptor::from(D::new(0x20_0000, 8, WRITE, 0))], 0)
+            .unwrap();
+        let mut q: Queue = mq.create_queue().unwrap();
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        send_transport_reset(&m, &mut q, &irq);
+        assert_eq!(q.next_used(), 1);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 0);
+        assert_eq!(irq.status(), INT_VRING);
+        // No buffer: nothing happens, no panic.
+        send_transport_reset(&m, &mut q, &irq);
+        assert_eq!(q.next_used(), 1);
     }
 }
