@@ -219,6 +219,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
             .as_deref()
             .map(vmm::BalloonConfig::parse)
             .transpose()?,
+        track_dirty_pages: false,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -919,6 +919,16 @@ fn api_lifecycle_pause_resume_and_balloon() {
         api(&sock, "PATCH", "/balloon", r#"{"amount_mib": 100000}"#).0,
         400
     );
+    // Diff snapshots need dirty page tracking, which this VM lacks.
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let diff = serde_json::json!({
+        "snapshot_type": "Diff", "snapshot_path": d.join("s"), "mem_file_path": d.join("m"),
+    })
+    .to_string();
+    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &diff);
+    assert_eq!(code, 400);
+    assert!(resp.contains("track_dirty_pages"), "{resp}");
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0, 204);
     let (code, cfg) = api(&sock, "GET", "/vm/config", "");
     assert_eq!(code, 200);
     assert!(
@@ -999,7 +1009,7 @@ fn snapshot_restores_into_independent_clones() {
         ("/boot-source", boot.to_string()),
         (
             "/machine-config",
-            r#"{"vcpu_count": 2, "mem_size_mib": 128}"#.to_string(),
+            r#"{"vcpu_count": 2, "mem_size_mib": 128, "track_dirty_pages": true}"#.to_string(),
         ),
         (
             "/actions",
@@ -1025,6 +1035,20 @@ fn snapshot_restores_into_independent_clones() {
     // The original goes on after the snapshot.
     assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0, 204);
     a.wait_until("the original to go on", LIMIT, |v| last_tick(v) >= at + 3);
+    // A diff snapshot (pages dirtied since the full one) over a copy of the
+    // full snapshot's memory file.
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let snap2 = d.join("vm2.snap");
+    let mem2 = d.join("vm2.mem");
+    std::fs::copy(&mem, &mem2).expect("copy memory file");
+    let diff = serde_json::json!({
+        "snapshot_type": "Diff", "snapshot_path": snap2, "mem_file_path": mem2,
+    })
+    .to_string();
+    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &diff);
+    assert_eq!(code, 204, "{resp}");
+    let at2 = last_tick(&a);
+    assert!(at2 >= at + 3);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
     let _ = a.child.wait();
@@ -1060,6 +1084,22 @@ fn snapshot_restores_into_independent_clones() {
     let c_at = last_tick(&c);
     c.wait_until("clone c alone", LIMIT, |v| last_tick(v) >= c_at + 5);
     assert_eq!(last_tick(&b), b_at, "the paused clone ran");
+
+    // The diff snapshot restores where it was taken.
+    let (e, sock_e) = api_vm(&d, "e");
+    let load2 = serde_json::json!({
+        "snapshot_path": snap2, "mem_file_path": mem2, "resume_vm": true,
+    })
+    .to_string();
+    let (code, resp) = api(&sock_e, "PUT", "/snapshot/load", &load2);
+    assert_eq!(code, 204, "{resp}");
+    e.wait_until("the diff clone to tick", LIMIT, |v| last_tick(v) >= at2 + 3);
+    let first = first_tick(&e).expect("a tick");
+    assert!(
+        first > at2 && first <= at2 + 2,
+        "diff clone started counting at {first}, diff snapshot taken at {at2}"
+    );
+    drop(e);
 
     // A corrupted snapshot is refused, and the process can still be used.
     let bad = d.join("bad.snap");

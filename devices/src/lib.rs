@@ -13,6 +13,12 @@ pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+
+/// Guest RAM as condo maps it: every write through vm-memory (all device
+/// writes) marks its page in a dirty bitmap, for diff snapshots.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>;
 pub use exit::{ExitReason, ExitSignal};
 
 /// Binds a Unix socket at `path`. A stale socket file there (nobody

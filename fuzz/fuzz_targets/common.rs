@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 pub const QUEUE_SIZE: u16 = 16;
 

@@ -84,6 +84,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The virtio-balloon device, if any.
     pub balloon: Option<BalloonConfig>,
+    /// KVM logs the pages the guest writes (for diff snapshots).
+    pub track_dirty_pages: bool,
 }
 
 /// One virtio-net interface on a host TAP device.
@@ -396,6 +398,7 @@ impl VmConfig {
             machine_config: MachineConfig {
                 vcpu_count: self.vcpus.into(),
                 mem_size_mib: self.mem_mib,
+                track_dirty_pages: Some(self.track_dirty_pages),
                 ..MachineConfig::default()
             },
             drives: Some(
@@ -529,6 +532,7 @@ impl VmConfig {
                 stats_polling_interval_s: b.stats_polling_interval_s,
                 free_page_reporting: b.free_page_reporting,
             }),
+            track_dirty_pages: m.track_dirty_pages.unwrap_or(false),
         };
         if fc_free_page_hinting {
             return Err(ConfigError::Unsupported("balloon.free_page_hinting"));
@@ -693,6 +697,7 @@ mod tests {
                 nets: vec![],
                 vsock: None,
                 balloon: None,
+                track_dirty_pages: false,
             }
         );
     }

@@ -13,9 +13,9 @@ use devices::legacy::{
 };
 use devices::virtio::mmio::{MmioTransport, TransportState, MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::VirtioDevice;
+use devices::GuestMemoryMmap;
 use devices::{Bus, BusError, ExitSignal};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::MMIO_DEVICES_START;

@@ -118,7 +118,7 @@ fn exception_probe(kvm: &Kvm) -> Result<(), ProbeError> {
         .map_err(|e| setup(format!("KVM_CREATE_VM: {e}")))?;
     let mem = memory::create_regions(&[(GuestAddress(0), 2 << 20)], 2 << 20)
         .map_err(|e| setup(e.to_string()))?;
-    memory::register(&vm, &mem).map_err(|e| setup(e.to_string()))?;
+    memory::register(&vm, &mem, false).map_err(|e| setup(e.to_string()))?;
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| setup(format!("KVM_CREATE_VCPU: {e}")))?;

@@ -16,12 +16,14 @@ use std::path::Path;
 
 use devices::legacy::SerialSnapshot;
 use devices::virtio::mmio::TransportState;
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use crate::config::FirecrackerConfig;
@@ -183,6 +185,48 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path, anonymous: bool) -> std:
     f.sync_all()
 }
 
+/// Writes the pages dirtied since the last snapshot into `path` at their
+/// places (a diff snapshot): pages the guest wrote (`kvm_logs`, one KVM
+/// dirty bitmap per region, a bit per 4 KiB page) and pages the devices
+/// wrote (vm-memory's bitmap). The file is not truncated, so pointing it at
+/// a copy of the previous snapshot's memory file gives a complete one.
+pub fn write_dirty_memory(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kvm_logs: &[Vec<u64>],
+) -> std::io::Result<()> {
+    use vm_memory::bitmap::Bitmap;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if f.metadata()?.len() < total {
+        f.set_len(total)?;
+    }
+    let mut page = vec![0u8; 4096];
+    let mut off = 0u64;
+    for (r, log) in mem.iter().zip(kvm_logs) {
+        let pages = r.len() / 4096;
+        for p in 0..pages {
+            let by_guest = log
+                .get((p / 64) as usize)
+                .is_some_and(|w| w >> (p % 64) & 1 != 0);
+            let by_device = r.bitmap().dirty_at((p * 4096) as usize);
+            if !(by_guest || by_device) {
+                continue;
+            }
+            let at = r.start_addr().unchecked_add(p * 4096);
+            mem.read_slice(&mut page, at)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            f.write_all_at(&page, off + p * 4096)?;
+        }
+        off += r.len();
+    }
+    f.sync_all()
+}
+
 /// Whether any page of guest range `at..at+len` is resident (mincore);
 /// true when that cannot be told.
 fn any_resident(mem: &GuestMemoryMmap, at: GuestAddress, len: usize) -> bool {
@@ -220,7 +264,8 @@ pub fn map_memory(path: &Path, regions: &[(u64, u64)]) -> Result<GuestMemoryMmap
     let mut off = 0u64;
     for &(gpa, len) in regions {
         let f = file.try_clone().map_err(|e| err(e.to_string()))?;
-        let region = MmapRegionBuilder::new(len as usize)
+        let bitmap = <AtomicBitmap as NewBitmap>::with_len(len as usize);
+        let region = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap)
             .with_file_offset(FileOffset::new(f, off))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

@@ -129,7 +129,7 @@ pub struct Vm {
     sink: Arc<VmExitSink>,
     balloon: Option<BalloonHandle>,
     limiters: Limiters,
-    mem: vm_memory::GuestMemoryMmap,
+    mem: devices::GuestMemoryMmap,
     /// Guest RAM is mapped from a snapshot's memory file.
     mem_from_file: bool,
     vm: kvm_ioctls::VmFd,
@@ -215,7 +215,7 @@ impl Vm {
         }
         let vm = create_vm(&kvm)?;
         let mem = memory::create(config.mem_bytes())?;
-        memory::register(&vm, &mem)?;
+        memory::register(&vm, &mem, config.track_dirty_pages)?;
 
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let initrd = match &config.initrd {
@@ -288,11 +288,13 @@ impl Vm {
         snapshot_path: &std::path::Path,
         mem_path: &std::path::Path,
         resume: bool,
+        track_dirty: bool,
         opts: RunOptions,
     ) -> Result<Self, VmmError> {
         crate::metrics::METRICS.vmm.snapshot_load_count.inc();
         let snap = snapshot::read(snapshot_path).map_err(VmmError::Snapshot)?;
-        let config = VmConfig::from_firecracker(snap.config.clone())?;
+        let mut config = VmConfig::from_firecracker(snap.config.clone())?;
+        config.track_dirty_pages |= track_dirty;
         if snap.vcpus.len() != usize::from(config.vcpus) {
             return Err(VmmError::Snapshot(SnapshotError::Invalid(
                 "vCPU count does not match the configuration".into(),
@@ -304,7 +306,7 @@ impl Vm {
         }
         let vm = create_vm(&kvm)?;
         let mem = snapshot::map_memory(mem_path, &snap.mem_regions).map_err(VmmError::Snapshot)?;
-        memory::register(&vm, &mem)?;
+        memory::register(&vm, &mem, config.track_dirty_pages)?;
         let built = create_devices(&vm, &mem, &config)?;
         let kvm_err = |what| move |err| VmmError::Kvm { what, err };
         for chip in &snap.irqchips {
@@ -336,13 +338,20 @@ impl Vm {
         &mut self,
         snapshot_path: &std::path::Path,
         mem_path: &std::path::Path,
+        diff: bool,
     ) -> Result<(), String> {
         if !self.is_paused() {
             return Err("the microVM must be paused to create a snapshot".into());
         }
+        if diff && !self.config.track_dirty_pages {
+            return Err(
+                "diff snapshots need dirty page tracking: set track_dirty_pages in machine-config"
+                    .into(),
+            );
+        }
         crate::metrics::METRICS.vmm.snapshot_create_count.inc();
         self.devices.quiesce();
-        let r = self.write_snapshot(snapshot_path, mem_path);
+        let r = self.write_snapshot(snapshot_path, mem_path, diff);
         self.devices.resume();
         r
     }
@@ -351,6 +360,7 @@ impl Vm {
         &self,
         snapshot_path: &std::path::Path,
         mem_path: &std::path::Path,
+        diff: bool,
     ) -> Result<(), String> {
         let e = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what}: {e}");
         let mut irqchips = Vec::new();
@@ -374,8 +384,33 @@ impl Vm {
             serial: self.devices.serial_state(),
             transports: self.devices.transport_states(),
         };
-        snapshot::write_memory(&self.mem, mem_path, !self.mem_from_file)
-            .map_err(|e| format!("memory file {}: {e}", mem_path.display()))?;
+        // Pages written since the last snapshot: by the guest (KVM's log,
+        // cleared as it is read) and by the devices (vm-memory's bitmap).
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let dirty = if self.config.track_dirty_pages {
+            let mut logs = Vec::new();
+            for (slot, r) in self.mem.iter().enumerate() {
+                let log = self
+                    .vm
+                    .get_dirty_log(slot as u32, r.len() as usize)
+                    .map_err(e("KVM_GET_DIRTY_LOG"))?;
+                logs.push(log);
+            }
+            Some(logs)
+        } else {
+            None
+        };
+        let written = match (&dirty, diff) {
+            (Some(logs), true) => snapshot::write_dirty_memory(&self.mem, mem_path, logs),
+            _ => snapshot::write_memory(&self.mem, mem_path, !self.mem_from_file),
+        };
+        written.map_err(|e| format!("memory file {}: {e}", mem_path.display()))?;
+        if dirty.is_some() {
+            for r in self.mem.iter() {
+                let region: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = r;
+                region.bitmap().reset();
+            }
+        }
         snapshot::write(snapshot_path, &snap)
             .map_err(|e| format!("snapshot file {}: {e}", snapshot_path.display()))
     }
@@ -384,7 +419,7 @@ impl Vm {
     fn start(
         kvm: &Kvm,
         vm: kvm_ioctls::VmFd,
-        mem: vm_memory::GuestMemoryMmap,
+        mem: devices::GuestMemoryMmap,
         config: &VmConfig,
         built: Built,
         vcpus: Vec<Vcpu>,
@@ -463,7 +498,7 @@ struct Built {
 
 fn create_devices(
     vm: &kvm_ioctls::VmFd,
-    mem: &vm_memory::GuestMemoryMmap,
+    mem: &devices::GuestMemoryMmap,
     config: &VmConfig,
 ) -> Result<Built, VmmError> {
     let mut devices = DeviceManager::new(vm, Box::new(ConsoleOut))?;

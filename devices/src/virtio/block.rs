@@ -19,8 +19,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
 
 use super::worker::QueueWorker;
 use super::{
@@ -389,8 +390,10 @@ pub fn process_queue_limited(
     })
 }
 
-type Reader<'a> = virtio_queue::Reader<'a, ()>;
-type Writer<'a> = virtio_queue::Writer<'a, ()>;
+type Reader<'a> =
+    virtio_queue::Reader<'a, vm_memory::bitmap::RefSlice<'a, vm_memory::bitmap::AtomicBitmap>>;
+type Writer<'a> =
+    virtio_queue::Writer<'a, vm_memory::bitmap::RefSlice<'a, vm_memory::bitmap::AtomicBitmap>>;
 
 /// Serves one request; returns the bytes written to the guest (data plus
 /// the status byte), 0 when not even a status could be written, or `None`

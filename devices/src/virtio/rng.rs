@@ -4,8 +4,9 @@
 //! random bytes (at most [`MAX_REQUEST`] per chain, so a guest cannot make
 //! the VMM read without bound).
 
+use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::worker::{single_queue_worker, QueueWorker};
 use super::VIRTIO_RING_F_EVENT_IDX;

@@ -297,6 +297,8 @@ pub enum PreBootOutcome {
         snapshot: PathBuf,
         mem: PathBuf,
         resume: bool,
+        /// Track dirty pages in the restored VM (for diff snapshots).
+        track_dirty: bool,
     },
 }
 
@@ -517,11 +519,12 @@ impl PreBoot {
                             ))
                         }
                     };
-                    let _ = (l.enable_diff_snapshots, l.track_dirty_pages);
                     return PreBootOutcome::Restore {
                         snapshot: l.snapshot_path,
                         mem,
                         resume: l.resume_vm.unwrap_or(false),
+                        track_dirty: l.enable_diff_snapshots.unwrap_or(false)
+                            || l.track_dirty_pages.unwrap_or(false),
                     };
                 }
             },
@@ -640,7 +643,8 @@ pub fn run(
                         snapshot,
                         mem,
                         resume,
-                    } => match Vm::restore(&snapshot, &mem, resume, opts) {
+                        track_dirty,
+                    } => match Vm::restore(&snapshot, &mem, resume, track_dirty, opts) {
                         Ok(vm) => {
                             p.respond(Response::no_content());
                             break vm;
@@ -800,16 +804,21 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
         }
         ("PUT", "/snapshot/create") => match parse::<SnapshotCreate>(req) {
             Err(r) => r,
-            Ok(c) if c.snapshot_type.as_deref().is_some_and(|t| t != "Full") => Response::fault(
-                400,
-                format!(
-                    "snapshot type {:?} is not supported (Full)",
-                    c.snapshot_type
-                ),
-            ),
+            Ok(c)
+                if !matches!(
+                    c.snapshot_type.as_deref(),
+                    None | Some("Full") | Some("Diff")
+                ) =>
+            {
+                Response::fault(
+                    400,
+                    format!("unknown snapshot type {:?} (Full, Diff)", c.snapshot_type),
+                )
+            }
             Ok(c) => {
                 let _ = c.version;
-                match vm.snapshot(&c.snapshot_path, &c.mem_file_path) {
+                let diff = c.snapshot_type.as_deref() == Some("Diff");
+                match vm.snapshot(&c.snapshot_path, &c.mem_file_path, diff) {
                     Ok(()) => Response::no_content(),
                     Err(e) => Response::fault(400, e),
                 }

@@ -15,7 +15,8 @@ use acpi_tables::aml;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::{GenericAddress, Sdt};
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{ACPI_END, IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR};
 use super::{mem_err, Error, Result};

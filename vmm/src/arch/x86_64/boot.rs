@@ -2,8 +2,9 @@
 //! page) for the Linux 64-bit protocol, `hvm_start_info` for PVH. Both carry
 //! the command line, the initrd, the RSDP address and the e820 map.
 
+use devices::GuestMemoryMmap;
 use linux_loader::loader::bootparam::{boot_params, setup_header};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::layout::{
     e820_map, MMIO_GAP_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,

@@ -1,7 +1,8 @@
 //! The Intel MultiProcessor table (spec 1.4) in the EBDA: how a guest
 //! without ACPI finds its vCPUs, the I/O APIC and the ISA interrupt routing.
 
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::layout::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR};
 use super::{mem_err, Error, Result};

@@ -2,9 +2,10 @@
 //! including the GDT and (for the Linux 64-bit protocol) identity page
 //! tables written into guest memory.
 
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::gdt::{gdt_entry, kvm_segment_from_gdt};
 use super::layout::*;
