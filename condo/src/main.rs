@@ -92,6 +92,14 @@ struct RunArgs {
     /// Do not run the KVM exception probe before booting.
     #[arg(long)]
     no_kvm_probe: bool,
+    /// seccomp filtering of the VMM's threads: 0 none, 1 system call
+    /// numbers, 2 numbers and arguments. A forbidden call stops the VMM
+    /// (exit status 148).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    seccomp_level: u8,
+    /// Same as --seccomp-level 0 (Firecracker's flag; for debugging only).
+    #[arg(long, conflicts_with = "seccomp_level")]
+    no_seccomp: bool,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +129,11 @@ fn kvm_check() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    vmm::seccomp::set_level(if args.no_seccomp {
+        0
+    } else {
+        args.seccomp_level
+    });
     let config = match (&args.config_file, &args.kernel) {
         (Some(path), _) => VmConfig::from_firecracker_file(path).map(Some),
         (None, Some(_)) => build_config(&args).map(Some),

@@ -1114,3 +1114,99 @@ fn snapshot_restores_into_independent_clones() {
     assert!(resp.contains("corrupted"), "{resp}");
     assert!(api(&sock_d, "GET", "/", "").1.contains("Not started"));
 }
+
+/// Every thread of a running VM, by name, with its seccomp mode ("2" is
+/// filtered) and how many filters it carries.
+fn thread_seccomp(pid: u32) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let t = t.expect("task").path();
+        // A thread may end while it is read (an API connection's).
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(t.join("comm")),
+            std::fs::read_to_string(t.join("status")),
+        ) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        };
+        v.push((
+            comm.trim().to_owned(),
+            field("Seccomp:"),
+            field("Seccomp_filters:"),
+        ));
+    }
+    v.sort();
+    v
+}
+
+/// With every device and the API, each thread of a running VM (main loop,
+/// vCPUs, API, device workers started on activation from a vCPU thread)
+/// runs under exactly one seccomp filter, its own; `--no-seccomp` turns
+/// them off. (That a filter refuses a call is proved by the unit tests in
+/// vmm/src/seccomp.rs, with the same filters.)
+#[test]
+fn every_thread_runs_under_its_seccomp_filter() {
+    use common::api;
+    let d = tempdir("seccomp");
+    let disk = d.join("data.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk image");
+    let cmd = "head -c 16 /dev/hwrng >/dev/null; dd if=/dev/vda of=/dev/null bs=4k count=4 \
+               2>/dev/null; echo ready; sleep 600";
+    for no_seccomp in [false, true] {
+        let sock = d.join("api.sock");
+        let mut c = condo();
+        c.args(["run", "--memory", "128", "--entropy", "--kernel"])
+            .arg(vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--disk")
+            .arg(format!("path={},readonly=on", disk.display()))
+            .arg("--vsock")
+            .arg(format!("cid=3,socket={}", d.join("v.sock").display()))
+            .args(["--balloon", "size_mib=0,stats_s=1"])
+            .arg("--cmdline")
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        if no_seccomp {
+            c.arg("--no-seccomp");
+        }
+        let vm = LiveVm::spawn(c);
+        vm.wait_until("the guest", LIMIT, |v| v.count("ready") > 0);
+        let (status, _) = api(&sock, "GET", "/", "");
+        assert_eq!(status, 200);
+        let threads = thread_seccomp(vm.child.id());
+        let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
+        for want in [
+            "condo",
+            "vcpu0",
+            "api",
+            "virtio-blk",
+            "virtio-rng",
+            "virtio-vsock",
+        ] {
+            assert!(names.contains(&want), "no {want} thread in {threads:?}");
+        }
+        for (name, mode, filters) in &threads {
+            if no_seccomp {
+                assert_eq!(
+                    mode, "0",
+                    "{name} is filtered with --no-seccomp: {threads:?}"
+                );
+            } else {
+                assert_eq!(
+                    (mode.as_str(), filters.as_str()),
+                    ("2", "1"),
+                    "thread {name} is not under exactly one filter: {threads:?}"
+                );
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod legacy;
 pub mod metrics;
 pub mod rate_limiter;
+pub mod spawner;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

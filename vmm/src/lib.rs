@@ -15,6 +15,7 @@ pub mod logger;
 mod memory;
 pub mod metrics;
 pub mod probe;
+pub mod seccomp;
 pub mod snapshot;
 mod vcpu;
 mod vm;

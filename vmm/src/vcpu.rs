@@ -5,6 +5,7 @@
 //! its own: it reports what ended it to the VMM through [`VmExitSink`], and
 //! stops when the VMM sets the stop flag and kicks it with [`KICK_SIGNAL`].
 
+use crate::seccomp::ThreadKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -188,12 +189,12 @@ impl Vcpu {
         mmio: Arc<Bus>,
         control: Arc<VcpuControl>,
         sink: Arc<VmExitSink>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
-        std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .stack_size(256 << 10)
-            .spawn(move || self.run(&pio, &mmio, &control, &sink))
-            .map_err(VcpuError::Spawn)
+    ) -> Result<JoinHandle<Option<()>>, VcpuError> {
+        // The filter is in place before the thread's first KVM_RUN.
+        crate::seccomp::spawn(format!("vcpu{}", self.id), ThreadKind::Vcpu, move || {
+            self.run(&pio, &mmio, &control, &sink)
+        })
+        .map_err(VcpuError::Spawn)
     }
 
     fn run(mut self, pio: &Bus, mmio: &Bus, control: &VcpuControl, sink: &VmExitSink) {

@@ -6,6 +6,7 @@
 //! their own threads. Every exit path stops and joins the vCPU threads
 //! before returning, so no thread outlives [`run`].
 
+use crate::seccomp::ThreadKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("seccomp: cannot start the device spawner: {0}")]
+    Spawner(std::io::Error),
 }
 
 /// How the VMM talks to the outside while the guest runs.
@@ -501,6 +506,13 @@ fn create_devices(
     mem: &devices::GuestMemoryMmap,
     config: &VmConfig,
 ) -> Result<Built, VmmError> {
+    // Device threads (started on activation, from vCPU or VMM threads) come
+    // from a spawner that runs under the device filter.
+    let prog = crate::seccomp::filter(ThreadKind::Device)?;
+    devices::spawner::start(move || {
+        crate::seccomp::apply(ThreadKind::Device, prog.as_ref()).map_err(|e| e.to_string())
+    })
+    .map_err(VmmError::Spawner)?;
     let mut devices = DeviceManager::new(vm, Box::new(ConsoleOut))?;
     let mut root_args = String::new();
     let mut limiters = Limiters::default();
@@ -555,7 +567,7 @@ fn create_devices(
 
 /// The vCPU threads, stopped and joined on drop so no exit path leaks them.
 struct VcpuThreads {
-    handles: Vec<JoinHandle<()>>,
+    handles: Vec<JoinHandle<Option<()>>>,
     control: Arc<VcpuControl>,
 }
 
@@ -638,6 +650,8 @@ impl Vm {
         metrics_timer.reset(minute, Some(minute)).map_err(errno)?;
         add(metrics_timer.as_raw_fd(), TOKEN_METRICS).map_err(ev)?;
         let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        // From here on this thread only serves the running VM.
+        crate::seccomp::install(ThreadKind::Vmm)?;
         let mut pending: Vec<u8> = Vec::new();
         let mut events = [EpollEvent::default(); 8];
 

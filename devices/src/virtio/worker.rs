@@ -122,37 +122,32 @@ impl QueueWorker {
             stop_rx.as_raw_fd(),
             EpollEvent::new(EventSet::IN, stop_token),
         )?;
-        let handle = std::thread::Builder::new()
-            .name(name.to_owned())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                let _stop_rx = stop_rx;
-                let mut events = vec![EpollEvent::default(); (stop_token as usize + 1).max(64)];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            tracing::error!("virtio worker: epoll: {e}");
-                            return;
-                        }
-                    };
-                    for e in &events[..n] {
-                        let token = e.data();
-                        if token == stop_token {
-                            return;
-                        }
-                        if let Some(evt) =
-                            usize::try_from(token).ok().and_then(|q| queue_evts.get(q))
-                        {
-                            let _ = evt.read();
-                        }
-                        if !handler(token, e.event_set(), &epoll) {
-                            return;
-                        }
+        let handle = crate::spawner::spawn(name, 256 << 10, move || {
+            let _stop_rx = stop_rx;
+            let mut events = vec![EpollEvent::default(); (stop_token as usize + 1).max(64)];
+            loop {
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!("virtio worker: epoll: {e}");
+                        return;
+                    }
+                };
+                for e in &events[..n] {
+                    let token = e.data();
+                    if token == stop_token {
+                        return;
+                    }
+                    if let Some(evt) = usize::try_from(token).ok().and_then(|q| queue_evts.get(q)) {
+                        let _ = evt.read();
+                    }
+                    if !handler(token, e.event_set(), &epoll) {
+                        return;
                     }
                 }
-            })?;
+            }
+        })?;
         Ok(Self {
             stop,
             handle: Some(handle),

@@ -11,6 +11,7 @@
 
 pub mod http;
 
+use crate::seccomp::ThreadKind;
 use std::io::BufReader;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -77,11 +78,10 @@ impl ApiServer {
         let evt = EventFd::new(EFD_NONBLOCK).map_err(err)?;
         let wake = evt.try_clone().map_err(err)?;
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("api".into())
-            .stack_size(256 << 10)
-            .spawn(move || accept_loop(listener, tx, wake))
-            .map_err(err)?;
+        crate::seccomp::spawn("api".into(), ThreadKind::Api, move || {
+            accept_loop(listener, tx, wake)
+        })
+        .map_err(err)?;
         Ok(Self {
             rx,
             evt,
