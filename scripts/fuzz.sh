@@ -2,32 +2,39 @@
 # Fuzzes every parser a guest or a client can reach (fuzz/fuzz_targets/):
 # each target runs SECONDS (default 15) with libFuzzer, inputs up to 4 KiB
 # from the start; any crash, hang or leak fails the run (the input is kept
-# in fuzz/artifacts/). Needs the nightly toolchain; installs cargo-fuzz.
+# in fuzz/artifacts/). Installs cargo-fuzz; builds with the stable
+# toolchain (RUSTC_BOOTSTRAP=1 lets it take the sanitizer flags).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   FUZZ_RUNS=10000000 scripts/fuzz.sh 3600    # the long campaign: each target
+#                                              # until 10M runs or an hour
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 . guest/lib.sh
 secs="${1:-15}"
 shift || true
-rustup toolchain list | grep -q '^nightly' || die "fuzzing needs the nightly toolchain (rustup toolchain install nightly)"
+export RUSTC_BOOTSTRAP=1
+runs=()
+[ -z "${FUZZ_RUNS:-}" ] || runs=(-runs="$FUZZ_RUNS")
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"
   cargo install cargo-fuzz --locked -q
 fi
 cd fuzz
 step "building the fuzz targets"
-cargo +nightly fuzz build -O 2>&1 | grep -v '^\s*Compiling' >&2 || true
+cargo fuzz build -O 2>&1 | grep -v '^\s*Compiling' >&2 || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
 for t in "${targets[@]}"; do
   log=$(mktemp)
-  if ! cargo +nightly fuzz run -O "$t" -- -max_total_time="$secs" -len_control=0 -max_len=4096 \
+  if ! cargo fuzz run -O "$t" -- -max_total_time="$secs" "${runs[@]}" -len_control=0 -max_len=4096 \
       -timeout=10 >"$log" 2>&1; then
     tail -30 "$log" >&2
     rm -f "$log"
     die "fuzz target $t failed (input saved under fuzz/artifacts/$t/)"
   fi
-  echo "fuzz $t: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)"
+  echo "fuzz $t: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)," \
+    "coverage $(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2) edges," \
+    "corpus $(grep -Eo 'corp: [0-9]+' "$log" | tail -1 | cut -d' ' -f2) inputs"
   rm -f "$log"
 done
