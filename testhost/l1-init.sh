@@ -4,6 +4,7 @@
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t cgroup2 cgroup2 /sys/fs/cgroup # as a current distribution mounts it (jail tests)
 mount -t devtmpfs devtmpfs /dev
 chmod 1777 /tmp # the initramfs root is already writable; --file paths under /tmp stay visible
 mkdir -p /dev/shm /run && mount -t tmpfs tmpfs /dev/shm

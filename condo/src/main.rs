@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use vmm::{RunOptions, VmConfig, VmExit};
 
+mod jail;
 mod terminal;
 
 /// Exit status when the guest panicked.
@@ -39,6 +40,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Check that /dev/kvm can run a standard guest (exit 0 if it can).
     KvmCheck,
+    /// Run `condo run ...` jailed, as Firecracker's jailer does (as root):
+    /// `condo jail --id ID --uid U --gid G [--file PATH]... -- run ...`.
+    Jail(Box<jail::JailArgs>),
 }
 
 #[derive(Args)]
@@ -110,6 +114,30 @@ fn main() -> ExitCode {
     match cli.command {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(*args),
+        Command::Jail(j) => jailed(&j),
+    }
+}
+
+/// `condo jail`: checks the inner command, builds the jail, and runs the
+/// VMM in it (in the jailed child; the outer process waits for it).
+fn jailed(j: &jail::JailArgs) -> ExitCode {
+    let inner =
+        match Cli::try_parse_from(std::iter::once("condo".to_owned()).chain(j.command.clone())) {
+            Ok(Cli {
+                command: Command::Run(args),
+                ..
+            }) => args,
+            Ok(_) => return fail("jail: the command to run is `run ...`"),
+            Err(e) => {
+                let msg = e.render().to_string();
+                let first = msg.lines().next().unwrap_or_default();
+                return fail(format!("jail: {}", first.trim_start_matches("error: ")));
+            }
+        };
+    match jail::enter_jail(j) {
+        Ok(None) => run(*inner),
+        Ok(Some(status)) => ExitCode::from(status),
+        Err(e) => fail(e),
     }
 }
 

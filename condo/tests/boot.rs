@@ -1210,3 +1210,64 @@ fn every_thread_runs_under_its_seccomp_filter() {
         }
     }
 }
+
+/// A guest boots inside `condo jail` (unprivileged, namespaces, pivoted
+/// root holding only the kernel and initramfs, cgroup v2 memory and CPU
+/// limits) and powers off cleanly; while it runs, the VMM is checked from
+/// the host as the jail test in cli.rs does.
+#[test]
+fn guest_boots_in_the_jail() {
+    assert!(common::is_root(), "the boot tests run as root");
+    let d = tempdir("jail-boot");
+    let id = format!("boot-{}", std::process::id());
+    let secret = d.join("secret");
+    std::fs::write(&secret, b"x").unwrap();
+    let mut c = condo();
+    c.args(["jail", "--id", &id, "--uid", "4242", "--gid", "4242"])
+        .arg("--chroot-base-dir")
+        .arg(&d)
+        .arg("--file")
+        .arg(vmlinux())
+        .arg("--file")
+        .arg(initramfs())
+        .args(["--cgroup", &common::jail_cpu_limit()])
+        .args(["--cgroup", "memory.max=536870912"])
+        .args(["--", "run", "--memory", "128", "--kernel"])
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .arg("--cmdline")
+        .arg("console=ttyS0 panic=1 quiet -- \"echo jailed-ready; read x\"");
+    let vm = LiveVm::spawn(c);
+    vm.wait_until("the jailed guest", LIMIT, |v| v.count("jailed-ready") > 0);
+    let vmm = common::only_child(vm.child.id());
+    let mut tops: Vec<String> = [vmlinux(), initramfs()]
+        .iter()
+        .filter_map(|p| p.components().nth(1))
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    tops.extend(["dev".into(), "run".into()]);
+    tops.sort();
+    tops.dedup();
+    let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
+    common::assert_jailed(vmm, 4242, &tops, false, &secret, 2048, &id);
+    let mem_max = std::fs::read_to_string(format!("/sys/fs/cgroup/condo/{id}/memory.max"))
+        .expect("memory cgroup of the jailed VMM");
+    assert_eq!(mem_max.trim(), "536870912");
+    // SIGTERM to `condo jail` reaches the VMM, which stops the guest.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let mut vm = vm;
+    loop {
+        if let Some(st) = vm.child.try_wait().expect("wait") {
+            assert!(st.success(), "jailed condo ended with {st}");
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "SIGTERM did not stop the jailed VMM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

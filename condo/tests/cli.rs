@@ -308,3 +308,127 @@ fn api_socket_path_taken_or_unwritable() {
     run_args(&["run", "--api-sock", "/nonexistent/dir/api.sock"])
         .assert_one_error_line("API socket /nonexistent/dir/api.sock");
 }
+
+/// `condo jail` (needs root, as Firecracker's jailer does): the VMM runs
+/// as the given user with no capabilities, PID 1 of its own namespaces, in
+/// a root that holds only its files and four device nodes, without the
+/// descriptors it inherited, under its rlimits and in its cgroup; its API
+/// socket answers from the jail's /run; SIGTERM ends it cleanly and its
+/// cgroup is removed. (A guest booting in the jail is a boot test.)
+#[test]
+fn jail_isolates_the_vmm() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if !common::is_root() {
+        eprintln!("jail_isolates_the_vmm: skipped, needs root");
+        return;
+    }
+    let d = tempdir("jail");
+    let kernel = fake_elf(&d);
+    let secret = d.join("secret");
+    std::fs::write(&secret, b"not for the VMM").unwrap();
+    let leaked = std::fs::File::open(&secret).unwrap();
+    let leaked_fd = leaked.as_raw_fd();
+    let id = format!("cli-{}", std::process::id());
+    let limit = common::jail_cpu_limit();
+    let mut c = condo();
+    c.args(["jail", "--id", &id, "--uid", "4242", "--gid", "4242"])
+        .arg("--chroot-base-dir")
+        .arg(&d)
+        .arg("--file")
+        .arg(&kernel)
+        .args(["--cgroup", &limit, "--new-netns"])
+        .args(["--resource-limit", "no-file=256"])
+        .args(["--", "run", "--api-sock", "/run/api.sock"])
+        .stdin(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the child gets the file as fd 9
+    // without close-on-exec, as a careless parent would pass it.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(leaked_fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().expect("spawn condo jail");
+    let root = d.join("condo").join(&id).join("root");
+    common::wait_for_socket(&root.join("run/api.sock"));
+    let (status, body) = common::api(&root.join("run/api.sock"), "GET", "/", "");
+    assert_eq!(status, 200, "{body}");
+    let vmm = common::only_child(child.id());
+    let top = d
+        .components()
+        .nth(1)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap();
+    common::assert_jailed(vmm, 4242, &["dev", "run", &top], true, &secret, 256, &id);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "condo jail ended with {st}");
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    assert!(!cg.contains(&id));
+    for base in ["/sys/fs/cgroup/condo", "/sys/fs/cgroup/cpu/condo"] {
+        assert!(
+            !std::path::Path::new(base).join(&id).exists(),
+            "cgroup {base}/{id} left behind"
+        );
+    }
+    drop(leaked);
+}
+
+#[test]
+fn jail_refuses_bad_requests() {
+    let d = tempdir("jail-bad");
+    let base = d.to_str().unwrap();
+    let jail = |extra: &[&str], cmd: &[&str]| {
+        let mut a = vec!["jail", "--chroot-base-dir", base];
+        a.extend_from_slice(extra);
+        a.push("--");
+        a.extend_from_slice(cmd);
+        run_args(&a)
+    };
+    let run_cmd = ["run", "--api-sock", "/run/a.sock"];
+    jail(&["--id", "x", "--uid", "0", "--gid", "0"], &run_cmd)
+        .assert_one_error_line("must name an unprivileged user and group, not root");
+    jail(&["--id", "../x", "--uid", "5", "--gid", "5"], &run_cmd)
+        .assert_one_error_line("use letters, digits and '-'");
+    jail(&["--id", "x", "--uid", "5", "--gid", "5"], &["kvm-check"])
+        .assert_one_error_line("the command to run is `run ...`");
+    jail(
+        &["--id", "x", "--uid", "5", "--gid", "5"],
+        &["run", "--bogus"],
+    )
+    .assert_one_error_line("jail: unexpected argument '--bogus'");
+    if common::is_root() {
+        jail(
+            &[
+                "--id",
+                "x",
+                "--uid",
+                "5",
+                "--gid",
+                "5",
+                "--file",
+                "/nonexistent/k",
+            ],
+            &run_cmd,
+        )
+        .assert_one_error_line("--file /nonexistent/k: No such file");
+        jail(
+            &[
+                "--id",
+                "x",
+                "--uid",
+                "5",
+                "--gid",
+                "5",
+                "--cgroup",
+                "memory.max",
+            ],
+            &run_cmd,
+        )
+        .assert_one_error_line("expected FILE=VALUE");
+    }
+}

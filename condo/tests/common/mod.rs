@@ -214,3 +214,120 @@ pub fn wait_for_socket(p: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether the tests run as root (the jail needs it).
+pub fn is_root() -> bool {
+    // SAFETY: no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A CPU limit for `condo jail --cgroup` in whichever cgroup version this
+/// host has the cpu controller.
+pub fn jail_cpu_limit() -> String {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .map(|s| s.split_whitespace().any(|c| c == "cpu"))
+        .unwrap_or(false);
+    if v2 {
+        "cpu.max=50000 100000".into()
+    } else {
+        "cpu.cfs_quota_us=50000".into()
+    }
+}
+
+/// The one child of process `pid` (the jailed VMM of a `condo jail`).
+pub fn only_child(pid: u32) -> u32 {
+    let start = Instant::now();
+    loop {
+        let s =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = s.split_whitespace().next() {
+            return c.parse().expect("child pid");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "condo jail started no VMM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks, from the host, what a jailed VMM (process `vmm`) is: user
+/// `uid` with no capabilities, PID 1 in its own mount, PID, IPC and UTS
+/// namespaces (and network when `new_net`), a root holding exactly
+/// `root_entries` and the four device nodes, no inherited descriptor to
+/// `secret`, at most `nofile` descriptors, and cgroup `id`.
+pub fn assert_jailed(
+    vmm: u32,
+    uid: u32,
+    root_entries: &[&str],
+    new_net: bool,
+    secret: &std::path::Path,
+    nofile: u64,
+    id: &str,
+) {
+    let proc = std::path::PathBuf::from(format!("/proc/{vmm}"));
+    let status = std::fs::read_to_string(proc.join("status")).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(field("Uid:"), format!("{uid} {uid} {uid} {uid}"));
+    assert_eq!(field("Gid:"), format!("{uid} {uid} {uid} {uid}"));
+    for cap in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap} of the jailed VMM");
+    }
+    assert!(
+        field("NSpid:").ends_with(" 1"),
+        "the VMM is PID 1 of its namespace"
+    );
+    let mut kinds = vec!["mnt", "pid", "ipc", "uts"];
+    if new_net {
+        kinds.push("net");
+    }
+    for ns in kinds {
+        let theirs = std::fs::read_link(proc.join("ns").join(ns)).expect("ns");
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
+        assert_ne!(theirs, ours, "the VMM shares our {ns} namespace");
+    }
+    let list = |p: std::path::PathBuf| {
+        let mut v: Vec<String> = std::fs::read_dir(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want: Vec<String> = root_entries.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        list(proc.join("root")),
+        want,
+        "what the jailed VMM sees at /"
+    );
+    assert_eq!(
+        list(proc.join("root/dev")),
+        ["kvm", "net", "null", "urandom"]
+    );
+    let fds = list(proc.join("fd"));
+    for fd in &fds {
+        let target = std::fs::read_link(proc.join("fd").join(fd)).unwrap_or_default();
+        assert_ne!(target, secret, "the VMM kept an inherited descriptor");
+    }
+    let limits = std::fs::read_to_string(proc.join("limits")).expect("limits");
+    let max_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(max_files, Some(nofile));
+    let cgroup = std::fs::read_to_string(proc.join("cgroup")).expect("cgroup");
+    assert!(
+        cgroup.contains(&format!("/condo/{id}\n")),
+        "the VMM is not in cgroup condo/{id}: {cgroup}"
+    );
+}
