@@ -34,8 +34,9 @@ if bash testhost/kvm-ok; then
 else
   step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
   bash testhost/build.sh
-  # debugfs lets the tests read the disk images the guests wrote.
-  args=(--file "$condo_bin" --file "$(command -v debugfs)")
+  # debugfs and e2fsck let the tests read and check the disk images the
+  # guests wrote.
+  args=(--file "$condo_bin" --file "$(command -v debugfs)" --file "$(command -v e2fsck)")
   for v in "${envs[@]}"; do
     args+=(--file "${!v}" --env "$v=${!v}")
   done

@@ -1271,3 +1271,229 @@ fn guest_boots_in_the_jail() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---- Fault tests: a hostile or broken guest, a hostile host. ----
+
+/// Waits for a LiveVm's condo to exit after SIGTERM; its exit status.
+fn sigterm_and_wait(vm: &mut LiveVm) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = vm.child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(start.elapsed() < LIMIT, "SIGTERM did not stop condo");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A guest whose only CPU spins with interrupts off (a "kernel" that is
+/// just `cli; jmp .`) cannot wedge the VMM: the API answers, the VM
+/// pauses and resumes, SIGTERM stops it.
+#[test]
+fn guest_spinning_with_interrupts_off_cannot_wedge_the_vmm() {
+    use common::api;
+    let d = tempdir("spin");
+    let sock = d.join("api.sock");
+    let k = d.join("spin.elf");
+    std::fs::write(&k, tiny_elf(0x100_0000, &[0xfa, 0xeb, 0xfe])).unwrap();
+    let mut c = condo();
+    c.args(["run", "--cpus", "1", "--memory", "64", "--kernel"])
+        .arg(&k)
+        .arg("--api-sock")
+        .arg(&sock);
+    let mut vm = LiveVm::spawn(c);
+    common::wait_for_socket(&sock);
+    // Let the vCPU spin a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(vm.child.try_wait().unwrap().is_none(), "condo ended");
+    let (status, body) = api(&sock, "GET", "/", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Running"), "{body}");
+    let (status, body) = api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(status, 204, "pausing a spinning guest: {body}");
+    let (status, body) = api(&sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(status, 204, "{body}");
+    assert!(sigterm_and_wait(&mut vm).success());
+}
+
+/// A guest flooding its serial console keeps the VMM responsive (API
+/// answers) and bounded (RSS does not grow with the output), and goes on
+/// afterwards.
+#[test]
+fn serial_flood_leaves_the_vmm_responsive_and_bounded() {
+    use common::api;
+    let d = tempdir("flood");
+    let sock = d.join("api.sock");
+    let cmd = "echo flood-start; yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789 & p=$!; \
+               sleep 6; kill $p; wait; echo; echo flood-done";
+    let mut c = condo();
+    c.args(["run", "--cpus", "1", "--memory", "128", "--kernel"])
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 panic=1 quiet condo.end=wait -- \"{cmd}\""
+        ));
+    let mut vm = LiveVm::spawn(c);
+    vm.wait_until("the flood", LIMIT, |v| v.count("flood-start") > 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_start = vm.rss_mib();
+    let mut slowest = Duration::ZERO;
+    while vm.count("flood-done") == 0 {
+        let t = std::time::Instant::now();
+        let (status, _) = api(&sock, "GET", "/", "");
+        assert_eq!(status, 200);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(vm.count("0123456789") > 0 || vm.count("flood-done") > 0);
+    }
+    let rss_end = vm.rss_mib();
+    let lines = vm.count("0123456789");
+    eprintln!(
+        "flood: {lines} lines, slowest API answer {slowest:?}, RSS {rss_start} -> {rss_end} MiB"
+    );
+    assert!(lines > 100, "the guest did not flood ({lines} lines)");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "API answer took {slowest:?} during the flood"
+    );
+    assert!(
+        rss_end < rss_start + 16,
+        "RSS grew from {rss_start} to {rss_end} MiB"
+    );
+    assert!(sigterm_and_wait(&mut vm).success());
+}
+
+/// SIGKILL of the VMM while the guest writes files with fsync: the image
+/// is consistent (journal replay, then `e2fsck -fn` clean) and every file
+/// the guest reported synced is there with its contents.
+#[test]
+fn sigkill_during_fsync_loses_no_acknowledged_data() {
+    let d = tempdir("sigkill");
+    let root = d.join("rootfs.ext4");
+    std::fs::copy(artifact("CONDO_GUEST_ROOTFS"), &root).unwrap();
+    let cmd = "i=0; while true; do i=$((i+1)); \
+               dd if=/dev/urandom of=/data$i bs=4k count=16 conv=fsync 2>/dev/null; sync; \
+               echo synced $i $(crc32 < /data$i); done";
+    let mut c = condo();
+    c.args(["run", "--memory", "128", "--kernel"])
+        .arg(vmlinux())
+        .arg("--disk")
+        .arg(format!("path={},root=on", root.display()))
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 panic=1 quiet init=/init -- \"{cmd}\""
+        ));
+    let mut vm = LiveVm::spawn(c);
+    vm.wait_until("synced files", LIMIT, |v| v.count("synced ") >= 5);
+    vm.child.kill().expect("SIGKILL");
+    vm.child.wait().expect("wait");
+    let synced: Vec<(String, String)> = vm
+        .lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("synced ")?.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.to_owned()))
+        })
+        .collect();
+    assert!(synced.len() >= 5);
+    let fsck = |args: &[&str]| {
+        std::process::Command::new("e2fsck")
+            .args(args)
+            .arg(&root)
+            .output()
+            .expect("e2fsck")
+    };
+    // Replays the journal, as the next boot would.
+    let preen = fsck(&["-fp"]);
+    assert!(
+        matches!(preen.status.code(), Some(0 | 1)),
+        "e2fsck -fp: {}{}",
+        String::from_utf8_lossy(&preen.stdout),
+        String::from_utf8_lossy(&preen.stderr)
+    );
+    let check = fsck(&["-fn"]);
+    assert!(
+        check.status.success(),
+        "e2fsck -fn after SIGKILL: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    for (i, crc) in &synced {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat /data{i}")])
+            .arg(&root)
+            .output()
+            .expect("debugfs");
+        assert_eq!(out.stdout.len(), 64 << 10, "/data{i} after SIGKILL");
+        assert_eq!(&crc32(&out.stdout), crc, "/data{i} contents after SIGKILL");
+    }
+}
+
+/// The host's disk fills up under a guest write: the guest gets an I/O
+/// error, the VMM lives on, the disk still reads, the guest powers off.
+#[test]
+fn host_disk_full_gives_the_guest_an_io_error() {
+    assert!(common::is_root(), "the boot tests run as root");
+    let d = tempdir("diskfull");
+    let small = d.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let (src, dst) = (
+        c"tmpfs",
+        std::ffi::CString::new(small.to_str().unwrap()).unwrap(),
+    );
+    // SAFETY: NUL-terminated strings; a 4 MiB tmpfs for this test only.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            c"size=4m".as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: unmounting the tmpfs this test mounted.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(dst.clone());
+    let img = small.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let cmd = "dd if=/dev/urandom of=/dev/vda bs=64k count=128 oflag=direct 2>/dev/null; \
+               echo dd-status=$?; dd if=/dev/vda of=/dev/null bs=4k count=1 2>/dev/null \
+               && echo still-readable";
+    let make = || {
+        let mut c = condo();
+        c.args(["run", "--memory", "128", "--kernel"])
+            .arg(vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .arg("--disk")
+            .arg(format!("path={}", img.display()))
+            .arg("--cmdline")
+            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        c
+    };
+    let o = run_retrying_stall(make, LIMIT);
+    assert_clean_exit(&o);
+    let out = guest_output(&o);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("dd-status=") && l != "dd-status=0"),
+        "the guest's write to a full disk did not fail: {out:?}"
+    );
+    assert!(out.iter().any(|l| l == "still-readable"), "{out:?}");
+}

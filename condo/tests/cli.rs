@@ -307,6 +307,105 @@ fn api_socket_path_taken_or_unwritable() {
     );
     run_args(&["run", "--api-sock", "/nonexistent/dir/api.sock"])
         .assert_one_error_line("API socket /nonexistent/dir/api.sock");
+    let under_file = file.join("api.sock");
+    run_args(&["run", "--api-sock", under_file.to_str().unwrap()])
+        .assert_one_error_line("Not a directory");
+    // Not writable even for root: procfs takes no sockets.
+    run_args(&["run", "--api-sock", "/proc/condo-api.sock"])
+        .assert_one_error_line("API socket /proc/condo-api.sock");
+}
+
+/// The API flooded with concurrent, malformed, oversized, truncated and
+/// idle connections: each gets a 4xx/5xx or is closed, condo stays up and
+/// small, and once the flood ends a well-formed request is answered.
+#[test]
+fn api_survives_a_flood_of_bad_requests() {
+    use std::io::{Read, Write};
+    let d = tempdir("api-flood");
+    let sock = d.join("api.sock");
+    let mut c = condo();
+    c.args(["run", "--api-sock"]).arg(&sock);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn condo");
+    common::wait_for_socket(&sock);
+    let bad: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02 garbage\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+        b"PUT /machine-config HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{".to_vec(),
+        b"PUT /machine-config HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"vcpu".to_vec(),
+        b"PUT /machine-config HTTP/1.1\r\nContent-Length: 9\r\n\r\n{nonsense".to_vec(),
+        b"PUT /drives/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]".to_vec(),
+        b"BREW /coffee HTTP/1.1\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(2000)).into_bytes(),
+    ];
+    // Idle connections beyond the connection cap are held open meanwhile.
+    let idle: Vec<_> = (0..40)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&sock).ok())
+        .collect();
+    let workers: Vec<_> = (0..64)
+        .map(|i| {
+            let sock = sock.clone();
+            let req = bad[i % bad.len()].clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    return;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let _ = s.write_all(&req);
+                if i % 3 == 0 {
+                    // Hang up mid-request.
+                    return;
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if let Some(code) = resp.split(' ').nth(1) {
+                    assert!(
+                        code.starts_with('4') || code.starts_with('5') || code == "200",
+                        "unexpected answer {resp:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("flood worker");
+    }
+    drop(idle);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "condo died under the flood"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = common::api(&sock, "GET", "/", "");
+        if status == 200 {
+            assert!(body.contains("Not started"), "{body}");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the API did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 32 << 10,
+        "condo's RSS after the flood: {rss_kib} KiB"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `condo jail` (needs root, as Firecracker's jailer does): the VMM runs

@@ -22,9 +22,12 @@ struct Request {
 static SPAWNER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
 
 /// Starts the spawner thread, which first runs `setup` (installs its
-/// filter); device threads started from then on inherit that. A second
-/// call does nothing.
-pub fn start(setup: impl FnOnce() -> Result<(), String> + Send + 'static) -> io::Result<()> {
+/// filter); device threads started from then on inherit that, and each
+/// runs `on_start` first. A second call does nothing.
+pub fn start(
+    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
+    on_start: fn(),
+) -> io::Result<()> {
     if SPAWNER.get().is_some() {
         return Ok(());
     }
@@ -41,10 +44,14 @@ pub fn start(setup: impl FnOnce() -> Result<(), String> + Send + 'static) -> io:
                 return;
             }
             for req in rx {
+                let job = req.job;
                 let r = std::thread::Builder::new()
                     .name(req.name)
                     .stack_size(req.stack)
-                    .spawn(req.job);
+                    .spawn(move || {
+                        on_start();
+                        job()
+                    });
                 let _ = req.reply.send(r);
             }
         })?;

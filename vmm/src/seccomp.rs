@@ -66,6 +66,18 @@ static LEVEL: AtomicU8 = AtomicU8::new(2);
 /// 1 (system call numbers) or 2 (numbers and arguments).
 pub fn set_level(level: u8) {
     LEVEL.store(level.min(2), Ordering::Release);
+    // glibc reads /sys/devices/system/cpu/online the first time a thread
+    // needs a new malloc arena, which no filter allows (nor would a jail
+    // have /sys); with the arena count fixed up front it never asks. Two
+    // arenas also keep the VMM's memory small.
+    // SAFETY: mallopt only sets a malloc tunable.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+}
+
+/// Names the calling thread's kind for the SIGSYS report (threads started
+/// by a filtered thread inherit its filter, not this name).
+pub fn mark_thread(kind: ThreadKind) {
+    KIND.with(|k| k.set(kind.name()));
 }
 
 /// The current level.
@@ -111,7 +123,7 @@ fn filter_at(kind: ThreadKind, level: u8) -> Result<Option<BpfProgram>, SeccompE
 pub fn apply(kind: ThreadKind, prog: Option<&BpfProgram>) -> Result<(), SeccompError> {
     let Some(prog) = prog else { return Ok(()) };
     install_sigsys_handler();
-    KIND.with(|k| k.set(kind.name()));
+    mark_thread(kind);
     seccompiler::apply_filter(prog).map_err(|e| SeccompError::Install(kind.name(), e.to_string()))
 }
 

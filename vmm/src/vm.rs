@@ -509,9 +509,10 @@ fn create_devices(
     // Device threads (started on activation, from vCPU or VMM threads) come
     // from a spawner that runs under the device filter.
     let prog = crate::seccomp::filter(ThreadKind::Device)?;
-    devices::spawner::start(move || {
-        crate::seccomp::apply(ThreadKind::Device, prog.as_ref()).map_err(|e| e.to_string())
-    })
+    devices::spawner::start(
+        move || crate::seccomp::apply(ThreadKind::Device, prog.as_ref()).map_err(|e| e.to_string()),
+        || crate::seccomp::mark_thread(ThreadKind::Device),
+    )
     .map_err(VmmError::Spawner)?;
     let mut devices = DeviceManager::new(vm, Box::new(ConsoleOut))?;
     let mut root_args = String::new();

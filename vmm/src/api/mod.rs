@@ -125,6 +125,7 @@ fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Pending>, wake: EventFd)
             .name("api-conn".into())
             .stack_size(256 << 10)
             .spawn(move || {
+                crate::seccomp::mark_thread(ThreadKind::Api);
                 if let Ok(wake) = wake {
                     serve_connection(stream, &tx, &wake);
                 }
