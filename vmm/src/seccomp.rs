@@ -177,13 +177,13 @@ fn install_sigsys_handler() {
 /// and padding to 16, then the call address).
 const SI_SYSCALL_OFFSET: usize = 24;
 
-extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers;
     // si_syscall is an int at a fixed offset for SIGSYS.
     let nr =
         unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>()) };
     let kind = KIND.with(|k| k.get());
-    let mut buf = [0u8; 160];
+    let mut buf = [0u8; 256];
     let mut n = 0;
     for part in [
         "condo: error: seccomp: the ".as_bytes(),
@@ -193,6 +193,34 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         n += copy(&mut buf[n..], part);
     }
     n += write_decimal(&mut buf[n..], nr);
+    // For open and openat, the path too: what a thread tried to open is
+    // what one needs to know.
+    let path_reg = match i64::from(nr) {
+        libc::SYS_open => Some(libc::REG_RDI),
+        libc::SYS_openat => Some(libc::REG_RSI),
+        _ => None,
+    };
+    if let (Some(reg), false) = (path_reg, ctx.is_null()) {
+        // SAFETY: the kernel passes the interrupted context; the register
+        // holds the path pointer the thread passed to open(at), which
+        // points into its own memory (the call was refused, not run).
+        let p = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[reg as usize] }
+            as *const u8;
+        if !p.is_null() {
+            n += copy(&mut buf[n..], b", path ");
+            let mut i = 0;
+            while i < 64 && n < buf.len() - 32 {
+                // SAFETY: as above; at most 64 bytes, up to the NUL.
+                let c = unsafe { *p.add(i) };
+                if c == 0 {
+                    break;
+                }
+                buf[n] = c;
+                n += 1;
+                i += 1;
+            }
+        }
+    }
     n += copy(&mut buf[n..], b"); stopping the VM\n");
     // SAFETY: write and _exit are async-signal-safe and in every filter.
     unsafe {
@@ -507,6 +535,17 @@ mod tests {
             libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         });
         assert_eq!(status, EXIT_BAD_SYSCALL);
+    }
+
+    /// A refused open names the file.
+    #[test]
+    fn forbidden_open_names_its_path() {
+        // SAFETY: a NUL-terminated path.
+        let (status, msg) = filtered_child(ThreadKind::Api, || unsafe {
+            libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+        });
+        assert_eq!(status, EXIT_BAD_SYSCALL, "{msg}");
+        assert!(msg.ends_with(", path /etc/hostname); stopping the VM\n"), "{msg}");
     }
 
     /// ioctls are allowed by type at level 2.

@@ -318,6 +318,47 @@ fn header(cid: u64, c: &Conn, op: u16) -> Header {
     }
 }
 
+/// Connects to the Unix socket `path` without blocking: a host listener
+/// whose backlog is full refuses (EAGAIN) instead of stalling the device.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a new socket, owned by the UnixStream below from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: addr is a valid sockaddr_un of the given size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// The device's worker: the queues and every connection.
 struct Muxer {
     cid: u64,
@@ -696,8 +737,8 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", h.dst_port));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
             r => {
                 tracing::debug!(
                     "virtio-vsock: guest connection to port {} refused: {:?}",
@@ -824,9 +865,32 @@ impl Muxer {
     }
 }
 
+/// For fuzzing: host listeners on ports 0 to 3 of a per-process socket
+/// path (connections are accepted and dropped by a thread), so that guest
+/// connections get past REQUEST into data, credit and shutdown.
+fn fuzz_host_listeners() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("condo-fuzz-vsock-{}", std::process::id()));
+        for port in 0..4 {
+            let p = PathBuf::from(format!("{}_{port}", base.display()));
+            let _ = std::fs::remove_file(&p);
+            if let Ok(l) = UnixListener::bind(&p) {
+                std::thread::spawn(move || {
+                    for s in l.incoming() {
+                        drop(s);
+                    }
+                });
+            }
+        }
+        base
+    })
+    .clone()
+}
+
 /// Fuzzing entry point: the guest's (hostile) transmit queue is served,
-/// then the replies go into its (hostile) receive queue. Host sockets are
-/// looked for under a path nobody listens on.
+/// then the replies go into its (hostile) receive queue; guest connections
+/// to ports 0 to 3 reach real (accepting) host listeners.
 #[doc(hidden)]
 pub fn fuzz_queues(mem: &GuestMemoryMmap, rxq: Queue, txq: Queue) {
     let (Ok(evt), Ok(epoll)) = (
@@ -837,7 +901,7 @@ pub fn fuzz_queues(mem: &GuestMemoryMmap, rxq: Queue, txq: Queue) {
     };
     let mut m = Muxer::new(
         3,
-        PathBuf::from("/nonexistent/condo-fuzz.sock"),
+        fuzz_host_listeners(),
         mem.clone(),
         Arc::new(Interrupt::new(evt)),
         rxq,
