@@ -27,7 +27,11 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
 for t in "${targets[@]}"; do
   log=$(mktemp)
-  if ! cargo fuzz run -O "$t" -- -max_total_time="$secs" "${runs[@]}" -len_control=0 -max_len=4096 \
+  # Seed inputs (fuzz/seeds/TARGET, committed) start the corpus where
+  # random bytes rarely get: valid queues carrying valid requests.
+  seeds=()
+  [ -d "seeds/$t" ] && seeds=("corpus/$t" "seeds/$t") && mkdir -p "corpus/$t"
+  if ! cargo fuzz run -O "$t" "${seeds[@]}" -- -max_total_time="$secs" "${runs[@]}" -len_control=0 -max_len=4096 \
       -timeout=10 >"$log" 2>&1; then
     tail -30 "$log" >&2
     rm -f "$log"
