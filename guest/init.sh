@@ -21,15 +21,22 @@ done
 # arguments (split on spaces; a double-quoted word keeps its spaces, quotes
 # removed). They are joined and run by the shell, so `-- nproc; uname -r` and
 # pipes work.
+# Ctrl+Alt+Del powers the guest off: as init systems do, ask the kernel to
+# send init SIGINT for it rather than reboot at once. The
+# command runs in the background, with the console as its input, so that
+# the trap fires at once, not when the command ends.
+echo 0 > /proc/sys/kernel/ctrl-alt-del
+trap 'echo "condo-guest: ctrl-alt-del"; poweroff -f' INT
 if [ $# -gt 0 ]; then
-  sh -c "$*"
+  sh -c "$*" </dev/console &
+  wait $!
   echo "condo-guest: exit=$?"
 fi
 
 case "$end" in
   reboot) reboot -f ;;
   panic) exit 1 ;; # init exiting makes the kernel panic
-  wait) while :; do sleep 3600; done ;;
+  wait) while :; do sleep 3600 & wait $!; done ;;
   shell) setsid cttyhack sh; poweroff -f ;;
   *) poweroff -f ;;
 esac

@@ -1497,3 +1497,43 @@ fn host_disk_full_gives_the_guest_an_io_error() {
     );
     assert!(out.iter().any(|l| l == "still-readable"), "{out:?}");
 }
+
+/// Firecracker's SendCtrlAltDel reaches the guest: the i8042 delivers
+/// Ctrl+Alt+Del to its keyboard driver, the kernel signals init, and the
+/// test init powers off (exit 0).
+#[test]
+fn send_ctrl_alt_del_reaches_the_guest() {
+    use common::api;
+    let d = tempdir("cad");
+    let sock = d.join("api.sock");
+    let mut c = condo();
+    c.args(["run", "--memory", "128", "--kernel"])
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--cmdline")
+        .arg("console=ttyS0 panic=1 quiet condo.end=wait -- \"cat /proc/interrupts | grep -c i8042; echo waiting\"");
+    let mut vm = LiveVm::spawn(c);
+    vm.wait_until("the guest", LIMIT, |v| v.count("waiting") > 0);
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+    vm.wait_until("Ctrl+Alt+Del in the guest", LIMIT, |v| {
+        v.count("condo-guest: ctrl-alt-del") > 0
+    });
+    let start = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = vm.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the guest did not power off");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success(), "condo ended with {st}");
+}

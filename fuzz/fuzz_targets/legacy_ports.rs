@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut devs: Vec<Box<dyn BusDevice>> = vec![
         Box::new(serial),
-        Box::new(I8042::new(exit.clone())),
+        Box::new(I8042::new(exit.clone(), None)),
         Box::new(AcpiPmDevice::new(exit.clone())),
         Box::new(PvPanic::new(exit)),
     ];

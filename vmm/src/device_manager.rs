@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use devices::legacy::SerialSnapshot;
 use devices::legacy::{
     AcpiPmDevice, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042, I8042_PORT,
-    PVPANIC_PORT,
+    KBD_IRQ, PVPANIC_PORT,
 };
 use devices::virtio::mmio::{MmioTransport, TransportState, MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::VirtioDevice;
@@ -52,6 +52,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// The console UART, for feeding host input.
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The keyboard controller (Ctrl+Alt+Del).
+    pub i8042: Arc<Mutex<I8042>>,
     /// Guest-requested exits (power off, reset, panic).
     pub exit: Arc<ExitSignal>,
     /// Where each virtio-mmio device sits, for ACPI and the command line.
@@ -73,12 +75,12 @@ impl DeviceManager {
             SerialDevice::new(irq, out).map_err(DeviceError::EventFd)?,
         ));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
+        let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&kbd_irq, KBD_IRQ)
+            .map_err(|err| DeviceError::Irqfd { gsi: KBD_IRQ, err })?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), Some(kbd_irq))));
         // Ports 0x60 (data) to 0x64 (command).
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            I8042_PORT,
-            5,
-        )?;
+        pio.insert(i8042.clone(), I8042_PORT, 5)?;
         pio.insert(
             Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
             ACPI_PM_PORT,
@@ -94,6 +96,7 @@ impl DeviceManager {
             pio,
             mmio: Bus::new(),
             serial,
+            i8042,
             exit,
             virtio: Vec::new(),
             transports: Vec::new(),

@@ -545,7 +545,10 @@ mod tests {
             libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
         });
         assert_eq!(status, EXIT_BAD_SYSCALL, "{msg}");
-        assert!(msg.ends_with(", path /etc/hostname); stopping the VM\n"), "{msg}");
+        assert!(
+            msg.ends_with(", path /etc/hostname); stopping the VM\n"),
+            "{msg}"
+        );
     }
 
     /// ioctls are allowed by type at level 2.

@@ -178,6 +178,16 @@ impl Vm {
         &self.config
     }
 
+    /// Presses Ctrl+Alt+Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        self.devices
+            .i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_ctrl_alt_del()
+            .map_err(str::to_owned)
+    }
+
     /// The balloon, if the VM has one.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.balloon.as_ref()

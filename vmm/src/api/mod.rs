@@ -755,10 +755,11 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
                 Ok(false) => Response::fault(400, "no metrics destination: PUT /metrics first"),
                 Err(e) => Response::fault(400, format!("cannot write metrics: {e}")),
             },
-            Ok(a) => Response::fault(
-                400,
-                format!("action {:?} is not supported by condo yet", a.action_type),
-            ),
+            Ok(a) if a.action_type == "SendCtrlAltDel" => match vm.send_ctrl_alt_del() {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::fault(400, format!("cannot send Ctrl+Alt+Del: {e}")),
+            },
+            Ok(a) => Response::fault(400, format!("unknown action_type {:?}", a.action_type)),
             Err(r) => r,
         },
         ("PATCH", p) if path_id(p, "/drives").is_some() => match parse::<DrivePatch>(req) {

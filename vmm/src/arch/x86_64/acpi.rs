@@ -4,12 +4,11 @@
 //! hardware. Power-off and reset go through one I/O port register
 //! (`devices::legacy::AcpiPmDevice`), named in the FADT as the sleep control
 //! and reset registers; the DSDT's `_S5_` gives the sleep type the kernel
-//! writes there. The DSDT also describes COM1, the pvpanic port
+//! writes there. The DSDT also describes COM1, the PS/2 keyboard (the
+//! i8042 answers every probe command as a real one does, so a stock kernel
+//! probes it without timeouts; it carries Ctrl+Alt+Del), the pvpanic port
 //! and every virtio-mmio device (`LNRO0005`), which is how an unmodified
-//! distribution kernel finds them. The i8042 is deliberately not described:
-//! it only implements the reset line, which `reboot=k` reaches without a
-//! driver, and a described controller costs a stock kernel seconds of
-//! probing at boot.
+//! distribution kernel finds them.
 
 use acpi_tables::aml;
 use acpi_tables::rsdp::Rsdp;
@@ -28,6 +27,9 @@ const RESET_VALUE: u8 = 1;
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
 const PVPANIC_PORT: u16 = 0x505;
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_COMMAND_PORT: u16 = 0x64;
+const KBD_IRQ: u32 = 1;
 
 /// A virtio-mmio device to describe in the DSDT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,22 @@ fn dsdt(cfg: &AcpiConfig) -> Sdt {
                 &aml::ResourceTemplate::new(vec![
                     &aml::Interrupt::new(true, true, false, false, COM1_IRQ),
                     &aml::IO::new(COM1_PORT, COM1_PORT, 0, 8),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut dsdt);
+    // The PS/2 keyboard (no mouse), for Ctrl+Alt+Del.
+    aml::Device::new(
+        "_SB_.PS2K".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1),
+                    &aml::IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1),
+                    &aml::Interrupt::new(true, true, false, false, KBD_IRQ),
                 ]),
             ),
         ],
