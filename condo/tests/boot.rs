@@ -1537,3 +1537,90 @@ fn send_ctrl_alt_del_reaches_the_guest() {
     };
     assert!(st.success(), "condo ended with {st}");
 }
+
+/// A snapshot of a guest that writes to an ext4 root disk and pings over
+/// a TAP, restored in a fresh process after the original is killed: the
+/// restored guest goes on appending to its file and reaching the network;
+/// the disk then holds every line exactly once, in order, and checks clean.
+#[test]
+fn snapshot_with_disk_and_network_restores_and_goes_on() {
+    use common::api;
+    let host = "169.254.78.1";
+    make_tap("condotap1", host);
+    let d = tempdir("snap-dev");
+    let root = d.join("rootfs.ext4");
+    std::fs::copy(artifact("CONDO_GUEST_ROOTFS"), &root).unwrap();
+    let cmd = format!(
+        "ip addr add 169.254.78.2/24 dev eth0; ip link set eth0 up; i=0; while true; do \
+         i=$((i+1)); echo line$i >> /log; sync; echo tick$i; \
+         ping -c 1 -W 2 {host} >/dev/null && echo net$i; sleep 0.2; done"
+    );
+    let sock = d.join("a.sock");
+    let mut c = condo();
+    c.args(["run", "--memory", "128", "--entropy", "--kernel"])
+        .arg(vmlinux())
+        .arg("--disk")
+        .arg(format!("path={},root=on", root.display()))
+        .args(["--net", "tap=condotap1,mac=06:00:ac:10:00:03"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 panic=1 quiet init=/init -- \"{cmd}\""
+        ));
+    let mut a = LiveVm::spawn(c);
+    a.wait_until("ticks with network", LIMIT, |v| {
+        last_tick(v) >= 3 && v.count("net") > 0
+    });
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let (snap, mem) = (d.join("vm.snap"), d.join("vm.mem"));
+    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
+    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{resp}");
+    let at = last_tick(&a);
+    a.child.kill().expect("kill the original");
+    a.child.wait().expect("wait");
+
+    let (b, sock_b) = api_vm(&d, "b");
+    let load = serde_json::json!({
+        "snapshot_path": snap, "mem_file_path": mem, "resume_vm": true,
+    })
+    .to_string();
+    let (code, resp) = api(&sock_b, "PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{resp}");
+    b.wait_until("the restored guest to write and ping", LIMIT, |v| {
+        last_tick(v) >= at + 5
+            && v.lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .any(|l| l.strip_prefix("net").and_then(|n| n.parse::<u64>().ok()) > Some(at))
+    });
+    let mut b = b;
+    assert!(sigterm_and_wait(&mut b).success());
+    let last = last_tick(&b);
+
+    let fsck = |args: &[&str]| {
+        std::process::Command::new("e2fsck")
+            .args(args)
+            .arg(&root)
+            .output()
+            .expect("e2fsck")
+    };
+    assert!(matches!(fsck(&["-fp"]).status.code(), Some(0 | 1)));
+    let check = fsck(&["-fn"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let log = read_from_image(&root, "/log");
+    let lines: Vec<&str> = log.lines().collect();
+    let want: Vec<String> = (1..=lines.len()).map(|i| format!("line{i}")).collect();
+    assert_eq!(lines, want, "the guest's log on disk");
+    assert!(
+        lines.len() as u64 >= last,
+        "{} lines on disk, the guest printed tick{last}",
+        lines.len()
+    );
+}
