@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Snapshot benchmark: snapshot create time and restore-to-answer latency
-# (load request to the guest echoing a byte over vsock) for 128 MiB and
-# 2 GiB guests, ROUNDS restores each (default 5, medians), and the resident
-# memory of an idle API server; to benches/results/snapshot.md. Runs
-# directly where /dev/kvm can boot Linux, otherwise in the nested test host.
+# Snapshot benchmark, condo and QEMU side by side: snapshot create time and
+# restore-to-answer latency (restore request to the guest's next tick on
+# its serial console) for 128 MiB and 2 GiB guests, ROUNDS restores each
+# (default 5, medians), and the resident memory of an idle VMM waiting for
+# a restore; to benches/results/snapshot.md. Runs directly where /dev/kvm
+# can boot Linux, otherwise in the nested test host.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -14,7 +15,8 @@ eval "$(bash guest/build.sh)"
 cargo build --release --locked -q -p condo -p condo-bench
 condo_bin="$ROOT/target/release/condo"
 bench_bin="$ROOT/target/release/condo-bench"
-args=(snapshot --condo "$condo_bin" --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds")
+qemu_bin="$(command -v qemu-system-x86_64)"
+args=(snapshot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds")
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 if bash testhost/kvm-ok; then
@@ -24,21 +26,30 @@ else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM)"
   bash testhost/build.sh
   bash testhost/run --file "$condo_bin" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
+    --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     --file "$CONDO_GUEST_INITRAMFS" --timeout 1800 -- "$bench_bin" "${args[@]}" --dir /var/snapbench | tee "$tmp"
 fi
-field() { sed -n "s/.*mem_mib=$1 .*$2=\([0-9.]*\).*/\1/p" "$tmp"; }
+field() { sed -n "s/.*vmm=$1 mem_mib=$2 .*$3=\([0-9.]*\).*/\1/p" "$tmp"; }
+ratio() { awk -v c="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", c / q; else print "-" }'; }
 {
   echo "# Snapshot benchmark"
   echo
-  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/snapshot.sh\` ($rounds restores per size, medians)."
-  echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, answering on vsock port 5000. Restore: a fresh \`condo run --no-kvm-probe --api-sock\`, \`PUT /snapshot/load\` with \`resume_vm\`; answer = the guest echoed a byte over vsock."
+  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/snapshot.sh\` ($rounds restores per size and VMM, medians)"
+  echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1))."
+  echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, printing a tick on its serial console every 10 ms."
+  echo "condo: \`PUT /snapshot/create\` of a paused VM; restore = a fresh \`condo run --no-kvm-probe --api-sock\` and \`PUT /snapshot/load\` with \`resume_vm\`."
+  echo "QEMU (\`microvm\`): QMP \`stop\` + \`migrate\` to a \`file:\` URI; restore = a fresh \`-incoming defer\` process and \`migrate-incoming\`."
+  echo "Answer = the restored guest's first tick, timed from the restore request. Ratio = condo / QEMU (lower is better)."
   echo
-  echo "| guest memory | snapshot create | load request | load to guest answering |"
-  echo "|---|---|---|---|"
+  echo "| guest memory | create condo | create QEMU | ratio | restore to answer condo | restore to answer QEMU | ratio |"
+  echo "|---|---|---|---|---|---|---|"
   for m in 128 2048; do
-    echo "| $m MiB | $(field $m create_ms) ms | $(field $m load_ms) ms | $(field $m answer_ms) ms |"
+    cc=$(field condo $m create_ms); qc=$(field qemu $m create_ms)
+    ca=$(field condo $m answer_ms); qa=$(field qemu $m answer_ms)
+    echo "| $m MiB | $cc ms | $qc ms | $(ratio "$cc" "$qc") | $ca ms | $qa ms | $(ratio "$ca" "$qa") |"
   done
   echo
-  echo "Idle API server (condo waiting for configuration): $(field 128 api_idle_rss_kib) KiB resident."
+  echo "condo's load request itself: $(field condo 128 load_ms) ms (128 MiB), $(field condo 2048 load_ms) ms (2 GiB)."
+  echo "Idle VMM waiting for a restore: condo $(field condo 128 idle_rss_kib) KiB resident (API server), QEMU $(field qemu 128 idle_rss_kib) KiB (\`-incoming defer\`, 128 MiB guest)."
 } > benches/results/snapshot.md
 cat benches/results/snapshot.md

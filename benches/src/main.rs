@@ -100,7 +100,20 @@ fn condo_cmd(o: &Opts) -> Command {
 }
 
 fn qemu_cmd(o: &Opts) -> Command {
-    let mut c = Command::new(&o.qemu);
+    qemu_microvm(&o.qemu, o.cpus, o.mem_mib, &o.kernel, &o.initrd, CMDLINE)
+}
+
+/// QEMU as every benchmark runs it: `microvm` on KVM with the host's CPU,
+/// nothing but a serial console on stdout, the given kernel and initrd.
+pub(crate) fn qemu_microvm(
+    qemu: &str,
+    cpus: impl ToString,
+    mem_mib: u64,
+    kernel: &str,
+    initrd: &str,
+    cmdline: &str,
+) -> Command {
+    let mut c = Command::new(qemu);
     c.args([
         "-M",
         "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on",
@@ -117,9 +130,9 @@ fn qemu_cmd(o: &Opts) -> Command {
         "-monitor",
         "none",
     ])
-    .args(["-smp", &o.cpus.to_string(), "-m", &o.mem_mib.to_string()])
-    .args(["-kernel", &o.kernel, "-initrd", &o.initrd])
-    .args(["-append", CMDLINE]);
+    .args(["-smp", &cpus.to_string(), "-m", &mem_mib.to_string()])
+    .args(["-kernel", kernel, "-initrd", initrd])
+    .args(["-append", cmdline]);
     c
 }
 

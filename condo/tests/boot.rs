@@ -44,6 +44,20 @@ fn boot(kernel: &Path, initrd: &Path, cpus: u32, mem_mib: u64, end: &str, cmd: &
     run_retrying_stall(make, LIMIT)
 }
 
+/// `condo run` of the test guest (vmlinux and the test initramfs) with
+/// `mem_mib` MiB, kernel options `opts`, running `cmd`; callers add the
+/// devices.
+fn guest(mem_mib: u64, opts: &str, cmd: &str) -> std::process::Command {
+    let mut c = condo();
+    c.args(["run", "--memory", &mem_mib.to_string(), "--kernel"])
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .arg("--cmdline")
+        .arg(format!("console=ttyS0 panic=1 quiet {opts} -- \"{cmd}\""));
+    c
+}
+
 /// The output of the guest command: lines between the ready marker and
 /// the exit marker.
 fn guest_output(o: &Outcome) -> Vec<String> {
@@ -972,6 +986,19 @@ fn api_vm(dir: &Path, name: &str) -> (LiveVm, PathBuf) {
     (vm, sock)
 }
 
+/// A fresh condo (named `name`, in `dir`) that loads snapshot `snap` with
+/// memory file `mem` and resumes it.
+fn restored_vm(dir: &Path, name: &str, snap: &Path, mem: &Path) -> (LiveVm, PathBuf) {
+    let (vm, sock) = api_vm(dir, name);
+    let load = serde_json::json!({
+        "snapshot_path": snap, "mem_file_path": mem, "resume_vm": true,
+    })
+    .to_string();
+    let (code, resp) = common::api(&sock, "PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{resp}");
+    (vm, sock)
+}
+
 /// The highest tick a VM printed.
 fn last_tick(vm: &LiveVm) -> u64 {
     vm.lines
@@ -1086,13 +1113,7 @@ fn snapshot_restores_into_independent_clones() {
     assert_eq!(last_tick(&b), b_at, "the paused clone ran");
 
     // The diff snapshot restores where it was taken.
-    let (e, sock_e) = api_vm(&d, "e");
-    let load2 = serde_json::json!({
-        "snapshot_path": snap2, "mem_file_path": mem2, "resume_vm": true,
-    })
-    .to_string();
-    let (code, resp) = api(&sock_e, "PUT", "/snapshot/load", &load2);
-    assert_eq!(code, 204, "{resp}");
+    let (e, _) = restored_vm(&d, "e", &snap2, &mem2);
     e.wait_until("the diff clone to tick", LIMIT, |v| last_tick(v) >= at2 + 3);
     let first = first_tick(&e).expect("a tick");
     assert!(
@@ -1161,20 +1182,15 @@ fn every_thread_runs_under_its_seccomp_filter() {
                2>/dev/null; echo ready; sleep 600";
     for no_seccomp in [false, true] {
         let sock = d.join("api.sock");
-        let mut c = condo();
-        c.args(["run", "--memory", "128", "--entropy", "--kernel"])
-            .arg(vmlinux())
-            .arg("--initrd")
-            .arg(initramfs())
+        let mut c = guest(128, "", cmd);
+        c.arg("--entropy")
             .arg("--api-sock")
             .arg(&sock)
             .arg("--disk")
             .arg(format!("path={},readonly=on", disk.display()))
             .arg("--vsock")
             .arg(format!("cid=3,socket={}", d.join("v.sock").display()))
-            .args(["--balloon", "size_mib=0,stats_s=1"])
-            .arg("--cmdline")
-            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+            .args(["--balloon", "size_mib=0,stats_s=1"]);
         if no_seccomp {
             c.arg("--no-seccomp");
         }
@@ -1328,17 +1344,8 @@ fn serial_flood_leaves_the_vmm_responsive_and_bounded() {
     let sock = d.join("api.sock");
     let cmd = "echo flood-start; yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789 & p=$!; \
                sleep 6; kill $p; wait; echo; echo flood-done";
-    let mut c = condo();
-    c.args(["run", "--cpus", "1", "--memory", "128", "--kernel"])
-        .arg(vmlinux())
-        .arg("--initrd")
-        .arg(initramfs())
-        .arg("--api-sock")
-        .arg(&sock)
-        .arg("--cmdline")
-        .arg(format!(
-            "console=ttyS0 panic=1 quiet condo.end=wait -- \"{cmd}\""
-        ));
+    let mut c = guest(128, "condo.end=wait", cmd);
+    c.args(["--cpus", "1", "--api-sock"]).arg(&sock);
     let mut vm = LiveVm::spawn(c);
     vm.wait_until("the flood", LIMIT, |v| v.count("flood-start") > 0);
     std::thread::sleep(Duration::from_millis(500));
@@ -1476,15 +1483,8 @@ fn host_disk_full_gives_the_guest_an_io_error() {
                echo dd-status=$?; dd if=/dev/vda of=/dev/null bs=4k count=1 2>/dev/null \
                && echo still-readable";
     let make = || {
-        let mut c = condo();
-        c.args(["run", "--memory", "128", "--kernel"])
-            .arg(vmlinux())
-            .arg("--initrd")
-            .arg(initramfs())
-            .arg("--disk")
-            .arg(format!("path={}", img.display()))
-            .arg("--cmdline")
-            .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+        let mut c = guest(128, "", cmd);
+        c.arg("--disk").arg(format!("path={}", img.display()));
         c
     };
     let o = run_retrying_stall(make, LIMIT);
@@ -1506,15 +1506,8 @@ fn send_ctrl_alt_del_reaches_the_guest() {
     use common::api;
     let d = tempdir("cad");
     let sock = d.join("api.sock");
-    let mut c = condo();
-    c.args(["run", "--memory", "128", "--kernel"])
-        .arg(vmlinux())
-        .arg("--initrd")
-        .arg(initramfs())
-        .arg("--api-sock")
-        .arg(&sock)
-        .arg("--cmdline")
-        .arg("console=ttyS0 panic=1 quiet condo.end=wait -- \"cat /proc/interrupts | grep -c i8042; echo waiting\"");
+    let mut c = guest(128, "condo.end=wait", "echo waiting");
+    c.arg("--api-sock").arg(&sock);
     let mut vm = LiveVm::spawn(c);
     vm.wait_until("the guest", LIMIT, |v| v.count("waiting") > 0);
     let (status, body) = api(
@@ -1581,13 +1574,7 @@ fn snapshot_with_disk_and_network_restores_and_goes_on() {
     a.child.kill().expect("kill the original");
     a.child.wait().expect("wait");
 
-    let (b, sock_b) = api_vm(&d, "b");
-    let load = serde_json::json!({
-        "snapshot_path": snap, "mem_file_path": mem, "resume_vm": true,
-    })
-    .to_string();
-    let (code, resp) = api(&sock_b, "PUT", "/snapshot/load", &load);
-    assert_eq!(code, 204, "{resp}");
+    let (b, _) = restored_vm(&d, "b", &snap, &mem);
     b.wait_until("the restored guest to write and ping", LIMIT, |v| {
         last_tick(v) >= at + 5
             && v.lines
