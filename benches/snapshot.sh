@@ -38,7 +38,7 @@ ratio() { awk -v c="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", c / q; else
   echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1))."
   echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, printing a tick on its serial console every 10 ms."
   echo "condo: \`PUT /snapshot/create\` of a paused VM; restore = a fresh \`condo run --no-kvm-probe --api-sock\` and \`PUT /snapshot/load\` with \`resume_vm\`."
-  echo "QEMU (\`microvm\`): QMP \`stop\` + \`migrate\` to a \`file:\` URI; restore = a fresh \`-incoming defer\` process and \`migrate-incoming\`."
+  echo "QEMU (\`microvm\`): QMP \`stop\` + \`migrate\` to a file (\`exec:cat\`); restore = a fresh \`-incoming defer\` process, \`migrate-incoming\`, then \`cont\` when it is in."
   echo "Answer = the restored guest's first tick, timed from the restore request. Ratio = condo / QEMU (lower is better)."
   echo
   echo "| guest memory | create condo | create QEMU | ratio | restore to answer condo | restore to answer QEMU | ratio |"

@@ -7,9 +7,9 @@
 //! measured); then, each round, a fresh VMM process restores it and the
 //! time from the restore request to the guest's first tick is measured.
 //! condo: `PUT /snapshot/load` with `resume_vm` on a `condo run --api-sock`.
-//! QEMU: `stop` + `migrate` to a `file:` URI over QMP, then a fresh
-//! `-incoming defer` process and `migrate-incoming` (it starts the guest
-//! when the state is in). condo maps guest memory lazily, so its restore
+//! QEMU: `stop` + `migrate` to a file (`exec:cat`) over QMP, then a fresh
+//! `-incoming defer` process, `migrate-incoming` and `cont` once the state
+//! is in. condo maps guest memory lazily, so its restore
 //! should not grow with the guest's size.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -321,30 +321,36 @@ fn condo_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
     ))
 }
 
-/// QEMU: the same figures through QMP and file migration.
-fn qemu_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
-    let state = o.dir.join(format!("q{mem_mib}.mig"));
-    let _ = std::fs::remove_file(&state);
-    let qmp = o.dir.join("qmp.sock");
-    let base = qemu(o, mem_mib, &qmp, false)?;
-    base.next_tick(Duration::from_secs(60))?;
-    let mut q = Qmp::connect(&qmp)?;
-    q.cmd(r#"{"execute": "stop"}"#)?;
-    let t = Instant::now();
-    q.cmd(&format!(
-        r#"{{"execute": "migrate", "arguments": {{"uri": "file:{}"}}}}"#,
-        state.display()
-    ))?;
+/// Polls QMP until the migration (out or in) has completed.
+fn wait_migration(q: &mut Qmp) -> Result<(), String> {
     loop {
         let r = q.cmd(r#"{"execute": "query-migrate"}"#)?;
         if r.contains("\"completed\"") {
-            break;
+            return Ok(());
         }
         if r.contains("\"failed\"") {
             return Err(format!("QEMU migration failed: {r}"));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// QEMU: the same figures through QMP and file migration.
+fn qemu_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
+    let state = o.dir.join(format!("q{mem_mib}.mig"));
+    let _ = std::fs::remove_file(&state);
+    let qmp = o.dir.join("qmp.sock");
+    let base = qemu(o, mem_mib, &qmp, false)?;
+    base.next_tick(Duration::from_secs(60))
+        .map_err(|e| format!("QEMU boot: {e}"))?;
+    let mut q = Qmp::connect(&qmp)?;
+    q.cmd(r#"{"execute": "stop"}"#)?;
+    let t = Instant::now();
+    q.cmd(&format!(
+        r#"{{"execute": "migrate", "arguments": {{"uri": "exec:cat > {}"}}}}"#,
+        state.display()
+    ))?;
+    wait_migration(&mut q)?;
     let create_ms = ms(t.elapsed());
     let _ = q.cmd(r#"{"execute": "quit"}"#);
     base.stop();
@@ -355,11 +361,19 @@ fn qemu_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
         idle = rss_kib(vm.child.id());
         let t0 = Instant::now();
         q.cmd(&format!(
-            r#"{{"execute": "migrate-incoming", "arguments": {{"uri": "file:{}"}}}}"#,
+            r#"{{"execute": "migrate-incoming", "arguments": {{"uri": "exec:cat {}"}}}}"#,
             state.display()
         ))?;
+        // The state was saved from a stopped VM, so it arrives stopped:
+        // resume it once it is in (condo's `resume_vm`).
+        wait_migration(&mut q)?;
+        q.cmd(r#"{"execute": "cont"}"#)?;
         loads.push(ms(t0.elapsed()));
-        let t2 = vm.next_tick(Duration::from_secs(60))?;
+        let t2 = vm.next_tick(Duration::from_secs(60)).map_err(|e| {
+            let st = q.cmd(r#"{"execute": "query-status"}"#).unwrap_or_default();
+            let mig = q.cmd(r#"{"execute": "query-migrate"}"#).unwrap_or_default();
+            format!("QEMU restore: {e}; status {st} migration {mig}")
+        })?;
         answers.push(ms(t2 - t0));
         let _ = q.cmd(r#"{"execute": "quit"}"#);
         vm.stop();
