@@ -55,6 +55,27 @@ pub enum VmExit {
     Stopped,
 }
 
+/// Holds vCPU threads back from their first KVM_RUN until opened.
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.cv.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+}
+
 /// Where vCPU threads report the end of the VM; first report wins.
 pub type VmExitSink = ExitSignal<VmExit>;
 
@@ -189,9 +210,13 @@ impl Vcpu {
         mmio: Arc<Bus>,
         control: Arc<VcpuControl>,
         sink: Arc<VmExitSink>,
+        go: Arc<Gate>,
     ) -> Result<JoinHandle<Option<()>>, VcpuError> {
-        // The filter is in place before the thread's first KVM_RUN.
+        // The thread's own filter is in place before it returns; `go` holds
+        // it back from its first KVM_RUN until every other thread of the
+        // VMM has its filter too.
         crate::seccomp::spawn(format!("vcpu{}", self.id), ThreadKind::Vcpu, move || {
+            go.wait();
             self.run(&pio, &mmio, &control, &sink)
         })
         .map_err(VcpuError::Spawn)

@@ -32,7 +32,7 @@ use crate::loader::{self, LoadError};
 use crate::memory::{self, MemoryError};
 use crate::probe::{self, ProbeError};
 use crate::snapshot::{self, Snapshot, SnapshotError};
-use crate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VmExit, VmExitSink};
+use crate::vcpu::{self, Gate, Vcpu, VcpuControl, VcpuError, VmExit, VmExitSink};
 
 /// Everything that can stop a VM from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -456,14 +456,35 @@ impl Vm {
             handles: Vec::new(),
             control,
         };
+        // No guest code runs before every thread has its seccomp filter:
+        // the vCPUs wait until this (main) thread has installed its own.
+        let go = Arc::new(Gate::default());
+        let mut result = Ok(());
         for v in vcpus {
-            threads.handles.push(v.start(
+            let t = v.start(
                 pio.clone(),
                 mmio.clone(),
                 threads.control.clone(),
                 sink.clone(),
-            )?);
+                go.clone(),
+            );
+            match t {
+                Ok(h) => threads.handles.push(h),
+                Err(e) => {
+                    result = Err(VmmError::from(e));
+                    break;
+                }
+            }
         }
+        if result.is_ok() {
+            result = crate::seccomp::install(ThreadKind::Vmm).map_err(VmmError::from);
+        }
+        if result.is_err() {
+            // The threads that started see the stop flag once let go.
+            threads.control.request_stop();
+        }
+        go.open();
+        result?;
         Ok(Self {
             threads,
             config: config.clone(),
@@ -661,8 +682,6 @@ impl Vm {
         metrics_timer.reset(minute, Some(minute)).map_err(errno)?;
         add(metrics_timer.as_raw_fd(), TOKEN_METRICS).map_err(ev)?;
         let mut stdin_open = opts.console_input && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
-        // From here on this thread only serves the running VM.
-        crate::seccomp::install(ThreadKind::Vmm)?;
         let mut pending: Vec<u8> = Vec::new();
         let mut events = [EpollEvent::default(); 8];
 
