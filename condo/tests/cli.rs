@@ -327,7 +327,7 @@ fn api_survives_a_flood_of_bad_requests() {
     c.args(["run", "--api-sock"]).arg(&sock);
     c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    let mut child = c.spawn().expect("spawn condo");
+    let mut child = common::KillOnDrop(c.spawn().expect("spawn condo"));
     common::wait_for_socket(&sock);
     let bad: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02 garbage\r\n\r\n".to_vec(),
@@ -376,7 +376,7 @@ fn api_survives_a_flood_of_bad_requests() {
     }
     drop(idle);
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "condo died under the flood"
     );
     let start = std::time::Instant::now();
@@ -393,7 +393,7 @@ fn api_survives_a_flood_of_bad_requests() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
     let rss_kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -404,8 +404,7 @@ fn api_survives_a_flood_of_bad_requests() {
         rss_kib < 32 << 10,
         "condo's RSS after the flood: {rss_kib} KiB"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 /// `condo jail` (needs root, as Firecracker's jailer does): the VMM runs
@@ -450,12 +449,12 @@ fn jail_isolates_the_vmm() {
             Ok(())
         });
     }
-    let mut child = c.spawn().expect("spawn condo jail");
+    let mut child = common::KillOnDrop(c.spawn().expect("spawn condo jail"));
     let root = d.join("condo").join(&id).join("root");
     common::wait_for_socket(&root.join("run/api.sock"));
     let (status, body) = common::api(&root.join("run/api.sock"), "GET", "/", "");
     assert_eq!(status, 200, "{body}");
-    let vmm = common::only_child(child.id());
+    let vmm = common::only_child(child.0.id());
     let top = d
         .components()
         .nth(1)
@@ -463,8 +462,8 @@ fn jail_isolates_the_vmm() {
         .unwrap();
     common::assert_jailed(vmm, 4242, &["dev", "run", &top], true, &secret, 256, &id);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let st = child.0.wait().unwrap();
     assert!(st.success(), "condo jail ended with {st}");
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     assert!(!cg.contains(&id));

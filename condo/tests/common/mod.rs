@@ -331,3 +331,14 @@ pub fn assert_jailed(
         "the VMM is not in cgroup condo/{id}: {cgroup}"
     );
 }
+
+/// A child process killed (and reaped) when the test ends, also when it
+/// fails: a leftover condo would hold the test's output pipe open.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
