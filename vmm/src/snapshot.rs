@@ -87,16 +87,22 @@ pub fn crc32(data: &[u8]) -> u32 {
     })
 }
 
-/// Writes the state file (to a temporary name, then renamed: a crash never
-/// leaves half a snapshot under the real name).
-pub fn write(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let body = serde_json::to_vec(snap)?;
+/// A state file holding `body`: the header (magic, version, length,
+/// checksum) and the body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Writes the state file (to a temporary name, then renamed: a crash never
+/// leaves half a snapshot under the real name).
+pub fn write(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let out = frame(&serde_json::to_vec(snap)?);
     let tmp = path.with_extension("condo-tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&out)?;

@@ -56,9 +56,17 @@ impl Interrupt {
         }
     }
 
-    /// Sets `bits` in the interrupt status and raises the interrupt.
+    /// Sets `bits` in the interrupt status and raises the interrupt, unless
+    /// they were all still set: the guest has not acknowledged them yet,
+    /// and it acknowledges before it looks at the rings, so it will see
+    /// what this interrupt was for (as a level-triggered line would, one
+    /// interrupt covers both). Each needless edge costs the guest an
+    /// interrupt that finds nothing, and two register exits.
     pub fn trigger(&self, bits: u32) {
-        self.status.fetch_or(bits, Ordering::SeqCst);
+        let prev = self.status.fetch_or(bits, Ordering::SeqCst);
+        if prev & bits == bits {
+            return;
+        }
         if let Err(e) = self.evt.write(1) {
             tracing::error!("cannot raise virtio interrupt: {e}");
         }
@@ -218,4 +226,27 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
     let n = data.len().min(config.len() - off);
     data[..n].copy_from_slice(&config[off..off + n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn pending_interrupt_is_not_raised_twice() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let irq = Interrupt::new(evt.try_clone().unwrap());
+        irq.trigger(INT_VRING);
+        irq.trigger(INT_VRING);
+        assert_eq!(evt.read().unwrap(), 1, "one edge while unacknowledged");
+        // A different cause is raised even while the first is pending.
+        irq.trigger(INT_CONFIG);
+        assert_eq!(evt.read().unwrap(), 1);
+        // Once acknowledged, the next one is raised again.
+        irq.ack(INT_VRING | INT_CONFIG);
+        irq.trigger(INT_VRING);
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(irq.status(), INT_VRING);
+    }
 }
