@@ -66,12 +66,13 @@ static LEVEL: AtomicU8 = AtomicU8::new(2);
 /// 1 (system call numbers) or 2 (numbers and arguments).
 pub fn set_level(level: u8) {
     LEVEL.store(level.min(2), Ordering::Release);
-    // glibc reads /sys/devices/system/cpu/online the first time a thread
-    // needs a new malloc arena, which no filter allows (nor would a jail
-    // have /sys); with the arena count fixed up front it never asks. Two
-    // arenas also keep the VMM's memory small.
+    // glibc's extra malloc arenas open files: /sys/devices/system/cpu/
+    // online when a thread first needs one, /proc/sys/vm/overcommit_memory
+    // when one shrinks (both seen refused under the filters; a jail has
+    // neither file). With the main arena only, neither happens; it also
+    // keeps the VMM small, and its threads allocate little once running.
     // SAFETY: mallopt only sets a malloc tunable.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
 /// Names the calling thread's kind for the SIGSYS report (threads started
