@@ -1376,6 +1376,32 @@ fn serial_flood_leaves_the_vmm_responsive_and_bounded() {
     assert!(sigterm_and_wait(&mut vm).success());
 }
 
+/// Checks an ext4 image a VMM left behind: the journal replays (`e2fsck
+/// -fp`, as the next boot would) and the file system then checks clean
+/// (`e2fsck -fn`).
+fn assert_image_clean(img: &Path) {
+    let fsck = |args: &[&str]| {
+        std::process::Command::new("e2fsck")
+            .args(args)
+            .arg(img)
+            .output()
+            .expect("e2fsck")
+    };
+    let preen = fsck(&["-fp"]);
+    assert!(
+        matches!(preen.status.code(), Some(0 | 1)),
+        "e2fsck -fp: {}{}",
+        String::from_utf8_lossy(&preen.stdout),
+        String::from_utf8_lossy(&preen.stderr)
+    );
+    let check = fsck(&["-fn"]);
+    assert!(
+        check.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 /// SIGKILL of the VMM while the guest writes files with fsync: the image
 /// is consistent (journal replay, then `e2fsck -fn` clean) and every file
 /// the guest reported synced is there with its contents.
@@ -1411,27 +1437,7 @@ fn sigkill_during_fsync_loses_no_acknowledged_data() {
         })
         .collect();
     assert!(synced.len() >= 5);
-    let fsck = |args: &[&str]| {
-        std::process::Command::new("e2fsck")
-            .args(args)
-            .arg(&root)
-            .output()
-            .expect("e2fsck")
-    };
-    // Replays the journal, as the next boot would.
-    let preen = fsck(&["-fp"]);
-    assert!(
-        matches!(preen.status.code(), Some(0 | 1)),
-        "e2fsck -fp: {}{}",
-        String::from_utf8_lossy(&preen.stdout),
-        String::from_utf8_lossy(&preen.stderr)
-    );
-    let check = fsck(&["-fn"]);
-    assert!(
-        check.status.success(),
-        "e2fsck -fn after SIGKILL: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_image_clean(&root);
     for (i, crc) in &synced {
         let out = std::process::Command::new("debugfs")
             .args(["-R", &format!("cat /data{i}")])
@@ -1587,20 +1593,7 @@ fn snapshot_with_disk_and_network_restores_and_goes_on() {
     assert!(sigterm_and_wait(&mut b).success());
     let last = last_tick(&b);
 
-    let fsck = |args: &[&str]| {
-        std::process::Command::new("e2fsck")
-            .args(args)
-            .arg(&root)
-            .output()
-            .expect("e2fsck")
-    };
-    assert!(matches!(fsck(&["-fp"]).status.code(), Some(0 | 1)));
-    let check = fsck(&["-fn"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_image_clean(&root);
     let log = read_from_image(&root, "/log");
     let lines: Vec<&str> = log.lines().collect();
     let want: Vec<String> = (1..=lines.len()).map(|i| format!("line{i}")).collect();
