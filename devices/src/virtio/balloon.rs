@@ -339,31 +339,47 @@ impl BalloonWorker {
     }
 }
 
-/// Returns every page a chain of page frame numbers names to the host,
-/// runs of consecutive pages at once.
-fn inflate(mem: &GuestMemoryMmap, chain: super::Chain<'_>) {
-    let mut run: Option<(u64, u64)> = None;
-    for d in chain {
-        let n = d.len() / 4;
-        for i in 0..u64::from(n) {
+/// Most page frame numbers one inflate buffer may list: Linux sends at
+/// most 256 (`VIRTIO_BALLOON_ARRAY_PFNS_MAX`), Firecracker takes 2048. The
+/// rest of a longer list is ignored, so that a hostile list (a descriptor
+/// spanning all of guest memory, say) cannot keep the device busy.
+const MAX_PFNS_PER_BUFFER: usize = 2048;
+
+/// Returns every page a chain of page frame numbers names to the host, in
+/// runs of consecutive pages (sorted, each page once). Returns how many
+/// runs were discarded.
+fn inflate(mem: &GuestMemoryMmap, chain: super::Chain<'_>) -> usize {
+    let mut pfns = Vec::new();
+    'list: for d in chain {
+        for i in 0..u64::from(d.len() / 4) {
+            if pfns.len() == MAX_PFNS_PER_BUFFER {
+                tracing::debug!(
+                    "virtio-balloon: page list longer than {MAX_PFNS_PER_BUFFER} entries cut"
+                );
+                break 'list;
+            }
             let Ok(pfn) = mem.read_obj::<u32>(d.addr().unchecked_add(i * 4)) else {
                 tracing::debug!("virtio-balloon: page list outside guest memory");
                 break;
             };
-            let pfn = u64::from(pfn);
-            run = match run {
-                Some((start, len)) if start + len == pfn => Some((start, len + 1)),
-                Some((start, len)) => {
-                    discard(mem, GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE);
-                    Some((pfn, 1))
-                }
-                None => Some((pfn, 1)),
-            };
+            pfns.push(u64::from(pfn));
         }
     }
-    if let Some((start, len)) = run {
-        discard(mem, GuestAddress(start * PAGE_SIZE), len * PAGE_SIZE);
+    pfns.sort_unstable();
+    pfns.dedup();
+    let mut runs = 0;
+    let mut rest = &pfns[..];
+    while let Some(&start) = rest.first() {
+        let len = rest
+            .iter()
+            .zip(start..)
+            .take_while(|(p, want)| **p == *want)
+            .count();
+        discard(mem, GuestAddress(start * PAGE_SIZE), len as u64 * PAGE_SIZE);
+        runs += 1;
+        rest = &rest[len..];
     }
+    runs
 }
 
 /// Returns guest range `addr..addr+len` to the host if it lies, page
@@ -538,6 +554,36 @@ mod tests {
         assert_eq!(touched(&m, 0x30_1000), 0);
         assert_eq!(touched(&m, 0x30_5000), 0);
         assert_eq!(touched(&m, 0x100_0000), 0x55);
+    }
+
+    /// Found by the fuzzer (a descriptor listing all of guest memory,
+    /// mostly page 0, took 0.4 s: one madvise per entry).
+    #[test]
+    fn long_and_repetitive_page_lists_cost_little() {
+        let m = mem();
+        let (_w, mocks) = worker(&m, false);
+        // A page list as long as guest memory: a descending run with each
+        // page listed twice, then page 0x380 over and over.
+        for i in 0..MAX_PFNS_PER_BUFFER as u64 {
+            let pfn = if i < 128 { 0x400 - (i / 2) as u32 } else { 0x380 };
+            m.write_obj(pfn, GuestAddress(0x20_0000 + i * 4)).unwrap();
+        }
+        let all = RawDescriptor::from(D::new(0x20_0000, u32::MAX, 0, 0));
+        mocks[0].add_desc_chains(&[all], 0).unwrap();
+        let mut q: Queue = mocks[0].create_queue().unwrap();
+        let chain = q.pop_descriptor_chain(&m).unwrap();
+        // Pages 0x3c1..=0x400 in one run, page 0x380 in another.
+        assert_eq!(inflate(&m, chain), 2);
+
+        // Over the cap: only the first MAX_PFNS_PER_BUFFER entries count
+        // (every other page, so each entry would be a run of its own).
+        for i in 0..(MAX_PFNS_PER_BUFFER as u64 + 100) {
+            m.write_obj(0x1000 + 2 * i as u32, GuestAddress(0x20_0000 + i * 4))
+                .unwrap();
+        }
+        mocks[0].add_desc_chains(&[all], 1).unwrap();
+        let chain = q.pop_descriptor_chain(&m).unwrap();
+        assert_eq!(inflate(&m, chain), MAX_PFNS_PER_BUFFER);
     }
 
     #[test]
