@@ -565,7 +565,11 @@ mod tests {
         // A page list as long as guest memory: a descending run with each
         // page listed twice, then page 0x380 over and over.
         for i in 0..MAX_PFNS_PER_BUFFER as u64 {
-            let pfn = if i < 128 { 0x400 - (i / 2) as u32 } else { 0x380 };
+            let pfn = if i < 128 {
+                0x400 - (i / 2) as u32
+            } else {
+                0x380
+            };
             m.write_obj(pfn, GuestAddress(0x20_0000 + i * 4)).unwrap();
         }
         let all = RawDescriptor::from(D::new(0x20_0000, u32::MAX, 0, 0));

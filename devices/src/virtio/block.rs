@@ -388,6 +388,7 @@ pub fn process_queue_limited(
             }
         }
     })
+    .map(drop)
 }
 
 type Reader<'a> =

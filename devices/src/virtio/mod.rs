@@ -151,7 +151,7 @@ pub fn drain_queue(
     irq: &Interrupt,
     mut serve: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<(), virtio_queue::Error> {
-    drain_queue_until_refused(mem, queue, irq, |c| Some(serve(c)))
+    drain_queue_until_refused(mem, queue, irq, |c| Some(serve(c))).map(drop)
 }
 
 /// Like [`drain_queue`], but `serve` may refuse a chain (None: a rate
@@ -159,31 +159,50 @@ pub fn drain_queue(
 /// notifications still off (the limiter's timer resumes it), and the
 /// guest is interrupted, if it asked to be, for the chains that were used.
 /// A driver whose available index runs away is an error (the device stops).
+/// Returns how many chains were used.
 pub fn drain_queue_until_refused(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     irq: &Interrupt,
     mut serve: impl FnMut(Chain<'_>) -> Option<u32>,
-) -> Result<(), virtio_queue::Error> {
-    'drain: loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let Some(used) = serve(chain) else {
-                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                break 'drain;
-            };
-            queue.add_used(mem, head, used)?;
-        }
-        check_avail(mem, queue)?;
-        if !queue.enable_notification(mem)? {
+) -> Result<usize, virtio_queue::Error> {
+    let mut used = 0;
+    loop {
+        let (n, refused) = serve_available(mem, queue, &mut serve)?;
+        used += n;
+        if refused || !queue.enable_notification(mem)? {
             break;
         }
     }
     if queue.needs_notification(mem)? {
         irq.trigger(INT_VRING);
     }
-    Ok(())
+    Ok(used)
+}
+
+/// One pass over the chains available now, with the driver's
+/// notifications turned off and left off (the caller polls again, or
+/// re-enables them through [`drain_queue_until_refused`]). Returns how many
+/// chains were used, and whether `serve` refused one (put back in the
+/// ring). Does not interrupt the guest.
+pub fn serve_available(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    mut serve: impl FnMut(Chain<'_>) -> Option<u32>,
+) -> Result<(usize, bool), virtio_queue::Error> {
+    queue.disable_notification(mem)?;
+    let mut n = 0;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let Some(used) = serve(chain) else {
+            queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+            return Ok((n, true));
+        };
+        queue.add_used(mem, head, used)?;
+        n += 1;
+    }
+    check_avail(mem, queue)?;
+    Ok((n, false))
 }
 
 /// Fails when the driver's available index is more than a queue's worth

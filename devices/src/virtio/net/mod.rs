@@ -9,6 +9,18 @@
 //! with a debug log; the guest cannot make the VMM buffer more than one
 //! pending frame.
 //!
+//! Transmission polls briefly after each burst: a kick is served at once,
+//! then the device leaves the guest's notifications off and looks again
+//! [`TX_POLL_INTERVAL`] later, and again while looks find frames; a look
+//! that finds none re-arms notifications. A frame after a quiet spell goes
+//! out without delay; one queued while polling waits at most the interval,
+//! without a kick. Kicks and interrupts are VM exits, which under nested
+//! virtualization dominate the cost of a frame, and later completions let
+//! the guest's TCP build larger TSO frames: in the nested test host a
+//! 16 MiB stream took 2,000 kicks and 3,700 frames instead of 7,900 and
+//! 9,100, and half the time or less. QEMU's transmit bottom half batches
+//! in a similar way.
+//!
 //! Optional receive and transmit [`RateLimiter`]s throttle the device as in
 //! Firecracker: each frame costs one op and its length (vnet header
 //! included) in bytes. A refused transmit chain stays in the queue, a
@@ -26,13 +38,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::block::{admit, limiter_timer_event, lock};
-use super::drain_queue_until_refused;
 use super::worker::{keep_serving, QueueWorker};
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
     VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
+use super::{drain_queue_until_refused, serve_available};
 use crate::rate_limiter::RateLimiter;
+use vmm_sys_util::timerfd::TimerFd;
 
 const QUEUE_SIZE: u16 = 256;
 /// Largest frame: 64 KiB of TSO payload plus headers, plus the vnet header.
@@ -51,9 +64,14 @@ const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 const VIRTIO_NET_F_STATUS: u32 = 16;
 const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
+/// How long after a transmit pass that found frames the device looks again
+/// (with the guest's notifications still off).
+pub const TX_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_micros(25);
+
 const RX: usize = 0;
 const TX: usize = 1;
 const TAP_TOKEN: usize = 2;
+const TX_POLL_TOKEN: usize = 3;
 // The limiters' timers (those present, rx first) get the tokens after it.
 
 /// The network device.
@@ -169,6 +187,12 @@ struct Throttle {
     token: usize,
 }
 
+/// The transmit poll timer, and whether the device is polling.
+struct TxPoll {
+    timer: TimerFd,
+    active: bool,
+}
+
 /// True while `throttle`'s limiter is blocked (waiting for its timer).
 fn blocked(throttle: Option<&Throttle>) -> bool {
     throttle.is_some_and(|t| lock(&t.limiter).is_blocked())
@@ -246,8 +270,9 @@ impl VirtioDevice for Net {
         };
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
-        // Timer fd i gets token TAP_TOKEN + 1 + i.
-        let mut fds: Vec<RawFd> = vec![tap_fd];
+        let tx_timer = TimerFd::new().map_err(|e| fail(e.to_string()))?;
+        // fds[i] gets token TAP_TOKEN + i.
+        let mut fds: Vec<RawFd> = vec![tap_fd, tx_timer.as_raw_fd()];
         let mut throttle = |limiter: &Option<Arc<Mutex<RateLimiter>>>| {
             limiter.as_ref().map(|limiter| {
                 fds.push(lock(limiter).as_raw_fd());
@@ -271,7 +296,19 @@ impl VirtioDevice for Net {
             mergeable: acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             rx_throttle,
             tx_throttle,
+            tx_poll: Some(TxPoll {
+                timer: tx_timer,
+                active: false,
+            }),
         };
+        // A first look at the transmit queue: after a pause or a restore
+        // the guest may have left frames there with its notifications off
+        // (the device was polling), and would never kick.
+        queue_evts
+            .get(TX)
+            .ok_or_else(|| fail("two queue events needed".into()))?
+            .write(1)
+            .map_err(|e| fail(format!("transmit queue event: {e}")))?;
         let worker = QueueWorker::spawn_with_fds("virtio-net", queue_evts, &fds, move |token| {
             keep_serving("virtio-net", w.handle(token))
         })
@@ -299,6 +336,8 @@ struct NetWorker<T: FrameIo = Tap> {
     mergeable: bool,
     rx_throttle: Option<Throttle>,
     tx_throttle: Option<Throttle>,
+    /// None: every kick is served and notifications re-armed at once.
+    tx_poll: Option<TxPoll>,
 }
 
 impl<T: FrameIo> NetWorker<T> {
@@ -308,7 +347,10 @@ impl<T: FrameIo> NetWorker<T> {
     /// empty or throttled again).
     fn handle(&mut self, token: usize) -> Result<(), virtio_queue::Error> {
         match token {
-            TX => self.process_tx(),
+            // While polling, the timer serves the queue.
+            TX if self.polling() => Ok(()),
+            TX => self.poll_tx(),
+            TX_POLL_TOKEN if self.polling() => self.poll_tx(),
             RX | TAP_TOKEN => self.process_rx(),
             _ if self.rx_throttle.as_ref().is_some_and(|t| t.token == token) => {
                 if let Some(t) = &self.rx_throttle {
@@ -320,24 +362,52 @@ impl<T: FrameIo> NetWorker<T> {
                 if let Some(t) = &self.tx_throttle {
                     limiter_timer_event("virtio-net tx", &mut lock(&t.limiter));
                 }
-                self.process_tx()
+                self.poll_tx()
             }
             _ => Ok(()),
         }
     }
 
+    fn polling(&self) -> bool {
+        self.tx_poll.as_ref().is_some_and(|p| p.active)
+    }
+
+    /// Transmits what the guest queued. With a poll timer, a pass that sent
+    /// something leaves the guest's notifications off and arms the timer;
+    /// one that sent nothing (or a throttled one: the limiter's timer
+    /// resumes) stops polling and re-arms notifications, serving whatever
+    /// raced in.
+    fn poll_tx(&mut self) -> Result<(), virtio_queue::Error> {
+        if self.tx_poll.is_some() {
+            let sent = self.process_tx(false)?;
+            let throttled = blocked(self.tx_throttle.as_ref());
+            if let Some(p) = self.tx_poll.as_mut() {
+                if sent > 0 && !throttled && p.timer.reset(TX_POLL_INTERVAL, None).is_ok() {
+                    p.active = true;
+                    return Ok(());
+                }
+                p.active = false;
+                let _ = p.timer.clear();
+            }
+        }
+        self.process_tx(true).map(drop)
+    }
+
     /// Transmits the available chains, stopping at the first one the
-    /// transmit limiter refuses (left in the queue for the timer).
-    fn process_tx(&mut self) -> Result<(), virtio_queue::Error> {
+    /// transmit limiter refuses (left in the queue for the timer), and
+    /// interrupts the guest if it asked. `rearm`: turn the guest's
+    /// notifications back on at the end (re-checking the queue), else leave
+    /// them off. Returns how many chains were used.
+    fn process_tx(&mut self, rearm: bool) -> Result<usize, virtio_queue::Error> {
         let mut limiter = self.tx_throttle.as_ref().map(|t| lock(&t.limiter));
         if limiter.as_ref().is_some_and(|l| l.is_blocked()) {
-            return Ok(());
+            return Ok(0);
         }
         let mem = &self.mem;
         let tx_buf = &mut self.tx_buf;
         let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
         let mut parts = Vec::new();
-        drain_queue_until_refused(mem, &mut self.tx, &self.irq, |chain| {
+        let serve = |chain: super::Chain<'_>| {
             parts.clear();
             let mut len = 0usize;
             for d in chain {
@@ -362,7 +432,15 @@ impl<T: FrameIo> NetWorker<T> {
                 m.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
             }
             Some(0)
-        })
+        };
+        if rearm {
+            return drain_queue_until_refused(mem, &mut self.tx, &self.irq, serve);
+        }
+        let (sent, _) = serve_available(mem, &mut self.tx, serve)?;
+        if sent > 0 && self.tx.needs_notification(mem)? {
+            self.irq.trigger(INT_VRING);
+        }
+        Ok(sent)
     }
 
     /// Delivers the pending frame, then frames from the TAP, until the TAP
@@ -517,8 +595,9 @@ pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize
         mergeable: frame_len.is_multiple_of(2),
         rx_throttle: None,
         tx_throttle: None,
+        tx_poll: None,
     };
-    let _ = w.process_tx();
+    let _ = w.process_tx(true);
     let _ = w.process_rx();
 }
 
@@ -568,6 +647,7 @@ mod tests {
             mergeable,
             rx_throttle: None,
             tx_throttle: None,
+            tx_poll: None,
         }
     }
 
@@ -673,7 +753,7 @@ mod tests {
             let (rx, _rxm) = queue(&m, &[], 0x1_0000);
             let (tx, _txm) = queue(&m, &descs, 0x2_0000);
             let mut w = worker(t, &m, rx, tx, true);
-            w.process_tx().unwrap();
+            w.process_tx(true).unwrap();
             assert_eq!(w.tx.next_used(), 1, "{descs:?}");
         }
     }
@@ -741,7 +821,7 @@ mod tests {
         mq.add_desc_chains(&raw, 0).unwrap();
         let (rx, _rxm) = queue(&m, &[], 0x1_0000);
         let mut w = worker(FakeTap::default(), &m, rx, mq.create_queue().unwrap(), true);
-        w.tx_throttle = Some(throttle(Some((224, 100)), Some((100, 10_000_000)), 4));
+        w.tx_throttle = Some(throttle(Some((224, 100)), Some((100, 10_000_000)), 5));
 
         w.handle(TX).unwrap();
         assert_eq!((w.tx.next_used(), w.tx.next_avail()), (2, 2));
@@ -756,11 +836,76 @@ mod tests {
         w.handle(TX).unwrap();
         assert_eq!(w.tx.next_used(), 2);
 
-        until_timer(&mut w, 4, |w| w.tx.next_used() == 3);
+        until_timer(&mut w, 5, |w| w.tx.next_used() == 3);
         assert_eq!(w.tx.next_avail(), 3);
         let tap = w.tap.lock().unwrap();
         assert_eq!(tap.sent.len(), 3);
         assert!(tap.sent.iter().all(|f| f.len() == 112));
+    }
+
+    /// Waits (at most a second) for `timer` to expire, as epoll would.
+    fn expired(timer: &TimerFd) -> bool {
+        let mut p = libc::pollfd {
+            fd: timer.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, 1000) == 1 }
+    }
+
+    #[test]
+    fn a_streaming_guest_is_polled_without_notifications() {
+        for event_idx in [false, true] {
+            let m = mem();
+            let mq = MockSplitQueue::create(&m, GuestAddress(0x2_0000), 16);
+            let frame = |i: u64| RawDescriptor::from(D::new(0x10_0000 + i * 0x1000, 64, 0, 0));
+            mq.add_desc_chains(&[frame(0)], 0).unwrap();
+            let mut tx: Queue = mq.create_queue().unwrap();
+            tx.set_event_idx(event_idx);
+            let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+            let mut w = worker(FakeTap::default(), &m, rx, tx, true);
+            w.tx_poll = Some(TxPoll {
+                timer: TimerFd::new().unwrap(),
+                active: false,
+            });
+            // Whether the guest would kick for its next frame: the used
+            // ring's flag, or with event index the avail_event field.
+            let notified = |w: &NetWorker<FakeTap>| {
+                if event_idx {
+                    let avail_event = GuestAddress(mq.used_addr().0 + 4 + 8 * 16);
+                    m.read_obj::<u16>(avail_event).unwrap() == w.tx.next_avail()
+                } else {
+                    m.read_obj::<u16>(mq.used_addr()).unwrap() & 1 == 0
+                }
+            };
+            let timer_expired =
+                |w: &NetWorker<FakeTap>| expired(&w.tx_poll.as_ref().unwrap().timer);
+
+            // A kick: the frame goes out at once; the device then polls.
+            w.handle(TX).unwrap();
+            assert_eq!(w.tap.lock().unwrap().sent.len(), 1);
+            assert!(w.polling() && !notified(&w), "event_idx {event_idx}");
+            // Frames queued meanwhile wait for the timer, even if kicked.
+            mq.add_desc_chains(&[frame(1), frame(2)], 1).unwrap();
+            w.handle(TX).unwrap();
+            assert_eq!(w.tx.next_used(), 1);
+            assert!(timer_expired(&w));
+            w.handle(TX_POLL_TOKEN).unwrap();
+            assert_eq!(w.tx.next_used(), 3);
+            assert!(w.polling() && !notified(&w));
+            // A look that finds nothing stops polling and re-arms.
+            assert!(timer_expired(&w));
+            w.handle(TX_POLL_TOKEN).unwrap();
+            assert!(!w.polling() && notified(&w), "event_idx {event_idx}");
+            // A late timer event then does nothing; a kick serves at once.
+            mq.add_desc_chains(&[frame(3)], 3).unwrap();
+            w.handle(TX_POLL_TOKEN).unwrap();
+            assert_eq!(w.tx.next_used(), 3);
+            w.handle(TX).unwrap();
+            assert_eq!(w.tx.next_used(), 4);
+            assert_eq!(w.tap.lock().unwrap().sent.len(), 4);
+        }
     }
 
     #[test]
@@ -777,7 +922,7 @@ mod tests {
         tap.incoming.push_back(vec![2u8; 200]);
         let mut w = worker(tap, &m, mq.create_queue().unwrap(), tx, true);
         // One frame now, the next 60 ms later.
-        w.rx_throttle = Some(throttle(None, Some((1, 60)), 3));
+        w.rx_throttle = Some(throttle(None, Some((1, 60)), 4));
 
         w.handle(TAP_TOKEN).unwrap();
         assert_eq!((w.rx.next_used(), w.rx.next_avail()), (1, 1));
@@ -787,7 +932,7 @@ mod tests {
         w.handle(TAP_TOKEN).unwrap();
         assert_eq!(w.rx.next_used(), 1);
 
-        until_timer(&mut w, 3, |w| w.rx.next_used() == 2);
+        until_timer(&mut w, 4, |w| w.rx.next_used() == 2);
         assert_eq!(w.pending, 0);
         assert!(w.tap.lock().unwrap().incoming.is_empty());
         let mut second = [0u8; 200];
@@ -803,8 +948,8 @@ mod tests {
         let mut tap = FakeTap::default();
         tap.incoming.push_back(vec![3u8; 64]);
         let mut w = worker(tap, &m, rx, tx, false);
-        w.handle(3).unwrap();
         w.handle(4).unwrap();
+        w.handle(5).unwrap();
         assert_eq!((w.rx.next_used(), w.tx.next_used()), (0, 0));
         w.handle(TAP_TOKEN).unwrap();
         w.handle(TX).unwrap();
