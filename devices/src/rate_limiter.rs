@@ -13,6 +13,7 @@
 //! has been paid back in time.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -448,6 +449,37 @@ impl AsRawFd for RateLimiter {
     fn as_raw_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
+}
+
+/// Locks a shared limiter; a panic elsewhere leaves it usable.
+pub(crate) fn lock(rl: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
+    rl.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Handles `rl`'s timer becoming readable; the caller then serves the queue
+/// (which does nothing while the limiter is still blocked).
+pub(crate) fn limiter_timer_event(device: &str, rl: &mut RateLimiter) {
+    match rl.event_handler() {
+        Ok(()) | Err(Error::SpuriousEvent) => {}
+        Err(e) => tracing::warn!("{device}: {e}"),
+    }
+}
+
+/// Charges one request of `bytes` data bytes to `rl` (no limiter: always
+/// admitted). Both token types or neither: if the bytes are refused, the op
+/// is given back. False means throttled: the request must wait.
+pub(crate) fn admit(rl: Option<&mut RateLimiter>, bytes: u64) -> bool {
+    let Some(rl) = rl else {
+        return true;
+    };
+    if !rl.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if bytes > 0 && !rl.consume(bytes, TokenType::Bytes) {
+        rl.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

@@ -186,15 +186,10 @@ impl VirtioDevice for Balloon {
             queue_evts,
             acked_features,
         } = a;
-        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         // The driver numbers only the queues of features it took.
         let stats_q = (acked_features & (1 << F_STATS_VQ) != 0).then_some(2);
         let report_q =
             (acked_features & (1 << F_REPORTING) != 0).then_some(2 + stats_q.is_some() as usize);
-        let mut queues: Vec<Queue> = queues;
-        for q in &mut queues {
-            q.set_event_idx(event_idx);
-        }
         if queues.len() < 2 {
             return Err(fail("two queues needed".into()));
         }

@@ -17,10 +17,10 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::GuestMemoryMmap;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::ByteValued;
 
 use super::worker::QueueWorker;
@@ -28,7 +28,7 @@ use super::{
     device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation,
     Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::rate_limiter::{self, RateLimiter, TokenType};
+use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
 
 const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -245,12 +245,11 @@ impl VirtioDevice for Block {
             interrupt,
             mut queues,
             queue_evts,
-            acked_features,
+            ..
         } = a;
-        let Some(mut queue) = queues.pop() else {
+        let Some(queue) = queues.pop() else {
             return Err(ActivateError::Failed("virtio-blk: no queue".into()));
         };
-        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
         // The limiter's timer gets token LIMITER_TOKEN (one queue before it).
         let fds: Vec<RawFd> = self
             .rate_limiter
@@ -321,37 +320,6 @@ impl BlockWorker {
             rl.as_deref_mut(),
         )
     }
-}
-
-/// Locks a shared limiter; a panic elsewhere leaves it usable.
-pub(super) fn lock(rl: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
-    rl.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Handles `rl`'s timer becoming readable; the caller then serves the queue
-/// (which does nothing while the limiter is still blocked).
-pub(super) fn limiter_timer_event(device: &str, rl: &mut RateLimiter) {
-    match rl.event_handler() {
-        Ok(()) | Err(rate_limiter::Error::SpuriousEvent) => {}
-        Err(e) => tracing::warn!("{device}: {e}"),
-    }
-}
-
-/// Charges one request of `bytes` data bytes to `rl` (no limiter: always
-/// admitted). Both token types or neither: if the bytes are refused, the op
-/// is given back. False means throttled: the request must wait.
-pub(super) fn admit(rl: Option<&mut RateLimiter>, bytes: u64) -> bool {
-    let Some(rl) = rl else {
-        return true;
-    };
-    if !rl.consume(1, TokenType::Ops) {
-        return false;
-    }
-    if bytes > 0 && !rl.consume(bytes, TokenType::Bytes) {
-        rl.manual_replenish(1, TokenType::Ops);
-        return false;
-    }
-    true
 }
 
 /// Serves every available request on `queue`.
@@ -551,6 +519,7 @@ mod tests {
     use std::time::{Duration, Instant};
     use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -342,6 +342,7 @@ impl MmioTransport {
         // configuration the driver wrote, for register reads and reset.
         // Ring positions: zero at first activation, else where the device
         // left them (the used index in guest memory).
+        let event_idx = self.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
         let queues: Result<Vec<Queue>, _> = self
             .queues
             .iter()
@@ -355,7 +356,10 @@ impl MmioTransport {
                     st.next_used = used;
                     st.next_avail = used;
                 }
-                Queue::try_from(st)
+                Queue::try_from(st).map(|mut q| {
+                    q.set_event_idx(event_idx);
+                    q
+                })
             })
             .collect();
         let Ok(queues) = queues else {

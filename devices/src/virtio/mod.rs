@@ -96,7 +96,8 @@ pub struct Activation {
     pub mem: GuestMemoryMmap,
     /// The device's interrupt.
     pub interrupt: Arc<Interrupt>,
-    /// Queues as the driver configured them.
+    /// Queues as the driver configured them, event-index suppression on
+    /// when negotiated.
     pub queues: Vec<Queue>,
     /// One notification eventfd per queue (a KVM ioeventfd).
     pub queue_evts: Vec<EventFd>,

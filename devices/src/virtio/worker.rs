@@ -6,11 +6,11 @@ use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
 use crate::GuestMemoryMmap;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateError, Activation, Interrupt, VIRTIO_RING_F_EVENT_IDX};
+use super::{ActivateError, Activation, Interrupt};
 
 /// Tokens from here on are free for a device's own file descriptors.
 pub const DYNAMIC_TOKEN_BASE: u64 = 1 << 32;
@@ -30,12 +30,11 @@ pub fn single_queue_worker(
         interrupt,
         mut queues,
         queue_evts,
-        acked_features,
+        ..
     } = a;
     let Some(mut queue) = queues.pop() else {
         return Err(ActivateError::Failed(format!("{name}: no queue")));
     };
-    queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
     QueueWorker::spawn(name, queue_evts, move |_| {
         keep_serving(name, serve(&mem, &mut queue, &interrupt))
     })

@@ -37,14 +37,13 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
-use super::block::{admit, limiter_timer_event, lock};
 use super::worker::{keep_serving, QueueWorker};
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
     VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
 use super::{drain_queue_until_refused, serve_available};
-use crate::rate_limiter::RateLimiter;
+use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
 use vmm_sys_util::timerfd::TimerFd;
 
 const QUEUE_SIZE: u16 = 256;
@@ -263,13 +262,10 @@ impl VirtioDevice for Net {
             tap.set_offload(offload).map_err(|e| fail(e.to_string()))?;
             tap.as_raw_fd()
         };
-        let event_idx = acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = queues.into_iter();
-        let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(fail("two queues needed".into()));
         };
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
         let tx_timer = TimerFd::new().map_err(|e| fail(e.to_string()))?;
         // fds[i] gets token TAP_TOKEN + i.
         let mut fds: Vec<RawFd> = vec![tap_fd, tx_timer.as_raw_fd()];

@@ -135,18 +135,11 @@ impl VirtioDevice for Vsock {
             interrupt,
             queues,
             queue_evts,
-            acked_features,
+            ..
         } = a;
-        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = queues.into_iter();
-        let (Some(mut rxq), Some(mut txq), Some(mut evq)) =
-            (queues.next(), queues.next(), queues.next())
-        else {
+        let Ok([rxq, txq, mut evq]) = <[Queue; 3]>::try_from(queues) else {
             return Err(fail("three queues needed".into()));
         };
-        rxq.set_event_idx(event_idx);
-        txq.set_event_idx(event_idx);
-        evq.set_event_idx(event_idx);
         if std::mem::take(&mut self.reset_pending) {
             send_transport_reset(&mem, &mut evq, &interrupt);
         }
