@@ -976,4 +976,34 @@ mod tests {
         .unwrap();
         assert!(net.reset());
     }
+
+    /// After a pause or a restore the guest may have queued frames with
+    /// its notifications off (the device was polling): a new activation
+    /// serves them without waiting for a kick.
+    #[test]
+    fn activation_serves_frames_queued_without_a_kick() {
+        let Some(t) = tap("f") else { return };
+        let mut net = Net::new(t, [2, 0, 0, 0, 0, 1]);
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+        let (tx, txm) = queue(&m, &[D::new(0x10_0000, 64, 0, 0)], 0x2_0000);
+        net.activate(Activation {
+            mem: m.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            queues: vec![rx, tx],
+            queue_evts: vec![
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            ],
+            acked_features: 0,
+        })
+        .unwrap();
+        let used_idx = GuestAddress(txm.used_addr().0 + 2);
+        let start = Instant::now();
+        while m.read_obj::<u16>(used_idx).unwrap() != 1 {
+            assert!(start.elapsed() < Duration::from_secs(2), "frame not served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(net.reset());
+    }
 }
