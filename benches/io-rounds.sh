@@ -35,10 +35,10 @@ for r in $(seq 1 "$rounds"); do
     sink=$!
     sleep 0.2
     if [ "$vmm" = condo ]; then
-      timeout 120 "$condo" run --kernel "$kernel" --initrd "$initrd" --cpus 2 --memory 256 \
+      timeout -k 10 240 "$condo" run --kernel "$kernel" --initrd "$initrd" --cpus 2 --memory 256 \
         --disk "path=$img" --net tap=condobench0 --cmdline "$cmdline" > "$work/out" 2>&1 || true
     else
-      timeout 120 "$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -accel kvm -cpu host \
+      timeout -k 10 240 "$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -accel kvm -cpu host \
         -nodefaults -no-user-config -nographic -no-reboot -serial stdio -monitor none \
         -smp 2 -m 256 -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
         -drive id=d0,file="$img",format=raw,if=none -device virtio-blk-device,drive=d0 \
