@@ -953,16 +953,8 @@ mod tests {
         assert_eq!(w.tap.lock().unwrap().sent.len(), 1);
     }
 
-    #[test]
-    fn activation_registers_the_limiter_timers() {
-        let Some(t) = tap("e") else { return };
-        let rl = || RateLimiter::new(None, None).unwrap();
-        let mut net = Net::new(t, [2, 0, 0, 0, 0, 1])
-            .rx_rate_limiter(rl())
-            .tx_rate_limiter(rl());
-        let m = mem();
-        let (rx, _rxm) = queue(&m, &[], 0x1_0000);
-        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+    /// Activates `net` on `rx` and `tx` with fresh queue events.
+    fn activate(net: &mut Net, m: &GuestMemoryMmap, rx: Queue, tx: Queue) {
         net.activate(Activation {
             mem: m.clone(),
             interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
@@ -974,6 +966,19 @@ mod tests {
             acked_features: 0,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn activation_registers_the_limiter_timers() {
+        let Some(t) = tap("e") else { return };
+        let rl = || RateLimiter::new(None, None).unwrap();
+        let mut net = Net::new(t, [2, 0, 0, 0, 0, 1])
+            .rx_rate_limiter(rl())
+            .tx_rate_limiter(rl());
+        let m = mem();
+        let (rx, _rxm) = queue(&m, &[], 0x1_0000);
+        let (tx, _txm) = queue(&m, &[], 0x2_0000);
+        activate(&mut net, &m, rx, tx);
         assert!(net.reset());
     }
 
@@ -987,17 +992,7 @@ mod tests {
         let m = mem();
         let (rx, _rxm) = queue(&m, &[], 0x1_0000);
         let (tx, txm) = queue(&m, &[D::new(0x10_0000, 64, 0, 0)], 0x2_0000);
-        net.activate(Activation {
-            mem: m.clone(),
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            queues: vec![rx, tx],
-            queue_evts: vec![
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-            ],
-            acked_features: 0,
-        })
-        .unwrap();
+        activate(&mut net, &m, rx, tx);
         let used_idx = GuestAddress(txm.used_addr().0 + 2);
         let start = Instant::now();
         while m.read_obj::<u16>(used_idx).unwrap() != 1 {
