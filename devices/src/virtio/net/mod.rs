@@ -572,8 +572,9 @@ impl FrameIo for NullFrames {
     }
 }
 
-/// Fuzzing entry point: serves a (hostile) transmit queue, and delivers a
-/// `frame_len`-byte frame into a (hostile) receive queue.
+/// Fuzzing entry point: serves a (hostile) transmit queue as kicks and
+/// poll-timer events would, and delivers a `frame_len`-byte frame into a
+/// (hostile) receive queue.
 #[doc(hidden)]
 pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize) {
     let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
@@ -591,9 +592,21 @@ pub fn fuzz_queues(mem: &GuestMemoryMmap, rx: Queue, tx: Queue, frame_len: usize
         mergeable: frame_len.is_multiple_of(2),
         rx_throttle: None,
         tx_throttle: None,
-        tx_poll: None,
+        tx_poll: TimerFd::new().ok().map(|timer| TxPoll {
+            timer,
+            active: false,
+        }),
     };
-    let _ = w.process_tx(true);
+    // A kick, then the poll timer's looks until polling stops (the first
+    // finds what the kick left, if anything; a look that finds nothing
+    // re-arms notifications).
+    if w.handle(TX).is_ok() {
+        for _ in 0..4 {
+            if !w.polling() || w.handle(TX_POLL_TOKEN).is_err() {
+                break;
+            }
+        }
+    }
     let _ = w.process_rx();
 }
 
