@@ -1604,3 +1604,51 @@ fn snapshot_with_disk_and_network_restores_and_goes_on() {
         lines.len()
     );
 }
+
+/// A snapshot taken while a rate limiter holds a disk's requests back,
+/// restored in a fresh process: the guest goes on reading. The guest reads
+/// faster than the limit (ten 4 KiB requests a second), so at the snapshot
+/// a request almost surely waits in the ring with the guest's notifications
+/// off, and only the new device's first look at its queue can serve it.
+#[test]
+fn snapshot_of_a_throttled_disk_restores_and_reads_on() {
+    use common::api;
+    let d = tempdir("snap-rl");
+    let img = d.join("data.img");
+    std::fs::write(&img, vec![0x5a_u8; 1 << 20]).unwrap();
+    let cmd = "i=0; while true; do i=$((i+1)); \
+               dd if=/dev/vda of=/dev/null bs=4k count=5 iflag=direct 2>/dev/null \
+               && echo tick$i; done";
+    let sock = d.join("a.sock");
+    let mut c = condo();
+    c.args(["run", "--memory", "128", "--kernel"])
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .arg("--disk")
+        .arg(format!(
+            "path={},readonly=on,ops_size=10,ops_refill_time=1000",
+            img.display()
+        ))
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--cmdline")
+        .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
+    let mut a = LiveVm::spawn(c);
+    a.wait_until("throttled reads", LIMIT, |v| last_tick(v) >= 4);
+    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let (snap, mem) = (d.join("vm.snap"), d.join("vm.mem"));
+    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
+    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{resp}");
+    let at = last_tick(&a);
+    a.child.kill().expect("kill the original");
+    a.child.wait().expect("wait");
+
+    let (b, _) = restored_vm(&d, "b", &snap, &mem);
+    b.wait_until("the restored guest to read on", LIMIT, |v| {
+        last_tick(v) >= at + 3
+    });
+    let mut b = b;
+    assert!(sigterm_and_wait(&mut b).success());
+}

@@ -374,11 +374,31 @@ impl MmioTransport {
             acked_features: self.driver_features,
         };
         match self.device.activate(activation) {
-            Ok(()) => self.activated = true,
+            Ok(()) => {
+                self.activated = true;
+                if from_rings {
+                    self.first_look();
+                }
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 self.status |= DEVICE_NEEDS_RESET;
                 self.interrupt.trigger(super::INT_CONFIG);
+            }
+        }
+    }
+
+    /// Signals every live queue once after a resume or a restore. The
+    /// guest may have left buffers there with its notifications off (the
+    /// device was polling, or a rate limiter was holding requests back,
+    /// and a restored limiter has no timer running); it would never kick
+    /// for them, and the device would wait forever.
+    fn first_look(&self) {
+        for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
+            if q.ready() {
+                if let Err(e) = evt.write(1) {
+                    tracing::warn!("virtio-mmio: queue event: {e}");
+                }
             }
         }
     }
@@ -581,6 +601,32 @@ mod tests {
         w32(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(*activated.lock().unwrap(), None);
         assert_ne!(r32(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
+    }
+
+    fn drive_to_live(t: &mut MmioTransport) {
+        w32(t, 0x70, ACKNOWLEDGE | DRIVER);
+        w32(t, 0x24, 1);
+        w32(t, 0x20, 1);
+        w32(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        setup_queue(t);
+        w32(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    }
+
+    #[test]
+    fn resume_and_restore_signal_each_live_queue_once() {
+        let (mut t, activated) = transport();
+        drive_to_live(&mut t);
+        assert!(activated.lock().unwrap().is_some());
+        // The first activation comes with no signal: the rings are empty.
+        assert!(t.queue_evts[0].read().is_err());
+        t.quiesce();
+        t.resume();
+        assert_eq!(t.queue_evts[0].read().unwrap(), 1);
+        let st = t.state();
+        let (mut t2, activated2) = transport();
+        t2.restore(&st).unwrap();
+        assert!(activated2.lock().unwrap().is_some());
+        assert_eq!(t2.queue_evts[0].read().unwrap(), 1);
     }
 
     #[test]
