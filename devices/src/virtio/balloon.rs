@@ -26,7 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::worker::{keep_serving, QueueWorker};
 use super::{
     device_type, drain_queue, read_config_bytes, ActivateError, Activation, Interrupt,
-    VirtioDevice, INT_CONFIG, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice, INT_CONFIG, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// The balloon's page size (the spec's, whatever the guest's).
@@ -306,7 +306,7 @@ impl BalloonWorker {
                         // A driver that sends a second buffer gets the first back.
                         if let Some(old) = self.stats_head.replace(head) {
                             queue.add_used(mem, old, 0)?;
-                            self.irq.trigger(INT_VRING);
+                            self.irq.notify_used(mem, queue)?;
                         }
                     }
                     super::check_avail(mem, queue)?;
@@ -326,9 +326,7 @@ impl BalloonWorker {
         };
         if let Some(queue) = self.queues.get_mut(q) {
             queue.add_used(&self.mem, head, 0)?;
-            if queue.needs_notification(&self.mem)? {
-                self.irq.trigger(INT_VRING);
-            }
+            self.irq.notify_used(&self.mem, queue)?;
         }
         Ok(())
     }

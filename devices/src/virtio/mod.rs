@@ -72,6 +72,19 @@ impl Interrupt {
         }
     }
 
+    /// Raises a used-buffer interrupt for `queue` if its driver asked for
+    /// one: its used event index was passed, or it did not turn them off.
+    pub fn notify_used(
+        &self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+    ) -> Result<(), virtio_queue::Error> {
+        if queue.needs_notification(mem)? {
+            self.trigger(INT_VRING);
+        }
+        Ok(())
+    }
+
     /// The interrupt status register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
@@ -175,9 +188,7 @@ pub fn drain_queue_until_refused(
             break;
         }
     }
-    if queue.needs_notification(mem)? {
-        irq.trigger(INT_VRING);
-    }
+    irq.notify_used(mem, queue)?;
     Ok(used)
 }
 

@@ -40,7 +40,7 @@ use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN
 use super::worker::{keep_serving, QueueWorker};
 use super::{
     arm_notification, device_type, read_config_bytes, ActivateError, Activation, Interrupt,
-    VirtioDevice, INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 use super::{drain_queue_until_refused, serve_available};
 use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
@@ -425,8 +425,8 @@ impl<T: FrameIo> NetWorker<T> {
             return drain_queue_until_refused(mem, &mut self.tx, &self.irq, serve);
         }
         let (sent, _) = serve_available(mem, &mut self.tx, serve)?;
-        if sent > 0 && self.tx.needs_notification(mem)? {
-            self.irq.trigger(INT_VRING);
+        if sent > 0 {
+            self.irq.notify_used(mem, &mut self.tx)?;
         }
         Ok(sent)
     }
@@ -467,8 +467,8 @@ impl<T: FrameIo> NetWorker<T> {
                 Delivery::Throttled => break,
             }
         }
-        if delivered && self.rx.needs_notification(&self.mem)? {
-            self.irq.trigger(INT_VRING);
+        if delivered {
+            self.irq.notify_used(&self.mem, &mut self.rx)?;
         }
         Ok(())
     }

@@ -626,9 +626,7 @@ impl Muxer {
             }
         }
         self.scratch = payload;
-        if self.txq.needs_notification(&self.mem)? {
-            self.irq.trigger(INT_VRING);
-        }
+        self.irq.notify_used(&self.mem, &mut self.txq)?;
         Ok(())
     }
 
@@ -851,8 +849,8 @@ impl Muxer {
             crate::metrics::METRICS.vsock.rx_packets_count.inc();
             used = true;
         }
-        if used && self.rxq.needs_notification(&self.mem)? {
-            self.irq.trigger(INT_VRING);
+        if used {
+            self.irq.notify_used(&self.mem, &mut self.rxq)?;
         }
         Ok(())
     }
