@@ -999,6 +999,22 @@ fn restored_vm(dir: &Path, name: &str, snap: &Path, mem: &Path) -> (LiveVm, Path
     (vm, sock)
 }
 
+/// Pauses VM `a` (API socket `sock`), snapshots it into `dir`, kills it
+/// and restores the snapshot in a fresh process. Returns the restored VM
+/// and the last tick `a` printed.
+fn snapshot_kill_and_restore(dir: &Path, mut a: LiveVm, sock: &Path) -> (LiveVm, u64) {
+    use common::api;
+    assert_eq!(api(sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
+    let (code, resp) = api(sock, "PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{resp}");
+    let at = last_tick(&a);
+    a.child.kill().expect("kill the original");
+    a.child.wait().expect("wait");
+    (restored_vm(dir, "b", &snap, &mem).0, at)
+}
+
 /// The highest tick a VM printed.
 fn last_tick(vm: &LiveVm) -> u64 {
     vm.lines
@@ -1543,7 +1559,6 @@ fn send_ctrl_alt_del_reaches_the_guest() {
 /// the disk then holds every line exactly once, in order, and checks clean.
 #[test]
 fn snapshot_with_disk_and_network_restores_and_goes_on() {
-    use common::api;
     let host = "169.254.78.1";
     make_tap("condotap1", host);
     let d = tempdir("snap-dev");
@@ -1567,20 +1582,11 @@ fn snapshot_with_disk_and_network_restores_and_goes_on() {
         .arg(format!(
             "console=ttyS0 panic=1 quiet init=/init -- \"{cmd}\""
         ));
-    let mut a = LiveVm::spawn(c);
+    let a = LiveVm::spawn(c);
     a.wait_until("ticks with network", LIMIT, |v| {
         last_tick(v) >= 3 && v.count("net") > 0
     });
-    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
-    let (snap, mem) = (d.join("vm.snap"), d.join("vm.mem"));
-    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
-    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &create);
-    assert_eq!(code, 204, "{resp}");
-    let at = last_tick(&a);
-    a.child.kill().expect("kill the original");
-    a.child.wait().expect("wait");
-
-    let (b, _) = restored_vm(&d, "b", &snap, &mem);
+    let (b, at) = snapshot_kill_and_restore(&d, a, &sock);
     b.wait_until("the restored guest to write and ping", LIMIT, |v| {
         last_tick(v) >= at + 5
             && v.lines
@@ -1612,7 +1618,6 @@ fn snapshot_with_disk_and_network_restores_and_goes_on() {
 /// off, and only the new device's first look at its queue can serve it.
 #[test]
 fn snapshot_of_a_throttled_disk_restores_and_reads_on() {
-    use common::api;
     let d = tempdir("snap-rl");
     let img = d.join("data.img");
     std::fs::write(&img, vec![0x5a_u8; 1 << 20]).unwrap();
@@ -1620,32 +1625,17 @@ fn snapshot_of_a_throttled_disk_restores_and_reads_on() {
                dd if=/dev/vda of=/dev/null bs=4k count=5 iflag=direct 2>/dev/null \
                && echo tick$i; done";
     let sock = d.join("a.sock");
-    let mut c = condo();
-    c.args(["run", "--memory", "128", "--kernel"])
-        .arg(vmlinux())
-        .arg("--initrd")
-        .arg(initramfs())
-        .arg("--disk")
+    let mut c = guest(128, "", cmd);
+    c.arg("--disk")
         .arg(format!(
             "path={},readonly=on,ops_size=10,ops_refill_time=1000",
             img.display()
         ))
         .arg("--api-sock")
-        .arg(&sock)
-        .arg("--cmdline")
-        .arg(format!("console=ttyS0 panic=1 quiet -- \"{cmd}\""));
-    let mut a = LiveVm::spawn(c);
+        .arg(&sock);
+    let a = LiveVm::spawn(c);
     a.wait_until("throttled reads", LIMIT, |v| last_tick(v) >= 4);
-    assert_eq!(api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
-    let (snap, mem) = (d.join("vm.snap"), d.join("vm.mem"));
-    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
-    let (code, resp) = api(&sock, "PUT", "/snapshot/create", &create);
-    assert_eq!(code, 204, "{resp}");
-    let at = last_tick(&a);
-    a.child.kill().expect("kill the original");
-    a.child.wait().expect("wait");
-
-    let (b, _) = restored_vm(&d, "b", &snap, &mem);
+    let (b, at) = snapshot_kill_and_restore(&d, a, &sock);
     b.wait_until("the restored guest to read on", LIMIT, |v| {
         last_tick(v) >= at + 3
     });

@@ -159,6 +159,12 @@ impl DeviceManager {
         self.each_transport(|t| t.resume());
     }
 
+    /// Has every running virtio device look at its rings once: after a
+    /// restore, when the vCPUs and interrupt controllers are back.
+    pub fn first_look(&self) {
+        self.each_transport(|t| t.first_look());
+    }
+
     /// The UART's state.
     pub fn serial_state(&self) -> SerialSnapshot {
         self.serial

@@ -341,6 +341,7 @@ impl Vm {
             vcpus.push(Vcpu::restore(&vm, id as u8, config.vcpus, &supported, st)?);
         }
         let mut vm = Self::start(&kvm, vm, mem, &config, built, vcpus, !resume)?;
+        vm.devices.first_look();
         vm.mem_from_file = true;
         tracing::info!(paused = !resume, "snapshot restored");
         Ok(vm)

@@ -247,11 +247,13 @@ impl MmioTransport {
         }
     }
 
-    /// Starts a quiesced device again, from where its rings are.
+    /// Starts a quiesced device again, from where its rings are, and has
+    /// it take a first look at them.
     pub fn resume(&mut self) {
         if self.activated {
             self.activated = false;
             self.activate(true);
+            self.first_look();
         }
     }
 
@@ -374,12 +376,7 @@ impl MmioTransport {
             acked_features: self.driver_features,
         };
         match self.device.activate(activation) {
-            Ok(()) => {
-                self.activated = true;
-                if from_rings {
-                    self.first_look();
-                }
-            }
+            Ok(()) => self.activated = true,
             Err(e) => {
                 tracing::error!("{e}");
                 self.status |= DEVICE_NEEDS_RESET;
@@ -388,12 +385,20 @@ impl MmioTransport {
         }
     }
 
-    /// Signals every live queue once after a resume or a restore. The
-    /// guest may have left buffers there with its notifications off (the
-    /// device was polling, or a rate limiter was holding requests back,
-    /// and a restored limiter has no timer running); it would never kick
-    /// for them, and the device would wait forever.
-    fn first_look(&self) {
+    /// Signals every live queue of a running device once, after a resume or
+    /// a restore. The guest may have left buffers there with its
+    /// notifications off (the device was polling, or a rate limiter was
+    /// holding requests back, and a restored limiter has no timer running);
+    /// it would never kick for them, and the device would wait forever.
+    /// Also raises again an interrupt the guest has not acknowledged. After
+    /// a restore, call it only once the vCPUs and their interrupt
+    /// controllers are back: an interrupt raised before then is lost, and
+    /// the status bit it leaves set would swallow every later one.
+    pub fn first_look(&self) {
+        if !self.activated {
+            return;
+        }
+        self.interrupt.reraise_pending();
         for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
             if q.ready() {
                 if let Err(e) = evt.write(1) {
@@ -613,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn resume_and_restore_signal_each_live_queue_once() {
+    fn resume_and_restored_first_look_signal_each_live_queue_once() {
         let (mut t, activated) = transport();
         drive_to_live(&mut t);
         assert!(activated.lock().unwrap().is_some());
@@ -626,6 +631,9 @@ mod tests {
         let (mut t2, activated2) = transport();
         t2.restore(&st).unwrap();
         assert!(activated2.lock().unwrap().is_some());
+        // A restore leaves the look to its caller, once the vCPUs are back.
+        assert!(t2.queue_evts[0].read().is_err());
+        t2.first_look();
         assert_eq!(t2.queue_evts[0].read().unwrap(), 1);
     }
 

@@ -94,6 +94,19 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Raises the interrupt again if any status bit is still set: the edge
+    /// that set it may have been lost (raised before the restored vCPUs
+    /// and interrupt controllers were back), and [`Interrupt::trigger`]
+    /// would swallow every later one while the bit stays set. At worst the
+    /// guest takes one interrupt that finds what it already handled.
+    pub fn reraise_pending(&self) {
+        if self.status() != 0 {
+            if let Err(e) = self.evt.write(1) {
+                tracing::error!("cannot raise virtio interrupt: {e}");
+            }
+        }
+    }
 }
 
 /// Why a device could not be activated.
@@ -279,5 +292,12 @@ mod tests {
         irq.trigger(INT_VRING);
         assert_eq!(evt.read().unwrap(), 1);
         assert_eq!(irq.status(), INT_VRING);
+        // An edge that may have been lost is raised again while the status
+        // is set, and not once it is acknowledged.
+        irq.reraise_pending();
+        assert_eq!(evt.read().unwrap(), 1);
+        irq.ack(INT_VRING);
+        irq.reraise_pending();
+        assert!(evt.read().is_err());
     }
 }
