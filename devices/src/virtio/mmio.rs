@@ -289,6 +289,8 @@ impl MmioTransport {
 
     /// Restores a snapshot's state into this fresh transport (same device
     /// type) over the snapshot's memory, and starts the device if it ran.
+    /// A saved interrupt status is set, not raised: [`Self::first_look`]
+    /// raises it once the vCPUs are back.
     pub fn restore(&mut self, st: &TransportState) -> Result<(), TransportError> {
         let bad = |m: String| TransportError::Snapshot(m);
         if st.device_type != self.device.device_type() || st.queues.len() != self.queues.len() {
@@ -319,9 +321,7 @@ impl MmioTransport {
                 return Err(bad(format!("device type {} did not start", st.device_type)));
             }
         }
-        if st.interrupt_status != 0 {
-            self.interrupt.trigger(st.interrupt_status);
-        }
+        self.interrupt.restore_status(st.interrupt_status);
         Ok(())
     }
 
@@ -627,14 +627,20 @@ mod tests {
         t.quiesce();
         t.resume();
         assert_eq!(t.queue_evts[0].read().unwrap(), 1);
+        // Snapshotted with an interrupt the guest has not acknowledged.
+        t.interrupt.trigger(crate::virtio::INT_VRING);
         let st = t.state();
         let (mut t2, activated2) = transport();
         t2.restore(&st).unwrap();
         assert!(activated2.lock().unwrap().is_some());
-        // A restore leaves the look to its caller, once the vCPUs are back.
+        // A restore leaves the look, and raising the pending interrupt, to
+        // its caller, once the vCPUs are back.
         assert!(t2.queue_evts[0].read().is_err());
+        assert_eq!(t2.interrupt.status(), crate::virtio::INT_VRING);
+        assert!(t2.interrupt.evt.read().is_err());
         t2.first_look();
         assert_eq!(t2.queue_evts[0].read().unwrap(), 1);
+        assert_eq!(t2.interrupt.evt.read().unwrap(), 1);
     }
 
     #[test]

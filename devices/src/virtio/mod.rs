@@ -95,6 +95,14 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the status bits a snapshot saved, without raising the
+    /// interrupt: the restored vCPUs and interrupt controllers are not
+    /// back yet, and [`Interrupt::reraise_pending`] raises it once they
+    /// are.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+    }
+
     /// Raises the interrupt again if any status bit is still set: the edge
     /// that set it may have been lost (raised before the restored vCPUs
     /// and interrupt controllers were back), and [`Interrupt::trigger`]
