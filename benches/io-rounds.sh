@@ -3,6 +3,7 @@
 # a hardware host): alternates condo and QEMU microvm on the same guest, raw
 # disk image and TAP, ROUNDS times, and prints one line per measurement:
 #   <vmm> <metric> <MB/s, or IOPS for *_iops>
+# and "round done" after each round (both VMMs).
 # Usage: io-rounds.sh CONDO QEMU VMLINUX INITRAMFS ROUNDS WORKDIR
 set -eu
 condo=$1 qemu=$2 kernel=$3 initrd=$4 rounds=$5 work=$6
@@ -31,14 +32,14 @@ for r in $(seq 1 "$rounds"); do
   for vmm in condo qemu; do
     rm -f "$work/netbytes"
     # busybox nc ends a connection when its own stdin ends: keep it open.
-    ( sleep 300 | nc -l -p 5000 | wc -c > "$work/netbytes" ) &
+    ( sleep 900 | nc -l -p 5000 | wc -c > "$work/netbytes" ) &
     sink=$!
     sleep 0.2
     if [ "$vmm" = condo ]; then
-      timeout -k 10 240 "$condo" run --kernel "$kernel" --initrd "$initrd" --cpus 2 --memory 256 \
+      timeout -k 10 600 "$condo" run --kernel "$kernel" --initrd "$initrd" --cpus 2 --memory 256 \
         --disk "path=$img" --net tap=condobench0 --cmdline "$cmdline" > "$work/out" 2>&1 || true
     else
-      timeout -k 10 240 "$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -accel kvm -cpu host \
+      timeout -k 10 600 "$qemu" -M microvm,x-option-roms=off,rtc=off,isa-serial=on -accel kvm -cpu host \
         -nodefaults -no-user-config -nographic -no-reboot -serial stdio -monitor none \
         -smp 2 -m 256 -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
         -drive id=d0,file="$img",format=raw,if=none -device virtio-blk-device,drive=d0 \
@@ -46,7 +47,10 @@ for r in $(seq 1 "$rounds"); do
         -device virtio-net-device,netdev=n0 > "$work/out" 2>&1 < /dev/null || true
     fi
     sleep 0.5
-    pkill -f "sleep 300" 2>/dev/null || kill "$sink" 2>/dev/null || true
+    # A guest killed mid-transfer leaves the connection open: end the
+    # listener too, or the next round cannot bind its port.
+    pkill -f "sleep 900" 2>/dev/null || kill "$sink" 2>/dev/null || true
+    pkill -f "nc -l -p 5000" 2>/dev/null || true
     wait "$sink" 2>/dev/null || true
     [ -n "${BENCH_DEBUG:-}" ] && { tail -8 "$work/out"; echo "netbytes=$(cat "$work/netbytes" 2>/dev/null)"; } >&2
     # The network figure only counts when all 64 MiB arrived.
@@ -57,4 +61,5 @@ for r in $(seq 1 "$rounds"); do
         if ($1 ~ /iops/) printf "%s %s %.0f\n", vmm, $1, $2 / d
         else printf "%s %s %.1f\n", vmm, $1, $2 * 1.048576 / d }'
   done
+  echo "round done"
 done
