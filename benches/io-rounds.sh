@@ -47,9 +47,12 @@ for r in $(seq 1 "$rounds"); do
         -device virtio-net-device,netdev=n0 > "$work/out" 2>&1 < /dev/null || true
     fi
     sleep 0.5
-    # A guest killed mid-transfer leaves the connection open: end the
-    # listener too, or the next round cannot bind its port.
     pkill -f "sleep 900" 2>/dev/null || kill "$sink" 2>/dev/null || true
+    # The listener may still be draining what arrived: give it 30 s. A
+    # guest killed mid-transfer leaves the connection open: end the
+    # listener then, or the next round cannot bind its port.
+    i=0
+    while kill -0 "$sink" 2>/dev/null && [ "$i" -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
     pkill -f "nc -l -p 5000" 2>/dev/null || true
     wait "$sink" 2>/dev/null || true
     [ -n "${BENCH_DEBUG:-}" ] && { tail -8 "$work/out"; echo "netbytes=$(cat "$work/netbytes" 2>/dev/null)"; } >&2
