@@ -26,13 +26,18 @@ echo 3 > /proc/sys/vm/drop_caches;
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M count=128 2>/dev/null; echo seqread 128 $a $(t);
 a=$(t); randio read /dev/vda 4000 >/dev/null && echo randread_iops 4000 $a $(t);
 a=$(t); randio write /dev/vda 2000 >/dev/null && echo randwrite_iops 2000 $a $(t);
-a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 5000; echo nettx 64 $a $(t)'
-cmdline="console=ttyS0 reboot=k panic=1 quiet -- \"$guest\""
+a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 PORT; echo nettx 64 $a $(t)'
+port=5000
 for r in $(seq 1 "$rounds"); do
   for vmm in condo qemu; do
     rm -f "$work/netbytes"
+    # A port per run: a connection cut short (a guest killed mid-transfer)
+    # leaves its port unbindable for a while (busybox nc has no
+    # SO_REUSEADDR).
+    port=$((port + 1))
+    cmdline="console=ttyS0 reboot=k panic=1 quiet -- \"$(echo "$guest" | sed "s/PORT/$port/")\""
     # busybox nc ends a connection when its own stdin ends: keep it open.
-    ( sleep 900 | nc -l -p 5000 | wc -c > "$work/netbytes" ) &
+    ( sleep 900 | nc -l -p "$port" | wc -c > "$work/netbytes" ) &
     sink=$!
     sleep 0.2
     if [ "$vmm" = condo ]; then
@@ -53,7 +58,7 @@ for r in $(seq 1 "$rounds"); do
     # listener then, or the next round cannot bind its port.
     i=0
     while kill -0 "$sink" 2>/dev/null && [ "$i" -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
-    pkill -f "nc -l -p 5000" 2>/dev/null || true
+    pkill -f "nc -l -p $port" 2>/dev/null || true
     wait "$sink" 2>/dev/null || true
     [ -n "${BENCH_DEBUG:-}" ] && { tail -8 "$work/out"; echo "netbytes=$(cat "$work/netbytes" 2>/dev/null)"; } >&2
     # The network figure only counts when all 64 MiB arrived.

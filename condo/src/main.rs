@@ -48,7 +48,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "entropy", "disks", "nets", "vsock", "balloon"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "huge_pages", "entropy", "disks", "nets", "vsock", "balloon"])]
     config_file: Option<PathBuf>,
     /// Serve Firecracker's REST API on this Unix socket. Without --kernel
     /// or --config-file, the VM is configured over the API and boots on
@@ -74,6 +74,16 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// What backs guest memory (Firecracker's huge_pages): None (4 KiB
+    /// pages, the host's transparent huge pages refused), Transparent
+    /// (the default) or 2M (hugetlbfs pages from the host's reserved pool,
+    /// vm.nr_hugepages).
+    #[arg(
+        long,
+        value_name = "None|Transparent|2M",
+        default_value = "Transparent"
+    )]
+    huge_pages: vmm::HugePages,
     /// A virtio-blk disk: path=FILE[,readonly=on][,id=SERIAL][,root=on].
     /// Repeat for more disks (vda, vdb, ...).
     #[arg(long = "disk", value_name = "SPEC")]
@@ -261,6 +271,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
             .map(vmm::BalloonConfig::parse)
             .transpose()?,
         track_dirty_pages: false,
+        huge_pages: args.huge_pages,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -168,6 +168,92 @@ fn mem_total_matches_5_gib() {
     assert_mem_total(5 * 1024);
 }
 
+/// The first number after `key` in `file` (a /proc file of `key: N ...`
+/// lines).
+fn proc_number(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {file}"))
+}
+
+/// Puts the host's huge page pool back as it was.
+struct HugePool(String);
+
+impl Drop for HugePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/vm/nr_hugepages", &self.0);
+    }
+}
+
+/// `--huge-pages` (Firecracker's `huge_pages`) decides what backs guest
+/// RAM, as the host kernel sees it while the guest fills 64 MiB of page
+/// cache: transparent huge pages by default, none with `None`, and with
+/// `2M` hugetlbfs pages from the host's pool, all of the guest's RAM taken
+/// at start; a pool too small is one clear error line.
+#[test]
+fn huge_pages_back_guest_memory_as_asked() {
+    let cmd = "dd if=/dev/zero of=/fill bs=1M count=64 2>/dev/null; echo filled; sleep 60";
+    let filled = |choice: &str, mem_mib: u64| {
+        let mut c = guest(mem_mib, "", cmd);
+        c.args(["--huge-pages", choice]);
+        let vm = LiveVm::spawn(c);
+        vm.wait_until("the guest's page cache fill", LIMIT, |v| {
+            v.count("filled") > 0
+        });
+        vm
+    };
+    let anon_huge_kib = |vm: &LiveVm| {
+        proc_number(
+            &format!("/proc/{}/smaps_rollup", vm.child.id()),
+            "AnonHugePages:",
+        )
+    };
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[always]") || thp.contains("[madvise]") {
+        let vm = filled("Transparent", 256);
+        assert!(anon_huge_kib(&vm) >= 2048, "no transparent huge pages");
+    }
+    let vm = filled("None", 256);
+    assert_eq!(anon_huge_kib(&vm), 0, "transparent huge pages despite None");
+    drop(vm);
+
+    if !common::is_root() {
+        eprintln!("not root: the 2M case needs the host's huge page pool");
+        return;
+    }
+    let pool = "/proc/sys/vm/nr_hugepages";
+    let _restore = HugePool(std::fs::read_to_string(pool).expect("huge page pool"));
+    let set_pool = |pages: u64| {
+        std::fs::write(pool, pages.to_string()).expect("set the huge page pool");
+        proc_number("/proc/meminfo", "HugePages_Free:")
+    };
+    // 128 MiB is 64 pages: a pool of 32 is refused when the VM is built.
+    set_pool(32);
+    let o = run(
+        {
+            let mut c = guest(128, "", "true");
+            c.args(["--huge-pages", "2M"]);
+            c
+        },
+        LIMIT,
+    );
+    assert_ne!(o.code, Some(0), "booted on a pool of 32 pages");
+    o.assert_one_error_line("vm.nr_hugepages");
+    assert_eq!(set_pool(64), 64, "the host cannot give 64 huge pages");
+    let vm = filled("2M", 128);
+    let meminfo = |k| proc_number("/proc/meminfo", k);
+    // Taken (faulted in) or reserved for condo: the guest's whole RAM.
+    let held =
+        meminfo("HugePages_Total:") - meminfo("HugePages_Free:") + meminfo("HugePages_Rsvd:");
+    assert_eq!(held, 64, "huge pages held for a 128 MiB guest");
+    assert_eq!(anon_huge_kib(&vm), 0);
+}
+
 #[test]
 fn smallest_guest_boots() {
     let o = boot(&vmlinux(), &initramfs(), 1, 32, "poweroff", "true");

@@ -67,6 +67,26 @@ fn vcpu_and_memory_ranges() {
         run_args(&["run", "--kernel", k, "--memory", mem])
             .assert_one_error_line(&format!("memory size {mem} MiB out of range"));
     }
+    run_args(&[
+        "run",
+        "--kernel",
+        k,
+        "--memory",
+        "129",
+        "--huge-pages",
+        "2M",
+    ])
+    .assert_one_error_line("huge pages 2M: memory size 129 MiB is not a multiple of 2 MiB");
+    run_args(&[
+        "run",
+        "--kernel",
+        k,
+        "--huge-pages",
+        "2M",
+        "--balloon",
+        "size_mib=0",
+    ])
+    .assert_one_error_line("a balloon cannot return hugetlbfs pages");
     let long = "x".repeat(5000);
     run_args(&["run", "--kernel", k, "--cmdline", &long])
         .assert_one_error_line("kernel command line is 5000 bytes");
@@ -222,6 +242,8 @@ fn api_configures_and_refuses_bad_requests_before_boot() {
             400,
         ),
         ("PUT", "/machine-config", "{broken", 400),
+        ("PATCH", "/machine-config", r#"{"huge_pages": "1G"}"#, 400),
+        ("PATCH", "/machine-config", r#"{"huge_pages": "None"}"#, 204),
         ("GET", "/balloon/statistics", "", 400),
         ("PATCH", "/vm", r#"{"state": "Paused"}"#, 400),
         ("POST", "/actions", "{}", 400),

@@ -21,7 +21,8 @@ mod vcpu;
 mod vm;
 
 pub use config::{
-    BalloonConfig, ConfigError, DiskConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    BalloonConfig, ConfigError, DiskConfig, HugePages, NetConfig, VmConfig, VsockConfig,
+    DEFAULT_CMDLINE,
 };
 pub use vcpu::VmExit;
 pub use vm::{check_kvm, run, RunOptions, Vm, VmmError};

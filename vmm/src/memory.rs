@@ -4,8 +4,8 @@
 //! used once the guest touches them), split around the 32-bit MMIO gap as
 //! `arch::guest_ram_regions` lays it out.
 //!
-//! It is backed by transparent huge pages where the host allows them
-//! (`madvise(MADV_HUGEPAGE)`, as QEMU and Cloud Hypervisor do): a 2 MiB
+//! By default it is backed by transparent huge pages where the host allows
+//! them (`madvise(MADV_HUGEPAGE)`, as QEMU and Cloud Hypervisor do): a 2 MiB
 //! page is one host fault and one nested-paging entry where 4 KiB pages
 //! take 512 of each. Under nested virtualization each such fault is an
 //! exit to the outer hypervisor, and a guest filling 128 MiB of page
@@ -16,6 +16,13 @@
 //! long as the process, which runs one VM (vm-memory does not own them).
 //! The balloon still returns 4 KiB pages: `MADV_DONTNEED` splits a huge
 //! page.
+//!
+//! [`HugePages`] (Firecracker's `huge_pages`) chooses: `None` refuses
+//! transparent huge pages (`MADV_NOHUGEPAGE`: the host keeps only the
+//! 4 KiB pages a guest touched, the densest choice for many idle guests),
+//! `2M` takes hugetlbfs pages from the host's reserved pool, all of them
+//! when the VM starts (a pool too small is an error then, not a SIGBUS at
+//! a later guest access).
 
 use devices::{GuestMemoryMmap, GuestRegionMmap};
 use kvm_bindings::kvm_userspace_memory_region;
@@ -25,6 +32,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch;
+use crate::config::HugePages;
 
 /// The huge page size that guest RAM is aligned to.
 const HUGE_PAGE: usize = 2 << 20;
@@ -38,16 +46,22 @@ pub enum MemoryError {
     Register(kvm_ioctls::Error),
 }
 
-/// Allocates `bytes` of guest RAM, 2 MiB aligned and advised as huge
-/// pages.
-pub fn create(bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
+/// Allocates `bytes` of guest RAM as `huge` asks, each region 2 MiB
+/// aligned on the host.
+pub fn create(bytes: u64, huge: HugePages) -> Result<GuestMemoryMmap, MemoryError> {
     let fail = |err: String| MemoryError::Alloc {
         mib: bytes >> 20,
         err,
     };
     let mut regions = Vec::new();
     for (start, len) in arch::guest_ram_regions(bytes) {
-        let host = map_huge_aligned(len).map_err(|e| fail(e.to_string()))?;
+        let (host, flags) = match huge {
+            HugePages::Hugetlb2M => (map_hugetlb(len).map_err(fail)?, HUGETLB_FLAGS),
+            _ => (
+                map_huge_aligned(len, huge).map_err(|e| fail(e.to_string()))?,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            ),
+        };
         // SAFETY: `host` is a fresh private anonymous mapping of `len`
         // bytes, never unmapped, that nothing else refers to.
         let region = unsafe {
@@ -55,7 +69,7 @@ pub fn create(bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
                 .with_raw_mmap_pointer(host)
         }
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .with_mmap_flags(flags)
         .build()
         .map_err(|e| fail(e.to_string()))?;
         regions.push(
@@ -66,10 +80,50 @@ pub fn create(bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| fail(e.to_string()))
 }
 
+/// A hugetlbfs mapping: the pages are reserved from the host's pool when
+/// it is made (no `MAP_NORESERVE`: a pool that runs dry later would kill
+/// the VMM with SIGBUS at a guest access).
+const HUGETLB_FLAGS: i32 =
+    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
+
+/// Maps `len` bytes of 2 MiB hugetlbfs pages, failing with the pool's
+/// state when it has too few free.
+fn map_hugetlb(len: usize) -> Result<*mut u8, String> {
+    // SAFETY: a new anonymous mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            HUGETLB_FLAGS,
+            -1,
+            0,
+        )
+    };
+    if p != libc::MAP_FAILED {
+        return Ok(p.cast());
+    }
+    let err = std::io::Error::last_os_error();
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("HugePages_Free:")
+                    .map(|v| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Err(format!(
+        "{err}: 2M huge pages needs {} free 2 MiB pages in the host's pool, which has {free} \
+         (reserve more with sysctl vm.nr_hugepages)",
+        len / HUGE_PAGE
+    ))
+}
+
 /// Maps `len` bytes of private anonymous memory at a 2 MiB boundary and
-/// asks for transparent huge pages there (refused where the host has them
-/// off: the memory is then 4 KiB pages, as before).
-fn map_huge_aligned(len: usize) -> std::io::Result<*mut u8> {
+/// advises the kernel: transparent huge pages for `Transparent` (ignored
+/// where the host has them off), none for `None`.
+fn map_huge_aligned(len: usize, huge: HugePages) -> std::io::Result<*mut u8> {
     let total = len
         .checked_add(HUGE_PAGE)
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -99,7 +153,11 @@ fn map_huge_aligned(len: usize) -> std::io::Result<*mut u8> {
         if start + total > end {
             libc::munmap(end as *mut libc::c_void, start + total - end);
         }
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        let advice = match huge {
+            HugePages::None => libc::MADV_NOHUGEPAGE,
+            _ => libc::MADV_HUGEPAGE,
+        };
+        libc::madvise(aligned as *mut libc::c_void, len, advice);
     }
     Ok(aligned as *mut u8)
 }
@@ -152,7 +210,7 @@ mod tests {
     #[test]
     fn ram_is_huge_page_aligned_on_the_host_and_usable() {
         let bytes = 64u64 << 20;
-        let mem = create(bytes).unwrap();
+        let mem = create(bytes, HugePages::Transparent).unwrap();
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), bytes);
         for r in mem.iter() {
             let host = mem.get_host_address(r.start_addr()).unwrap() as usize;
@@ -163,5 +221,53 @@ mod tests {
         assert_eq!(mem.read_obj::<u64>(last).unwrap(), 0x1234_5678);
         // Fresh memory reads as zeroes.
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0)).unwrap(), 0);
+    }
+
+    /// The `VmFlags` of the mapping that starts at `host` (/proc/self/smaps).
+    fn vm_flags(host: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{host:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        lines
+            .find_map(|l| l.strip_prefix("VmFlags:").map(str::to_owned))
+            .unwrap()
+    }
+
+    #[test]
+    fn huge_pages_choice_reaches_the_kernel() {
+        let bytes = 32u64 << 20;
+        for (huge, flag) in [(HugePages::Transparent, "hg"), (HugePages::None, "nh")] {
+            let mem = create(bytes, huge).unwrap();
+            let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+            let flags = vm_flags(host);
+            assert!(
+                flags.split_whitespace().any(|f| f == flag),
+                "{huge:?}: {flags}"
+            );
+        }
+    }
+
+    #[test]
+    fn hugetlb_memory_or_a_clear_error() {
+        let free: u64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let bytes = 4u64 << 20;
+        match create(bytes, HugePages::Hugetlb2M) {
+            Ok(mem) => {
+                assert!(free >= 2, "mapped with {free} free huge pages");
+                let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+                assert_eq!(host % HUGE_PAGE, 0);
+                assert!(vm_flags(host).split_whitespace().any(|f| f == "ht"));
+                mem.write_obj(7u64, GuestAddress(bytes - 8)).unwrap();
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(free < 2, "{e} with {free} free huge pages");
+                assert!(e.contains("vm.nr_hugepages") && e.contains("has"), "{e}");
+            }
+        }
     }
 }

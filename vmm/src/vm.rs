@@ -229,7 +229,7 @@ impl Vm {
             probe::check(&kvm)?;
         }
         let vm = create_vm(&kvm)?;
-        let mem = memory::create(config.mem_bytes())?;
+        let mem = memory::create(config.mem_bytes(), config.huge_pages)?;
         memory::register(&vm, &mem, config.track_dirty_pages)?;
 
         let kernel = loader::load_kernel(&mem, &config.kernel)?;

@@ -407,7 +407,7 @@ struct MachinePatch {
     smt: Option<bool>,
     track_dirty_pages: Option<bool>,
     cpu_template: Option<serde_json::Value>,
-    huge_pages: Option<String>,
+    huge_pages: Option<crate::config::HugePages>,
 }
 
 impl PreBoot {
