@@ -17,7 +17,10 @@ if ! ip link show condobench0 >/dev/null 2>&1; then
   ip link set condobench0 up
 fi
 # No double quotes in the guest script: it travels as one quoted kernel
-# argument. Each line is "<metric> <MiB moved> <start> <end>" with times
+# argument. nc ends once its data is in the socket buffer, not at the
+# host: the guest waits 5 s before powering off, or the tail of the
+# transfer could die with it (the figure only counts if all 64 MiB came).
+# Each line is "<metric> <MiB moved> <start> <end>" with times
 # from /proc/uptime (10 ms resolution); the rate is worked out here.
 guest='ip addr add 169.254.88.2/24 dev eth0; ip link set eth0 up; ping -c 1 -W 10 169.254.88.1 >/dev/null;
 t() { read -r up idle < /proc/uptime; echo $up; };
@@ -26,7 +29,7 @@ echo 3 > /proc/sys/vm/drop_caches;
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M count=128 2>/dev/null; echo seqread 128 $a $(t);
 a=$(t); randio read /dev/vda 4000 >/dev/null && echo randread_iops 4000 $a $(t);
 a=$(t); randio write /dev/vda 2000 >/dev/null && echo randwrite_iops 2000 $a $(t);
-a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 PORT; echo nettx 64 $a $(t)'
+a=$(t); dd if=/dev/zero bs=64k count=1024 2>/dev/null | nc 169.254.88.1 PORT; echo nettx 64 $a $(t); sleep 5'
 port=5000
 for r in $(seq 1 "$rounds"); do
   for vmm in condo qemu; do
