@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{artifact, condo, run, run_retrying_stall, tempdir, Outcome};
+use common::{artifact, condo, proc_number, run, run_retrying_stall, tempdir, Outcome};
 
 /// A boot takes seconds even in the nested test host; a guest still
 /// running after this is hung.
@@ -166,18 +166,6 @@ fn mem_total_matches_128_mib() {
 fn mem_total_matches_5_gib() {
     // Crosses the 32-bit MMIO gap: RAM continues above 4 GiB.
     assert_mem_total(5 * 1024);
-}
-
-/// The first number after `key` in `file` (a /proc file of `key: N ...`
-/// lines).
-fn proc_number(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap_or_else(|e| panic!("{file}: {e}"))
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {file}"))
 }
 
 /// Puts the host's huge page pool back as it was.
@@ -870,15 +858,7 @@ impl LiveVm {
     }
 
     fn rss_mib(&self) -> u64 {
-        let s =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("live VM");
-        let kib: u64 = s
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib >> 10
+        proc_number(&format!("/proc/{}/status", self.child.id()), "VmRSS:") >> 10
     }
 }
 

@@ -415,13 +415,7 @@ fn api_survives_a_flood_of_bad_requests() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let rss_kib = common::proc_number(&format!("/proc/{}/status", child.0.id()), "VmRSS:");
     assert!(
         rss_kib < 32 << 10,
         "condo's RSS after the flood: {rss_kib} KiB"

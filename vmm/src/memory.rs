@@ -59,7 +59,7 @@ pub fn create(bytes: u64, huge: HugePages) -> Result<GuestMemoryMmap, MemoryErro
             HugePages::Hugetlb2M => (map_hugetlb(len).map_err(fail)?, HUGETLB_FLAGS),
             _ => (
                 map_huge_aligned(len, huge).map_err(|e| fail(e.to_string()))?,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                ANON_FLAGS,
             ),
         };
         // SAFETY: `host` is a fresh private anonymous mapping of `len`
@@ -104,21 +104,27 @@ fn map_hugetlb(len: usize) -> Result<*mut u8, String> {
         return Ok(p.cast());
     }
     let err = std::io::Error::last_os_error();
-    let free = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                l.strip_prefix("HugePages_Free:")
-                    .map(|v| v.trim().to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let free = pool_free_pages().map_or_else(|| "unknown".into(), |n| n.to_string());
     Err(format!(
         "{err}: 2M huge pages needs {} free 2 MiB pages in the host's pool, which has {free} \
          (reserve more with sysctl vm.nr_hugepages)",
         len / HUGE_PAGE
     ))
 }
+
+/// Free pages in the host's 2 MiB hugetlbfs pool (`HugePages_Free`).
+fn pool_free_pages() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Lazily backed guest RAM: host pages are only used once touched.
+const ANON_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 /// Maps `len` bytes of private anonymous memory at a 2 MiB boundary and
 /// advises the kernel: transparent huge pages for `Transparent` (ignored
@@ -133,7 +139,7 @@ fn map_huge_aligned(len: usize, huge: HugePages) -> std::io::Result<*mut u8> {
             std::ptr::null_mut(),
             total,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            ANON_FLAGS,
             -1,
             0,
         )
@@ -249,11 +255,7 @@ mod tests {
 
     #[test]
     fn hugetlb_memory_or_a_clear_error() {
-        let free: u64 = std::fs::read_to_string("/proc/meminfo")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("HugePages_Free:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
+        let free = pool_free_pages().unwrap_or(0);
         let bytes = 4u64 << 20;
         match create(bytes, HugePages::Hugetlb2M) {
             Ok(mem) => {

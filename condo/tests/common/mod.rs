@@ -43,6 +43,18 @@ impl Outcome {
     }
 }
 
+/// The first number after `key` in `file` (a /proc file of `key: N ...`
+/// lines).
+pub fn proc_number(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {file}"))
+}
+
 /// The condo binary under test.
 pub fn condo() -> Command {
     Command::new(env!("CARGO_BIN_EXE_condo"))
