@@ -55,7 +55,11 @@ else
       bash testhost/run --timeout 900 "${args[@]}" -- \
         "$boot_bin" --test-threads=1 --exact "${skips[@]}" "$@" | tee "$log" || rc=$?
       [ "$rc" = 125 ] || break
-      mapfile -t -O "${#passed[@]}" passed < <(sed -n 's/^test \(.*\) \.\.\. ok$/\1/p' "$log")
+      # "test NAME ... ok", or "ok" alone after lines the test logged.
+      mapfile -t -O "${#passed[@]}" passed < <(awk '
+        { sub(/\r$/, "") }
+        /^test .* \.\.\. / { name = $2; if ($0 ~ / \.\.\. ok$/) { print name; name = "" } next }
+        /^ok$/ && name != "" { print name; name = "" }' "$log")
       step "the test host failed (attempt $attempt; ${#passed[@]} tests passed so far); retrying the rest"
     done
     rm -f "$log"

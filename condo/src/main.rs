@@ -223,8 +223,8 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("condo: guest kernel panicked");
             ExitCode::from(EXIT_GUEST_PANIC)
         }
-        Ok(VmExit::TripleFault { vcpu }) => {
-            eprintln!("condo: guest triple-faulted on vCPU {vcpu}");
+        Ok(VmExit::TripleFault { vcpu, state }) => {
+            eprintln!("condo: guest triple-faulted on vCPU {vcpu} ({state})");
             ExitCode::from(EXIT_GUEST_CRASH)
         }
         Ok(VmExit::VcpuFailed { vcpu, reason }) => {

@@ -304,7 +304,14 @@ fn triple_fault_exits_with_its_status() {
     c.args(["run", "--kernel"]).arg(&k).args(["--memory", "64"]);
     let o = run(c, LIMIT);
     assert_eq!(o.code, Some(3), "stderr: {}", o.stderr);
-    assert_eq!(o.stderr_lines(), ["condo: guest triple-faulted on vCPU 0"]);
+    let lines = o.stderr_lines();
+    assert_eq!(lines.len(), 1, "stderr: {}", o.stderr);
+    assert!(
+        lines[0].starts_with("condo: guest triple-faulted on vCPU 0 (rip=0x")
+            && lines[0].contains(" cr0=0x"),
+        "stderr: {}",
+        o.stderr
+    );
 }
 
 /// An ELF64 executable with one loadable segment holding `code` at `addr`.

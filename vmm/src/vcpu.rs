@@ -47,8 +47,9 @@ pub enum VmExit {
     Reset,
     /// The guest kernel panicked (pvpanic or a KVM crash event).
     Panic,
-    /// A vCPU triple-faulted.
-    TripleFault { vcpu: u8 },
+    /// A vCPU triple-faulted. `state` names where it was (instruction
+    /// pointer, paging and mode registers), for the error line.
+    TripleFault { vcpu: u8, state: String },
     /// KVM could not run a vCPU.
     VcpuFailed { vcpu: u8, reason: String },
     /// The VMM was asked to stop (SIGTERM).
@@ -257,7 +258,10 @@ impl Vcpu {
                     mmio.write(addr, data);
                     continue;
                 }
-                Ok(VcpuExit::Shutdown) => VmExit::TripleFault { vcpu: id },
+                Ok(VcpuExit::Shutdown) => VmExit::TripleFault {
+                    vcpu: id,
+                    state: fault_state(&self.fd),
+                },
                 Ok(VcpuExit::Hlt) => VmExit::Poweroff,
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Poweroff,
@@ -446,6 +450,18 @@ pub struct VcpuState {
 
 /// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
 /// it cannot read: that one is skipped and the rest read on).
+/// The registers that say where a vCPU died: enough to tell a fault in
+/// the real-mode trampoline from one in the kernel proper.
+fn fault_state(fd: &VcpuFd) -> String {
+    match (fd.get_regs(), fd.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            r.rip, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unreadable: {e}"),
+    }
+}
+
 fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
     let mut out = Vec::with_capacity(list.len());
     let mut i = 0;
