@@ -31,7 +31,7 @@ else
   done_rounds=0
   for attempt in 1 2 3 4; do
     rc=0
-    bash testhost/run --timeout 3600 --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu \
+    bash testhost/run --cpus 2 --timeout 3600 --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu \
       --file /usr/share/seabios --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
       --file "$ROOT/benches/io-rounds.sh" \
       -- /bin/sh "$ROOT/benches/io-rounds.sh" "${args[@]}" $((rounds - done_rounds)) /var/bench |
