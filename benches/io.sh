@@ -3,12 +3,15 @@
 # random read and write IOPS (O_DIRECT, queue depth 1), and TCP
 # throughput guest to host over a TAP, condo and QEMU microvm (virtio-mmio)
 # side by side on the same guest and image, ROUNDS rounds (default 5);
-# medians and ratios to benches/results/io.md.
+# medians and ratios to benches/results/io.md. TESTHOST_CPUS: CPUs of
+# the nested test host, where one is needed (default 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 . guest/lib.sh
 rounds="${ROUNDS:-5}"
+# CPUs of the nested test host (where /dev/kvm cannot boot Linux).
+testhost_cpus="${TESTHOST_CPUS:-2}"
 bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 cargo build --release --locked -q -p condo
@@ -21,7 +24,7 @@ if bash testhost/kvm-ok; then
   where="directly on this host's /dev/kvm"
   sh benches/io-rounds.sh "${args[@]}" "$rounds" "$(mktemp -d)" | tee "$tmp"
 else
-  where="inside the nested test host, both VMMs in the same L1"
+  where="inside the nested test host (CPUs: $testhost_cpus), both VMMs in the same L1"
   bash testhost/build.sh
   # The emulated outer machine (QEMU TCG with nested SVM) now and then
   # panics or stalls (its kernel's stack overflows on an IPI taken inside
@@ -31,7 +34,7 @@ else
   done_rounds=0
   for attempt in 1 2 3 4; do
     rc=0
-    bash testhost/run --cpus 2 --timeout 3600 --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu \
+    bash testhost/run --cpus "$testhost_cpus" --timeout 3600 --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu \
       --file /usr/share/seabios --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
       --file "$ROOT/benches/io-rounds.sh" \
       -- /bin/sh "$ROOT/benches/io-rounds.sh" "${args[@]}" $((rounds - done_rounds)) /var/bench |

@@ -45,11 +45,11 @@ else
   # kernel's stack); that is the test host failing (exit 125), not a test.
   # Retry then, at most three times; a retry skips the tests that already
   # passed, so that every attempt gets further.
-  # The test host has one CPU (testhost/run): on 2026-11-27, with two, 5
-  # of 9 device runs ended in a stalled guest vCPU or a crashed outer
-  # kernel (and one CI run in a guest vCPU's triple fault); with one, 4 of
-  # 4 runs and the whole suite passed, in as much time (136 s against 130 s
-  # for the boot tests): the guests mostly wait.
+  # The test host has one CPU (testhost/run): on 2026-11-27, with two, 10
+  # of 20 device runs ended in a stalled guest vCPU, a lost transfer or a
+  # crashed outer kernel (and one CI run in a guest vCPU's triple fault);
+  # with one, 13 of 13 runs and the whole suite passed, in as much time
+  # (136 s against 130 s for the boot tests): the guests mostly wait.
   in_test_host() {
     local attempt rc log t passed=() skips
     log=$(mktemp)
