@@ -448,8 +448,6 @@ pub struct VcpuState {
     msrs: Vec<kvm_msr_entry>,
 }
 
-/// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
-/// it cannot read: that one is skipped and the rest read on).
 /// The registers that say where a vCPU died: enough to tell a fault in
 /// the real-mode trampoline from one in the kernel proper.
 fn fault_state(fd: &VcpuFd) -> String {
@@ -462,6 +460,8 @@ fn fault_state(fd: &VcpuFd) -> String {
     }
 }
 
+/// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
+/// it cannot read: that one is skipped and the rest read on).
 fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
     let mut out = Vec::with_capacity(list.len());
     let mut i = 0;
