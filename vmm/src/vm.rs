@@ -20,7 +20,7 @@ use devices::virtio::net::{tap::Tap, Net};
 use devices::virtio::vsock::Vsock;
 use devices::ExitReason;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -516,12 +516,19 @@ fn create_vm(kvm: &Kvm) -> Result<kvm_ioctls::VmFd, VmmError> {
     Ok(vm)
 }
 
+/// What every vCPU's CPUID starts from: KVM's supported table, plus the
+/// TSC-deadline timer where KVM has it.
 fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|err| VmmError::Kvm {
             what: "KVM_GET_SUPPORTED_CPUID",
             err,
-        })
+        })?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        arch::set_tsc_deadline(&mut cpuid);
+    }
+    Ok(cpuid)
 }
 
 /// The devices `config` asks for, on the buses.

@@ -10,6 +10,7 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use super::Result;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 
 /// Number of bits needed for `count` distinct ids.
@@ -91,6 +92,19 @@ pub fn filter_entry(e: &mut kvm_cpuid_entry2, id: u8, count: u8) {
     }
 }
 
+/// Announces the local APIC's TSC-deadline timer mode in leaf 1.
+/// `KVM_GET_SUPPORTED_CPUID` leaves the bit clear even where KVM emulates
+/// the mode (it says so through `KVM_CAP_TSC_DEADLINE_TIMER` instead), as
+/// QEMU and Firecracker do. The guest then arms its timer with one MSR
+/// write instead of a one-shot APIC countdown.
+pub fn set_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 0x1 {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+}
+
 /// Adjusts the whole table for vCPU `vcpu_id` of `cpu_count`.
 pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_id: u8, cpu_count: u8) -> Result<()> {
     for e in cpuid.as_mut_slice() {
@@ -155,6 +169,17 @@ mod tests {
             // Leaves this module does not own pass through.
             assert_eq!(find(&c, 0x4000_0000, 0).eax, 0xffff_ffff);
         }
+    }
+
+    #[test]
+    fn tsc_deadline_is_set_in_leaf_one_only() {
+        let mut c = table();
+        set_tsc_deadline(&mut c);
+        assert_ne!(find(&c, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(find(&c, 4, 0).ecx, 0);
+        // The per-vCPU filter keeps it.
+        filter_cpuid(&mut c, 1, 2).unwrap();
+        assert_ne!(find(&c, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
