@@ -23,9 +23,10 @@ use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
 use vm_memory::ByteValued;
 
+use super::iov::GuestIo;
 use super::worker::QueueWorker;
 use super::{
-    device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation,
+    device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation, Chain,
     Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
@@ -348,8 +349,16 @@ pub fn process_queue_limited(
         return Ok(());
     }
     drain_queue_until_refused(mem, queue, irq, |chain| {
-        match (chain.clone().reader(mem), chain.writer(mem)) {
-            (Ok(mut r), Ok(mut w)) => serve(disk, &mut r, &mut w, buf, rate_limiter.as_deref_mut()),
+        match (chain.clone().reader(mem), chain.clone().writer(mem)) {
+            (Ok(mut r), Ok(mut w)) => {
+                let mut req = Request {
+                    mem,
+                    chain,
+                    r: &mut r,
+                    w: &mut w,
+                };
+                serve(disk, &mut req, buf, rate_limiter.as_deref_mut())
+            }
             _ => {
                 tracing::debug!("virtio-blk: malformed descriptor chain");
                 Some(0)
@@ -364,6 +373,14 @@ type Reader<'a> =
 type Writer<'a> =
     virtio_queue::Writer<'a, vm_memory::bitmap::RefSlice<'a, vm_memory::bitmap::AtomicBitmap>>;
 
+/// One request: its chain, and readers over its two directions.
+struct Request<'a, 'b> {
+    mem: &'a GuestMemoryMmap,
+    chain: Chain<'a>,
+    r: &'b mut Reader<'a>,
+    w: &'b mut Writer<'a>,
+}
+
 /// Serves one request; returns the bytes written to the guest (data plus
 /// the status byte), 0 when not even a status could be written, or `None`
 /// when `rate_limiter` refuses it (nothing was done).
@@ -372,25 +389,25 @@ type Writer<'a> =
 /// any other request costs one op, and reads and writes their data length.
 fn serve(
     disk: &Disk,
-    r: &mut Reader,
-    w: &mut Writer,
+    req: &mut Request,
     buf: &mut [u8],
     rate_limiter: Option<&mut RateLimiter>,
 ) -> Option<u32> {
+    let w = &mut *req.w;
     let Some(status_at) = w.available_bytes().checked_sub(1) else {
         return Some(0); // no room for a status byte: nothing to report to
     };
     let Ok(mut status_w) = w.split_at(status_at) else {
         return Some(0);
     };
-    let (status, data_len) = match r.read_obj::<RequestHeader>() {
+    let (status, data_len) = match req.r.read_obj::<RequestHeader>() {
         Ok(h) => {
             // Charged after reading the header once, so the guest cannot
             // change the request between charge and execution.
-            if !admit(rate_limiter, data_bytes(&h, r, w)) {
+            if !admit(rate_limiter, data_bytes(&h, req.r, req.w)) {
                 return None;
             }
-            execute(disk, h, r, w, buf)
+            execute(disk, h, req, buf)
         }
         Err(_) => (VIRTIO_BLK_S_IOERR, 0),
     };
@@ -416,13 +433,8 @@ fn data_bytes(h: &RequestHeader, r: &Reader, w: &Writer) -> u64 {
     }
 }
 
-fn execute(
-    disk: &Disk,
-    h: RequestHeader,
-    r: &mut Reader,
-    w: &mut Writer,
-    buf: &mut [u8],
-) -> (u8, u32) {
+fn execute(disk: &Disk, h: RequestHeader, req: &mut Request, buf: &mut [u8]) -> (u8, u32) {
+    let Request { mem, chain, r, w } = req;
     let changes = matches!(
         h.type_,
         VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES
@@ -452,11 +464,17 @@ fn execute(
             }
             m.read_count.inc();
             m.read_bytes.add(len as u64);
-            ok(disk
-                .file
-                .read_exact_at(&mut buf[..len], h.sector * SECTOR_SIZE)
-                .and_then(|()| w.write_all(&buf[..len]))
-                .map(|()| len as u32))
+            let off = h.sector * SECTOR_SIZE;
+            // Straight into guest memory where it can (the data part is the
+            // first `len` device-writable bytes), else through `buf`.
+            let res = match GuestIo::new(mem, chain.clone(), true, 0, len) {
+                Some(mut io) => io.read_from(&disk.file, off),
+                None => disk
+                    .file
+                    .read_exact_at(&mut buf[..len], off)
+                    .and_then(|()| w.write_all(&buf[..len])),
+            };
+            ok(res.map(|()| len as u32))
         }
         VIRTIO_BLK_T_OUT => {
             let len = r.available_bytes();
@@ -469,9 +487,15 @@ fn execute(
             }
             m.write_count.inc();
             m.write_bytes.add(len as u64);
-            ok(r.read_exact(&mut buf[..len])
-                .and_then(|()| disk.file.write_all_at(&buf[..len], h.sector * SECTOR_SIZE))
-                .map(|()| 0))
+            let off = h.sector * SECTOR_SIZE;
+            // The data follows the header among the device-readable bytes.
+            let res = match GuestIo::new(mem, chain.clone(), false, r.bytes_read(), len) {
+                Some(mut io) => io.write_to(&disk.file, off),
+                None => r
+                    .read_exact(&mut buf[..len])
+                    .and_then(|()| disk.file.write_all_at(&buf[..len], off)),
+            };
+            ok(res.map(|()| 0))
         }
         VIRTIO_BLK_T_FLUSH => {
             m.flush_count.inc();

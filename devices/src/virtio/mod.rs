@@ -8,6 +8,7 @@
 
 pub mod balloon;
 pub mod block;
+mod iov;
 pub mod mmio;
 pub mod net;
 pub mod rng;
