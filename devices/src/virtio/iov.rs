@@ -138,7 +138,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as D, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryRegion};
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
@@ -157,7 +157,10 @@ mod tests {
     }
 
     fn file_with(data: &[u8]) -> std::fs::File {
-        let p = std::env::temp_dir().join(format!("condo-iov-{}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("condo-iov-{}-{n}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -198,6 +201,10 @@ mod tests {
             0,
             "status untouched"
         );
+        // Pages written behind vm-memory's back are marked for diff snapshots.
+        let bitmap = m.find_region(GuestAddress(0)).unwrap().bitmap();
+        assert!(bitmap.dirty_at(0x4000) && bitmap.dirty_at(0x8000 + 1999));
+        assert!(!bitmap.dirty_at(0xc000));
 
         // The readable side, from byte 8 on: the header's tail.
         m.write_slice(&[7u8; 16], GuestAddress(0x1000)).unwrap();
