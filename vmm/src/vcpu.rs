@@ -452,11 +452,23 @@ pub struct VcpuState {
 /// the real-mode trampoline from one in the kernel proper.
 fn fault_state(fd: &VcpuFd) -> String {
     match (fd.get_regs(), fd.get_sregs()) {
-        (Ok(r), Ok(s)) => format!(
-            "rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-            r.rip, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
-        ),
+        (Ok(r), Ok(s)) => describe_fault(&r, &s),
         (Err(e), _) | (_, Err(e)) => format!("registers unreadable: {e}"),
+    }
+}
+
+fn describe_fault(r: &kvm_regs, s: &kvm_sregs) -> String {
+    let regs = format!(
+        "rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+        r.rip, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+    );
+    // On AMD, KVM resets the vCPU when it reports the shutdown (the VMCB is
+    // undefined after one): the registers are then those of a CPU at
+    // reset, not where the guest was.
+    if r.rip == 0xfff0 && s.cs.selector == 0xf000 && s.cr0 & 1 == 0 {
+        format!("{regs}: the reset state; KVM on AMD does not keep the faulting registers")
+    } else {
+        regs
     }
 }
 
@@ -503,5 +515,30 @@ impl Clone for VcpuState {
             events: self.events,
             msrs: self.msrs.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_in_the_reset_state_says_the_registers_are_lost() {
+        let mut r = kvm_regs {
+            rip: 0xfff0,
+            ..Default::default()
+        };
+        let mut s = kvm_sregs::default();
+        s.cs.selector = 0xf000;
+        s.cr0 = 0x10;
+        assert!(describe_fault(&r, &s).ends_with("KVM on AMD does not keep the faulting registers"));
+        r.rip = 0xffff_ffff_8100_0000;
+        s.cs.selector = 0x10;
+        s.cr0 = 0x8005_0033;
+        let d = describe_fault(&r, &s);
+        assert!(
+            d.starts_with("rip=0xffffffff81000000 ") && d.ends_with("efer=0x0"),
+            "{d}"
+        );
     }
 }
