@@ -18,7 +18,7 @@ runs=()
 [ -z "${FUZZ_RUNS:-}" ] || runs=(-runs="$FUZZ_RUNS")
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked -q
+  (cd / && cargo install cargo-fuzz --locked -q) # without this tree's static-link config
 fi
 cd fuzz
 step "building the fuzz targets"
