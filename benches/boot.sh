@@ -15,8 +15,8 @@ bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 step "building condo and condo-bench (release)"
 cargo build --release --locked -q -p condo -p condo-bench
-condo_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo"
-bench_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo-bench"
+condo_bin="$BUILD/release/condo"
+bench_bin="$BUILD/release/condo-bench"
 qemu_bin="$(command -v qemu-system-x86_64)"
 args=(boot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX"
   --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds" --cpus 2 --memory 256)

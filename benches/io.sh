@@ -16,7 +16,7 @@ testhost_cpus="${TESTHOST_CPUS:-1}"
 bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 cargo build --release --locked -q -p condo
-condo_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo"
+condo_bin="$BUILD/release/condo"
 qemu_bin="$(command -v qemu-system-x86_64)"
 tmp=$(mktemp)
 trap 'rm -f "$tmp" "$tmp.run"' EXIT

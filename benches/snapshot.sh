@@ -13,8 +13,8 @@ rounds="${ROUNDS:-5}"
 bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 cargo build --release --locked -q -p condo -p condo-bench
-condo_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo"
-bench_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo-bench"
+condo_bin="$BUILD/release/condo"
+bench_bin="$BUILD/release/condo-bench"
 qemu_bin="$(command -v qemu-system-x86_64)"
 args=(snapshot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds")
 tmp=$(mktemp)

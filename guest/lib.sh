@@ -2,6 +2,8 @@
 # CACHE lives outside the source tree; override with CONDO_CACHE.
 CACHE="${CONDO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/condo}"
 mkdir -p "$CACHE"
+# Where cargo puts condo's binaries: .cargo/config.toml names the target.
+BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/x86_64-unknown-linux-gnu"
 
 step() { echo "condo: $*" >&2; }
 die() { echo "condo: error: $*" >&2; exit 1; }

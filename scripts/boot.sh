@@ -16,7 +16,7 @@ bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 step "building condo (release)"
 cargo build --release --locked -q -p condo
-condo_bin="$ROOT/target/x86_64-unknown-linux-gnu/release/condo"
+condo_bin="$BUILD/release/condo"
 
 run_args=(run --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS"
   --cpus 2 --memory 256 --cmdline "console=ttyS0 reboot=k panic=1 quiet -- $guest_cmd")

@@ -24,7 +24,7 @@ bash scripts/fuzz.sh 15
 step "building the boot tests"
 boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')
-condo_bin="$ROOT/target/x86_64-unknown-linux-gnu/debug/condo"
+condo_bin="$BUILD/debug/condo"
 [ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
 
 envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)

@@ -393,11 +393,10 @@ fn serve(
     buf: &mut [u8],
     rate_limiter: Option<&mut RateLimiter>,
 ) -> Option<u32> {
-    let w = &mut *req.w;
-    let Some(status_at) = w.available_bytes().checked_sub(1) else {
+    let Some(status_at) = req.w.available_bytes().checked_sub(1) else {
         return Some(0); // no room for a status byte: nothing to report to
     };
-    let Ok(mut status_w) = w.split_at(status_at) else {
+    let Ok(mut status_w) = req.w.split_at(status_at) else {
         return Some(0);
     };
     let (status, data_len) = match req.r.read_obj::<RequestHeader>() {
