@@ -43,6 +43,9 @@ enum Command {
     /// Run `condo run ...` jailed, as Firecracker's jailer does (as root):
     /// `condo jail --id ID --uid U --gid G [--file PATH]... -- run ...`.
     Jail(Box<jail::JailArgs>),
+    /// The OCI runtime (runc's command line; each container in its own
+    /// microVM). Also run as `condo-runtime ...` (see docs/oci.md).
+    Oci(Box<oci::OciArgs>),
 }
 
 #[derive(Args)]
@@ -117,6 +120,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Under the name condo-runtime, condo is the OCI runtime engines call.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("condo-runtime"))
+    {
+        use clap::Parser as _;
+        let code = oci::run(oci::cli::RuntimeCli::parse().args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     if let Err(e) = vmm::logger::init(&cli.log_level) {
         return fail(e);
@@ -125,6 +138,7 @@ fn main() -> ExitCode {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(*args),
         Command::Jail(j) => jailed(&j),
+        Command::Oci(a) => ExitCode::from(u8::try_from(oci::run(*a)).unwrap_or(1)),
     }
 }
 

@@ -1,0 +1,121 @@
+//! The runtime's own configuration: where the guest kernel and the agent's
+//! initramfs are, how large a VM is when the container sets no limit, and
+//! where root disk images are cached. A JSON file, `/etc/condo/oci.json`
+//! by default (`--config` or `CONDO_OCI_CONFIG` name another); every key
+//! is optional:
+//!
+//! ```json
+//! {
+//!   "kernel": "/usr/local/lib/condo/vmlinux",
+//!   "initrd": "/usr/local/lib/condo/initramfs-agent.cpio.gz",
+//!   "cmdline": "console=ttyS0 reboot=k panic=1 quiet",
+//!   "vcpus": 1,
+//!   "memory_mib": 256,
+//!   "boot_timeout_s": 60,
+//!   "image_cache": "/var/cache/condo/oci",
+//!   "vmm": "/usr/local/bin/condo"
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The configuration file read when none is named.
+pub const DEFAULT_FILE: &str = "/etc/condo/oci.json";
+/// Where the set-up installs the guest kernel and initramfs.
+pub const DEFAULT_DIR: &str = "/usr/local/lib/condo";
+
+/// The runtime's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The guest kernel (ELF vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// The initramfs holding the guest agent.
+    pub initrd: PathBuf,
+    /// The guest kernel's command line (the root disk and agent options
+    /// are added).
+    pub cmdline: String,
+    /// vCPUs of a container without a CPU quota.
+    pub vcpus: u64,
+    /// Guest memory of a container without a memory limit.
+    pub memory_mib: u64,
+    /// How long a VM may take to boot and answer.
+    pub boot_timeout_s: u64,
+    /// Root disk images, by content of the rootfs.
+    pub image_cache: PathBuf,
+    /// The VMM binary (default: this program).
+    pub vmm: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kernel: Path::new(DEFAULT_DIR).join("vmlinux"),
+            initrd: Path::new(DEFAULT_DIR).join("initramfs-agent.cpio.gz"),
+            cmdline: "console=ttyS0 reboot=k panic=1 quiet".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            boot_timeout_s: 60,
+            image_cache: PathBuf::from("/var/cache/condo/oci"),
+            vmm: None,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Reads the file `path`, or the default file when `path` is None (a
+    /// missing default file means every default).
+    pub fn load(path: Option<&Path>) -> Result<RuntimeConfig> {
+        let (path, required) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_FILE), false),
+        };
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(Error::path("read runtime configuration", &path)(e)),
+        };
+        let c: RuntimeConfig = serde_json::from_slice(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if c.vcpus == 0 || c.vcpus > 64 {
+            return Err(Error::Config(format!(
+                "{}: vcpus must be 1 to 64",
+                path.display()
+            )));
+        }
+        if c.memory_mib < 64 {
+            return Err(Error::Config(format!(
+                "{}: memory_mib must be at least 64",
+                path.display()
+            )));
+        }
+        Ok(c)
+    }
+
+    /// The VMM binary.
+    pub fn vmm(&self) -> Result<PathBuf> {
+        match &self.vmm {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().map_err(Error::io("find this program")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c: RuntimeConfig = serde_json::from_str(r#"{"vcpus": 2}"#).expect("parse");
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 256);
+        assert!(serde_json::from_str::<RuntimeConfig>(r#"{"kernal": "x"}"#).is_err());
+    }
+}
