@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
-cargo test --workspace --locked -q --lib --bins --test cli 2>&1
+cargo test --workspace --locked -q --lib --bins --test cli --test oci_cli 2>&1
 
 step "fuzzing every guest- and client-reachable parser (short run)"
 bash scripts/fuzz.sh 15
