@@ -296,10 +296,21 @@ impl Client {
 
     /// Sends `signal` to every process of the container.
     pub fn signal_all(&self, signal: i32) -> Result<()> {
-        expect_ok(
-            self.connect()?
-                .request(&HostMsg::Signal(SignalReq { signal, all: true }))?,
-        )
+        expect_ok(self.connect()?.request(&HostMsg::Signal(SignalReq {
+            signal,
+            all: true,
+            pid: None,
+        }))?)
+    }
+
+    /// Sends `signal` to process `pid` of the container (a descendant of
+    /// the agent), from a connection of its own.
+    pub fn signal(&self, pid: u32, signal: i32) -> Result<()> {
+        expect_ok(self.connect()?.request(&HostMsg::Signal(SignalReq {
+            signal,
+            all: false,
+            pid: Some(pid),
+        }))?)
     }
 
     /// Sets the container up (once per VM): later processes run inside it.
@@ -466,12 +477,20 @@ impl SessionInput {
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: i32) -> Result<()> {
-        self.send(&HostMsg::Signal(SignalReq { signal, all: false }))
+        self.send(&HostMsg::Signal(SignalReq {
+            signal,
+            all: false,
+            pid: None,
+        }))
     }
 
     /// Sends `signal` to every process of the container.
     pub fn signal_all(&self, signal: i32) -> Result<()> {
-        self.send(&HostMsg::Signal(SignalReq { signal, all: true }))
+        self.send(&HostMsg::Signal(SignalReq {
+            signal,
+            all: true,
+            pid: None,
+        }))
     }
 }
 

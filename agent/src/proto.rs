@@ -113,13 +113,17 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// A signal for the connection's process, or for every process of the
-/// container (`all`: the agent's descendants).
+/// A signal for the connection's process; or for one process of the
+/// container by its guest pid (`pid`, from any connection: how a runtime's
+/// separate `kill` command reaches a container's process); or for every
+/// process of the container (`all`: the agent's descendants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalReq {
     pub signal: i32,
     #[serde(default)]
     pub all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// A terminal size in character cells.
@@ -564,6 +568,12 @@ mod tests {
         host_round_trip(HostMsg::Signal(SignalReq {
             signal: 15,
             all: true,
+            pid: None,
+        }));
+        host_round_trip(HostMsg::Signal(SignalReq {
+            signal: 9,
+            all: false,
+            pid: Some(77),
         }));
         host_round_trip(HostMsg::Resize(WinSize {
             rows: 50,
@@ -622,6 +632,7 @@ mod tests {
         let sig = HostMsg::Signal(SignalReq {
             signal: 2,
             all: false,
+            pid: None,
         })
         .to_frame_bytes();
         assert_eq!(&sig[5..], br#"{"signal":2,"all":false}"#);

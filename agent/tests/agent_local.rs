@@ -275,6 +275,22 @@ fn signals_reach_the_process_and_all_processes() {
     assert_eq!(s1.wait().expect("wait").status, ExitStatus::Signal(9));
     assert_eq!(s2.wait().expect("wait").status, ExitStatus::Signal(9));
     assert!(a.client.ps().expect("ps").is_empty());
+    // By pid, from another connection (as a runtime's `kill` command does);
+    // only the container's processes.
+    let s = a
+        .client
+        .exec(&Process::command(["sleep", "30"]))
+        .expect("exec");
+    a.client.signal(s.pid(), 2).expect("signal by pid");
+    assert_eq!(s.wait().expect("wait").status, ExitStatus::Signal(2));
+    let e = a
+        .client
+        .signal(std::process::id(), 9)
+        .expect_err("not in the container");
+    assert!(
+        e.to_string().contains("not a process of the container"),
+        "{e}"
+    );
     // A bad signal number is refused, and reported as an event.
     let mut s = a
         .client

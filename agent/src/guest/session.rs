@@ -421,21 +421,31 @@ impl<'a> Session<'a> {
         if !(1..=64).contains(&s.signal) {
             return self.error(format!("signal {} is out of range 1 to 64", s.signal));
         }
-        if s.all {
-            return match procs::signal_all(s.signal) {
-                Ok(_) => self.reply(GuestMsg::Ok),
-                Err(e) => self.error(format!("signal {} to all: {e}", s.signal)),
-            };
-        }
-        let Some(p) = &self.proc else {
-            return self.error("no process on this connection (use all for the container)");
+        let target = match (s.all, s.pid, &self.proc) {
+            (true, Some(_), _) => return self.error("a signal goes to all or to a pid, not both"),
+            (true, None, _) => {
+                return match procs::signal_all(s.signal) {
+                    Ok(_) => self.reply(GuestMsg::Ok),
+                    Err(e) => self.error(format!("signal {} to all: {e}", s.signal)),
+                }
+            }
+            (false, Some(pid), _) => match procs::container_pids() {
+                Ok(pids) if pids.contains(&pid) => pid,
+                Ok(_) => return self.error(format!("pid {pid} is not a process of the container")),
+                Err(e) => return self.error(e),
+            },
+            (false, None, Some(p)) if p.status.is_some() => {
+                let pid = p.pid;
+                return self.error(format!("pid {pid} has ended"));
+            }
+            (false, None, Some(p)) => p.pid,
+            (false, None, None) => {
+                return self.error("no process on this connection (name a pid, or all)")
+            }
         };
-        if p.status.is_some() {
-            return self.error(format!("pid {} has ended", p.pid));
-        }
-        match sys::kill(p.pid, s.signal) {
+        match sys::kill(target, s.signal) {
             Ok(()) => self.reply(GuestMsg::Ok),
-            Err(e) => self.error(format!("signal {} to pid {}: {e}", s.signal, p.pid)),
+            Err(e) => self.error(format!("signal {} to pid {target}: {e}", s.signal)),
         }
     }
 
