@@ -265,6 +265,19 @@ fn agent_refuses_hostile_messages_and_serves_on() {
 
     let o = vm.run(&Process::command(["echo", "still serving"]));
     assert_eq!(text(&o.stdout), "still serving\n");
+
+    // A process of the guest reaching the agent through the vsock loopback
+    // (CID 1) would run anything as root: refused.
+    let mut p = sh("vsock connect 1 1024 < /dev/null");
+    p.user.uid = 1000;
+    let o = vm.run(&p);
+    assert!(
+        text(&o.stdout).contains("only the host (CID 2) may connect"),
+        "{:?} {:?}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(vm.console().contains("refused a connection from CID 1"));
     assert!(vm.console().contains("condo-agent: refused a message"));
     vm.shutdown();
 }

@@ -53,11 +53,19 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+/// The only vsock peer the agent serves: the host. Processes of the guest
+/// could reach the agent through the vsock loopback (CID 1, or the guest's
+/// own CID) and run anything as root; they are refused.
+pub const HOST_CID: u32 = libc::VMADDR_CID_HOST;
+
 impl Listener {
-    fn accept(&self) -> io::Result<File> {
+    /// The next connection, and the peer's CID for vsock.
+    fn accept(&self) -> io::Result<(File, Option<u32>)> {
         match self {
-            Listener::Vsock(fd) => sys::accept(fd).map(File::from),
-            Listener::Unix(l) => l.accept().map(|(s, _)| File::from(OwnedFd::from(s))),
+            Listener::Vsock(fd) => sys::accept_vsock(fd).map(|(c, cid)| (File::from(c), Some(cid))),
+            Listener::Unix(l) => l
+                .accept()
+                .map(|(s, _)| (File::from(OwnedFd::from(s)), None)),
         }
     }
 }
@@ -88,7 +96,7 @@ pub fn serve(listener: Listener, test_mode: bool) -> io::Error {
         return e;
     }
     loop {
-        let mut conn = match listener.accept() {
+        let (mut conn, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors or memory: wait for sessions to end.
@@ -97,6 +105,14 @@ pub fn serve(listener: Listener, test_mode: bool) -> io::Error {
                 continue;
             }
         };
+        if let Some(cid) = peer.filter(|&c| c != HOST_CID) {
+            log!("refused a connection from CID {cid}: only the host (CID {HOST_CID}) may connect");
+            let msg = GuestMsg::Error(format!(
+                "connections from CID {cid} are refused: only the host (CID {HOST_CID}) may connect"
+            ));
+            let _ = conn.write_all(&msg.to_frame_bytes());
+            continue;
+        }
         if agent.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             agent.connections.fetch_sub(1, Ordering::SeqCst);
             log!("refused a connection: {MAX_CONNECTIONS} are open");

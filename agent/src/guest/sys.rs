@@ -48,21 +48,26 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Accepts one connection (close-on-exec).
-pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+/// Accepts one connection on a vsock listener (close-on-exec): the
+/// connection and the peer's CID.
+pub fn accept_vsock(listener: &OwnedFd) -> io::Result<(OwnedFd, u32)> {
     loop {
-        // SAFETY: null address pointers are allowed; the result is checked.
+        // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+        let mut peer: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: peer and len describe a buffer the size of a vsock
+        // address, which accept4 fills; the result is checked.
         let r = unsafe {
             libc::accept4(
                 listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
+                (&mut peer as *mut libc::sockaddr_vm).cast(),
+                &mut len,
                 libc::SOCK_CLOEXEC,
             )
         };
         match cvt(r) {
             // SAFETY: accept4 returned a new descriptor nobody else owns.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Ok(fd) => return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, peer.svm_cid)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
