@@ -264,7 +264,9 @@ impl Client {
     /// Runs `process` with no input; its output and status.
     pub fn run(&self, process: &Process) -> Result<Output> {
         let s = self.exec(process)?;
-        s.close_stdin()?;
+        // A process that has ended already has had its connection closed:
+        // the Exit waiting to be read is what counts.
+        let _ = s.close_stdin();
         s.wait()
     }
 
@@ -446,7 +448,9 @@ pub enum Event {
     Error(String),
 }
 
-/// The input side of a session: shareable with other threads.
+/// The input side of a session: shareable with other threads. Once the
+/// process has ended the agent closes the connection, and these fail (a
+/// broken pipe), as writing to a dead process's pipe does.
 #[derive(Debug, Clone)]
 pub struct SessionInput {
     conn: Arc<Mutex<Connection>>,

@@ -65,6 +65,22 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The container's pids once there are at least `n`.
+fn wait_for_pids(c: &Client, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = c.ps().expect("ps");
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} processes: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads events until the collected stdout contains `needle`.
 fn read_until(s: &mut Session, out: &mut Vec<u8>, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -265,12 +281,12 @@ fn signals_reach_the_process_and_all_processes() {
         .exec(&Process::command(["sleep", "30"]))
         .expect("exec");
     let s2 = a.client.exec(&sh("sleep 30 & wait")).expect("exec");
-    let pids = a.client.ps().expect("ps");
+    // The shell's sleep is listed too, once the shell has started it.
+    let pids = wait_for_pids(&a.client, 3);
     assert!(
         pids.contains(&s1.pid()) && pids.contains(&s2.pid()),
         "{pids:?}"
     );
-    assert!(pids.len() >= 3, "the shell's sleep is listed too: {pids:?}");
     a.client.signal_all(9).expect("signal all");
     assert_eq!(s1.wait().expect("wait").status, ExitStatus::Signal(9));
     assert_eq!(s2.wait().expect("wait").status, ExitStatus::Signal(9));

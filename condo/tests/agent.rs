@@ -228,7 +228,15 @@ fn agent_relays_stdin_terminals_and_signals() {
         .exec(&Process::command(["sleep", "600"]))
         .expect("sleep");
     let b = vm.client.exec(&sh("sleep 600 & wait")).expect("sleep");
-    let pids = vm.client.ps().expect("ps");
+    // The shell's sleep is listed too, once the shell has started it.
+    let start = Instant::now();
+    let pids = loop {
+        let pids = vm.client.ps().expect("ps");
+        if pids.len() >= 3 || start.elapsed() > Duration::from_secs(20) {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         pids.contains(&a.pid()) && pids.contains(&b.pid()) && pids.len() >= 3,
         "{pids:?}"
