@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod rate_limiter;
 pub mod spawner;
+pub mod sync;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

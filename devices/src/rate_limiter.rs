@@ -13,7 +13,7 @@
 //! has been paid back in time.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -449,11 +449,6 @@ impl AsRawFd for RateLimiter {
     fn as_raw_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
-}
-
-/// Locks a shared limiter; a panic elsewhere leaves it usable.
-pub(crate) fn lock(rl: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
-    rl.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Handles `rl`'s timer becoming readable; the caller then serves the queue

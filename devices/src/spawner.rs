@@ -5,6 +5,7 @@
 //! filter, and device threads are created by it. Without a spawner (unit
 //! tests, tools) threads are started directly.
 
+use crate::sync::lock;
 use std::io;
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
@@ -78,9 +79,7 @@ pub fn spawn(
             .spawn(f);
     };
     let (reply, rx) = mpsc::sync_channel(1);
-    spawner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    lock(spawner)
         .send(Request {
             name: name.to_owned(),
             stack,

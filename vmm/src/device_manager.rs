@@ -3,6 +3,7 @@
 //! Legacy devices live on the port I/O bus; their interrupts are eventfds
 //! registered as KVM irqfds, so raising one never leaves the kernel.
 
+use devices::sync::lock;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -145,7 +146,7 @@ impl DeviceManager {
 
     fn each_transport(&self, mut f: impl FnMut(&mut MmioTransport)) {
         for t in &self.transports {
-            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+            f(&mut lock(t));
         }
     }
 
@@ -167,10 +168,7 @@ impl DeviceManager {
 
     /// The UART's state.
     pub fn serial_state(&self) -> SerialSnapshot {
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot()
+        lock(&self.serial).snapshot()
     }
 
     /// Every virtio transport's state (devices quiesced).
@@ -193,14 +191,11 @@ impl DeviceManager {
                 self.transports.len()
             )));
         }
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.serial)
             .restore(serial, Box::new(ConsoleOut))
             .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         for (t, st) in self.transports.iter().zip(transports) {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
+            lock(t)
                 .restore(st)
                 .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         }

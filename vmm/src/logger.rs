@@ -1,6 +1,7 @@
 //! Logging through `tracing`, with the level and destination changeable
 //! while the VMM runs (Firecracker's `PUT /logger`).
 
+use devices::sync::lock;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -64,7 +65,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
 /// stderr.
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
     let f = open_append(path)?;
-    *FILE.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    *lock(&FILE) = Some(f);
     Ok(())
 }
 
@@ -81,14 +82,14 @@ struct LogOut;
 
 impl Write for LogOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match FILE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match lock(&FILE).as_mut() {
             Some(f) => f.write(buf),
             None => std::io::stderr().write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match FILE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match lock(&FILE).as_mut() {
             Some(f) => f.flush(),
             None => std::io::stderr().flush(),
         }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::sync::{lock, wait, wait_timeout};
 use devices::GuestMemoryMmap;
 use devices::{Bus, ExitSignal};
 use kvm_bindings::{
@@ -65,14 +66,14 @@ pub struct Gate {
 
 impl Gate {
     pub fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.open);
         while !*open {
-            open = self.cv.wait(open).unwrap_or_else(|p| p.into_inner());
+            open = wait(&self.cv, open);
         }
     }
 
     pub fn open(&self) {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.open) = true;
         self.cv.notify_all();
     }
 }
@@ -327,10 +328,6 @@ pub struct VcpuControl {
 }
 
 impl VcpuControl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Controls `count` vCPUs, saving `msr_list` with their state.
     pub fn new(count: usize, msr_list: Vec<u32>) -> Self {
         Self {
@@ -342,7 +339,7 @@ impl VcpuControl {
 
     /// The state every vCPU saved when it parked (the VM must be paused).
     pub fn saved_states(&self) -> Result<Vec<VcpuState>, String> {
-        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let states = lock(&self.states);
         states
             .iter()
             .enumerate()
@@ -357,31 +354,21 @@ impl VcpuControl {
     /// Called by a vCPU thread: records its state, waits while the VM is
     /// paused.
     fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, String>) {
-        if let Some(slot) = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(usize::from(id))
-        {
+        if let Some(slot) = lock(&self.states).get_mut(usize::from(id)) {
             *slot = Some(state);
         }
-        let mut n = self.lock();
+        let mut n = lock(&self.parked);
         *n += 1;
         self.cv.notify_all();
         // Tells the guest's kvmclock it was stopped, so its watchdogs do
         // not count the pause as a soft lockup (as Firecracker does).
         let _ = fd.kvmclock_ctrl();
         while self.paused.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+            n = wait(&self.cv, n);
         }
         *n -= 1;
         drop(n);
-        if let Some(slot) = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(usize::from(id))
-        {
+        if let Some(slot) = lock(&self.states).get_mut(usize::from(id)) {
             *slot = None;
         }
     }
@@ -389,7 +376,7 @@ impl VcpuControl {
     /// Asks every thread to stop (they exit their loop).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _n = self.lock();
+        let _n = lock(&self.parked);
         self.cv.notify_all();
     }
 
@@ -398,19 +385,15 @@ impl VcpuControl {
     pub fn pause(&self, count: usize, kick: impl Fn()) -> bool {
         self.paused.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(1);
-        let mut n = self.lock();
+        let mut n = lock(&self.parked);
         while *n < count {
             if Instant::now() > deadline {
                 return false;
             }
             drop(n);
             kick();
-            n = self.lock();
-            n = self
-                .cv
-                .wait_timeout(n, Duration::from_millis(1))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            n = lock(&self.parked);
+            n = wait_timeout(&self.cv, n, Duration::from_millis(1));
         }
         true
     }
@@ -424,7 +407,7 @@ impl VcpuControl {
     /// Resumes paused threads.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::Release);
-        let _n = self.lock();
+        let _n = lock(&self.parked);
         self.cv.notify_all();
     }
 

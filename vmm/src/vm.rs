@@ -7,6 +7,7 @@
 //! before returning, so no thread outlives [`run`].
 
 use crate::seccomp::ThreadKind;
+use devices::sync::lock;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
@@ -180,10 +181,7 @@ impl Vm {
 
     /// Presses Ctrl+Alt+Del on the guest's keyboard.
     pub fn send_ctrl_alt_del(&self) -> Result<(), String> {
-        self.devices
-            .i8042
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.devices.i8042)
             .send_ctrl_alt_del()
             .map_err(str::to_owned)
     }
@@ -764,11 +762,7 @@ impl Vm {
                 }
             }
             if !pending.is_empty() {
-                let mut serial = self
-                    .devices
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut serial = lock(&self.devices.serial);
                 let taken = serial.enqueue_input(&pending);
                 pending.drain(..taken);
             }

@@ -12,6 +12,7 @@
 //! Page numbers and ranges come from the guest: any outside guest RAM or not
 //! page aligned are ignored (with a debug log), never touched.
 
+use crate::sync::lock;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,13 +76,9 @@ struct Shared {
 pub struct BalloonHandle(Arc<Mutex<Shared>>);
 
 impl BalloonHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sets the target size; a running guest is told at once.
     pub fn set_target_mib(&self, mib: u32) {
-        let mut s = self.lock();
+        let mut s = lock(&self.0);
         s.stats.target_pages = mib.saturating_mul(PAGES_PER_MIB);
         if let Some(irq) = &s.irq {
             irq.trigger(INT_CONFIG);
@@ -90,12 +87,12 @@ impl BalloonHandle {
 
     /// Target size in MiB.
     pub fn target_mib(&self) -> u32 {
-        self.lock().stats.target_pages / PAGES_PER_MIB
+        lock(&self.0).stats.target_pages / PAGES_PER_MIB
     }
 
     /// The current figures.
     pub fn stats(&self) -> BalloonStats {
-        self.lock().stats.clone()
+        lock(&self.0).stats.clone()
     }
 }
 
@@ -161,7 +158,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let s = self.shared.lock();
+        let s = lock(&self.shared.0);
         let mut config = [0u8; 8];
         config[..4].copy_from_slice(&s.stats.target_pages.to_le_bytes());
         config[4..].copy_from_slice(&s.stats.actual_pages.to_le_bytes());
@@ -171,7 +168,7 @@ impl VirtioDevice for Balloon {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` (offset 4) is the driver's to write.
         if offset == 4 && data.len() == 4 {
-            let mut s = self.shared.lock();
+            let mut s = lock(&self.shared.0);
             s.stats.actual_pages = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         }
     }
@@ -200,7 +197,7 @@ impl VirtioDevice for Balloon {
                 .map_err(|e| fail(e.to_string()))?;
         }
         let timer_token = queue_evts.len();
-        self.shared.lock().irq = Some(interrupt.clone());
+        lock(&self.shared.0).irq = Some(interrupt.clone());
         let mut w = BalloonWorker {
             mem,
             irq: interrupt,
@@ -228,7 +225,7 @@ impl VirtioDevice for Balloon {
 
     fn reset(&mut self) -> bool {
         self.worker = None;
-        let mut s = self.shared.lock();
+        let mut s = lock(&self.shared.0);
         s.irq = None;
         s.stats.actual_pages = 0;
         true
@@ -239,7 +236,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn save_state(&self) -> Vec<u8> {
-        let s = self.shared.lock();
+        let s = lock(&self.shared.0);
         let mut v = s.stats.target_pages.to_le_bytes().to_vec();
         v.extend_from_slice(&s.stats.actual_pages.to_le_bytes());
         v
@@ -247,7 +244,7 @@ impl VirtioDevice for Balloon {
 
     fn restore_state(&mut self, state: &[u8]) {
         if let [a, b, c, d, e, f, g, h] = *state {
-            let mut s = self.shared.lock();
+            let mut s = lock(&self.shared.0);
             s.stats.target_pages = u32::from_le_bytes([a, b, c, d]);
             s.stats.actual_pages = u32::from_le_bytes([e, f, g, h]);
         }
@@ -299,7 +296,7 @@ impl BalloonWorker {
                     queue.disable_notification(mem)?;
                     while let Some(chain) = queue.pop_descriptor_chain(mem) {
                         let head = chain.head_index();
-                        let mut s = self.shared.lock();
+                        let mut s = lock(&self.shared.0);
                         crate::metrics::METRICS.balloon.stats_updates_count.inc();
                         read_stats(mem, chain, &mut s.stats.tags);
                         drop(s);

@@ -29,7 +29,8 @@ use super::{
     device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation, Chain,
     Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
+use crate::rate_limiter::{admit, limiter_timer_event, RateLimiter};
+use crate::sync::lock;
 
 const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;

@@ -12,6 +12,7 @@
 pub mod http;
 
 use crate::seccomp::ThreadKind;
+use devices::sync::lock;
 use std::io::BufReader;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -776,7 +777,7 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
                 None => Response::fault(400, format!("no drive {:?}", d.drive_id)),
                 Some(l) => {
                     if let Some(rl) = &d.rate_limiter {
-                        l.lock().unwrap_or_else(|p| p.into_inner()).patch(rl);
+                        lock(l).patch(rl);
                     }
                     Response::no_content()
                 }
@@ -796,7 +797,7 @@ pub fn handle_running(vm: &mut Vm, req: &Request) -> Response {
                     Some(ls) => {
                         for (l, rl) in ls.iter().zip([&n.rx_rate_limiter, &n.tx_rate_limiter]) {
                             if let (Some(l), Some(rl)) = (l, rl) {
-                                l.lock().unwrap_or_else(|p| p.into_inner()).patch(rl);
+                                lock(l).patch(rl);
                             }
                         }
                         Response::no_content()

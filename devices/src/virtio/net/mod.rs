@@ -28,6 +28,7 @@
 
 pub mod tap;
 
+use crate::sync::lock;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -43,7 +44,7 @@ use super::{
     VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 use super::{drain_queue_until_refused, serve_available};
-use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
+use crate::rate_limiter::{admit, limiter_timer_event, RateLimiter};
 use vmm_sys_util::timerfd::TimerFd;
 
 const QUEUE_SIZE: u16 = 256;
@@ -393,7 +394,7 @@ impl<T: FrameIo> NetWorker<T> {
         }
         let mem = &self.mem;
         let tx_buf = &mut self.tx_buf;
-        let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tap = lock(&self.tap);
         let mut parts = Vec::new();
         let serve = |chain: super::Chain<'_>| {
             parts.clear();
@@ -451,7 +452,7 @@ impl<T: FrameIo> NetWorker<T> {
         let mut delivered = false;
         loop {
             if self.pending == 0 {
-                let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tap = lock(&self.tap);
                 match tap.read_frame(&mut self.frame) {
                     Ok(n) if n >= VNET_HDR_LEN => self.pending = n,
                     Ok(_) => continue,
