@@ -9,6 +9,7 @@ pub mod bus;
 pub mod exit;
 pub mod legacy;
 pub mod metrics;
+pub mod persist;
 pub mod rate_limiter;
 pub mod spawner;
 pub mod sync;

@@ -411,6 +411,19 @@ impl RateLimiter {
         self.update_buckets(update(config.bandwidth), update(config.ops));
     }
 
+    /// The configuration of the buckets in force now (after any patch).
+    pub fn config(&self) -> RateLimiterConfig {
+        let of = |b: &TokenBucket| BucketConfig {
+            size: b.capacity(),
+            one_time_burst: Some(b.one_time_burst()).filter(|&n| n > 0),
+            refill_time: b.refill_time_ms(),
+        };
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.as_ref().map(of),
+            ops: self.ops.as_ref().map(of),
+        }
+    }
+
     /// The bandwidth bucket, if limited.
     pub fn bandwidth(&self) -> Option<&TokenBucket> {
         self.bandwidth.as_ref()

@@ -12,9 +12,14 @@ use tracing::Level;
 static LEVEL: AtomicU8 = AtomicU8::new(2);
 static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
+/// A log level condo does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log level {0:?} (off, error, warn, info, debug, trace)")]
+pub struct LevelError(String);
+
 /// Parses a level: condo's names (off, error, warn, info, debug, trace) or
 /// Firecracker's (Off, Error, Warning, Info, Debug, Trace).
-pub fn parse_level(s: &str) -> Result<u8, String> {
+pub fn parse_level(s: &str) -> Result<u8, LevelError> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "off" => 0,
         "error" => 1,
@@ -22,11 +27,7 @@ pub fn parse_level(s: &str) -> Result<u8, String> {
         "info" => 3,
         "debug" => 4,
         "trace" => 5,
-        other => {
-            return Err(format!(
-                "unknown log level {other:?} (off, error, warn, info, debug, trace)"
-            ))
-        }
+        other => return Err(LevelError(other.to_owned())),
     })
 }
 
@@ -41,7 +42,7 @@ fn rank(l: &Level) -> u8 {
 }
 
 /// Installs the process's logger at `level`, writing to stderr.
-pub fn init(level: &str) -> Result<(), String> {
+pub fn init(level: &str) -> Result<(), LevelError> {
     use tracing_subscriber::prelude::*;
     set_level(level)?;
     let layer = tracing_subscriber::fmt::layer()
@@ -56,8 +57,10 @@ pub fn init(level: &str) -> Result<(), String> {
 }
 
 /// Changes the level.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub fn set_level(level: &str) -> Result<(), LevelError> {
     LEVEL.store(parse_level(level)?, Ordering::Relaxed);
+    // Call sites already seen were judged at the old level.
+    tracing::callsite::rebuild_interest_cache();
     Ok(())
 }
 

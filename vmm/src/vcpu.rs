@@ -39,6 +39,21 @@ pub enum VcpuError {
     Signal(vmm_sys_util::errno::Error),
 }
 
+/// Why a vCPU's state could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VcpuStateError {
+    #[error("vCPU {id}: {what}: {err}")]
+    Kvm {
+        id: u8,
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("vCPU {0}: the MSR list is too long")]
+    MsrList(u8),
+    #[error("vCPU {0} has not stopped")]
+    NotStopped(u8),
+}
+
 /// Why the VM ended, as seen by the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -188,10 +203,9 @@ impl Vcpu {
 
     /// Everything KVM holds about this vCPU. Only valid between two
     /// KVM_RUN calls with no I/O pending (see [`VcpuControl`]).
-    fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, String> {
-        fn e(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> String {
-            move |e| format!("{what}: {e}")
-        }
+    fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuStateError> {
+        let id = self.id;
+        let e = |what| move |err| VcpuStateError::Kvm { id, what, err };
         let fd = &self.fd;
         Ok(VcpuState {
             regs: fd.get_regs().map_err(e("KVM_GET_REGS"))?,
@@ -202,7 +216,7 @@ impl Vcpu {
             lapic: fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?,
             mp_state: fd.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?,
             events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
-            msrs: read_msrs(fd, msr_list)?,
+            msrs: read_msrs(id, fd, msr_list)?,
         })
     }
 
@@ -324,7 +338,7 @@ pub struct VcpuControl {
     /// MSRs saved with each vCPU's state.
     msr_list: Vec<u32>,
     /// Each vCPU's state, saved when it last parked.
-    states: Mutex<Vec<Option<Result<VcpuState, String>>>>,
+    states: Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
 }
 
 impl VcpuControl {
@@ -338,22 +352,22 @@ impl VcpuControl {
     }
 
     /// The state every vCPU saved when it parked (the VM must be paused).
-    pub fn saved_states(&self) -> Result<Vec<VcpuState>, String> {
+    pub fn saved_states(&self) -> Result<Vec<VcpuState>, VcpuStateError> {
         let states = lock(&self.states);
         states
             .iter()
             .enumerate()
             .map(|(i, s)| match s {
                 Some(Ok(s)) => Ok(s.clone()),
-                Some(Err(e)) => Err(format!("vCPU {i}: {e}")),
-                None => Err(format!("vCPU {i} has not stopped")),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(VcpuStateError::NotStopped(i as u8)),
             })
             .collect()
     }
 
     /// Called by a vCPU thread: records its state, waits while the VM is
     /// paused.
-    fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, String>) {
+    fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, VcpuStateError>) {
         if let Some(slot) = lock(&self.states).get_mut(usize::from(id)) {
             *slot = Some(state);
         }
@@ -417,8 +431,10 @@ impl VcpuControl {
     }
 }
 
-/// One vCPU as a snapshot holds it.
+/// One vCPU as a snapshot holds it: every register KVM has, the local
+/// APIC, pending events and the MSRs the host's KVM lists.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VcpuState {
     regs: kvm_regs,
     sregs: kvm_sregs,
@@ -457,7 +473,7 @@ fn describe_fault(r: &kvm_regs, s: &kvm_sregs) -> String {
 
 /// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
 /// it cannot read: that one is skipped and the rest read on).
-fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
+fn read_msrs(id: u8, fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
     let mut out = Vec::with_capacity(list.len());
     let mut i = 0;
     while i < list.len() {
@@ -469,10 +485,12 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
-        let n = fd
-            .get_msrs(&mut msrs)
-            .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuStateError::MsrList(id))?;
+        let n = fd.get_msrs(&mut msrs).map_err(|err| VcpuStateError::Kvm {
+            id,
+            what: "KVM_GET_MSRS",
+            err,
+        })?;
         out.extend_from_slice(&msrs.as_slice()[..n.min(chunk.len())]);
         // Past the chunk, or past the MSR that stopped KVM.
         i += if n >= chunk.len() { chunk.len() } else { n + 1 };

@@ -12,6 +12,8 @@
 //! Page numbers and ranges come from the guest: any outside guest RAM or not
 //! page aligned are ignored (with a debug log), never touched.
 
+use super::persist::{BalloonState, DeviceStateError, VirtioDeviceState};
+use crate::persist::Persist;
 use crate::sync::lock;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,8 @@ use super::{
 
 /// The balloon's page size (the spec's, whatever the guest's).
 pub const PAGE_SIZE: u64 = 4096;
-const PAGES_PER_MIB: u32 = 256;
+/// 4 KiB pages in a MiB.
+pub const PAGES_PER_MIB: u32 = 256;
 const QUEUE_SIZE: u16 = 256;
 
 const F_STATS_VQ: u32 = 1;
@@ -99,6 +102,9 @@ impl BalloonHandle {
 /// The balloon device.
 pub struct Balloon {
     shared: BalloonHandle,
+    deflate_on_oom: bool,
+    stats_interval_s: u16,
+    free_page_reporting: bool,
     features: u64,
     queue_sizes: Vec<u16>,
     stats_interval: Duration,
@@ -131,6 +137,9 @@ impl Balloon {
         shared.set_target_mib(target_mib);
         Self {
             shared,
+            deflate_on_oom,
+            stats_interval_s,
+            free_page_reporting,
             features,
             queue_sizes,
             stats_interval: Duration::from_secs(stats_interval_s.into()),
@@ -141,6 +150,38 @@ impl Balloon {
     /// The handle the VMM keeps to drive this balloon.
     pub fn handle(&self) -> BalloonHandle {
         self.shared.clone()
+    }
+}
+
+impl Persist for Balloon {
+    type State = BalloonState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> BalloonState {
+        let s = lock(&self.shared.0);
+        BalloonState {
+            target_pages: s.stats.target_pages,
+            actual_pages: s.stats.actual_pages,
+            deflate_on_oom: self.deflate_on_oom,
+            stats_polling_interval_s: self.stats_interval_s,
+            free_page_reporting: self.free_page_reporting,
+        }
+    }
+
+    fn restore(_: (), st: &BalloonState) -> Result<Self, Self::Error> {
+        let b = Self::new(
+            0,
+            st.deflate_on_oom,
+            st.stats_polling_interval_s,
+            st.free_page_reporting,
+        );
+        {
+            let mut s = lock(&b.shared.0);
+            s.stats.target_pages = st.target_pages;
+            s.stats.actual_pages = st.actual_pages;
+        }
+        Ok(b)
     }
 }
 
@@ -235,19 +276,8 @@ impl VirtioDevice for Balloon {
         self.worker = None;
     }
 
-    fn save_state(&self) -> Vec<u8> {
-        let s = lock(&self.shared.0);
-        let mut v = s.stats.target_pages.to_le_bytes().to_vec();
-        v.extend_from_slice(&s.stats.actual_pages.to_le_bytes());
-        v
-    }
-
-    fn restore_state(&mut self, state: &[u8]) {
-        if let [a, b, c, d, e, f, g, h] = *state {
-            let mut s = lock(&self.shared.0);
-            s.stats.target_pages = u32::from_le_bytes([a, b, c, d]);
-            s.stats.actual_pages = u32::from_le_bytes([e, f, g, h]);
-        }
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Balloon(self.save())
     }
 }
 

@@ -28,6 +28,8 @@
 
 pub mod tap;
 
+use super::persist::{limiter, DeviceStateError, NetState, VirtioDeviceState};
+use crate::persist::Persist;
 use crate::sync::lock;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -76,6 +78,10 @@ const TX_POLL_TOKEN: usize = 3;
 
 /// The network device.
 pub struct Net {
+    /// The interface's id (the API's `iface_id`).
+    id: String,
+    tap_name: String,
+    mac: [u8; 6],
     tap: Arc<Mutex<Tap>>,
     config: [u8; 10],
     /// Shared with the worker; kept here so that they survive a reset.
@@ -85,13 +91,16 @@ pub struct Net {
 }
 
 impl Net {
-    /// A device on `tap` with guest MAC address `mac`.
-    pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+    /// Interface `id` on `tap`, with guest MAC address `mac`.
+    pub fn new(id: &str, tap: Tap, mac: [u8; 6]) -> Self {
         let mut config = [0u8; 10];
         config[..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         Self {
+            id: id.to_owned(),
+            tap_name: tap.name().to_owned(),
+            mac,
             tap: Arc::new(Mutex::new(tap)),
             config,
             rx_rate_limiter: None,
@@ -202,7 +211,37 @@ fn bit(b: u32) -> u64 {
     1 << b
 }
 
+impl Persist for Net {
+    type State = NetState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> NetState {
+        let config = |rl: &Option<Arc<Mutex<RateLimiter>>>| {
+            rl.as_ref().map(|rl| lock(rl).config()).unwrap_or_default()
+        };
+        NetState {
+            id: self.id.clone(),
+            tap: self.tap_name.clone(),
+            mac: self.mac,
+            rx_rate_limiter: config(&self.rx_rate_limiter),
+            tx_rate_limiter: config(&self.tx_rate_limiter),
+        }
+    }
+
+    /// Opens the TAP the state names (it must exist, or be creatable).
+    fn restore(_: (), s: &NetState) -> Result<Self, DeviceStateError> {
+        Ok(Self::new(&s.id, Tap::open(&s.tap)?, s.mac)
+            .rx_rate_limiter(limiter(&s.rx_rate_limiter)?)
+            .tx_rate_limiter(limiter(&s.tx_rate_limiter)?))
+    }
+}
+
 impl VirtioDevice for Net {
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(self.save())
+    }
+
     fn device_type(&self) -> u32 {
         device_type::NET
     }
@@ -1018,7 +1057,7 @@ mod tests {
     fn activation_registers_the_limiter_timers() {
         let Some(t) = tap("e") else { return };
         let rl = || RateLimiter::new(None, None).unwrap();
-        let mut net = Net::new(t, [2, 0, 0, 0, 0, 1])
+        let mut net = Net::new("eth0", t, [2, 0, 0, 0, 0, 1])
             .rx_rate_limiter(rl())
             .tx_rate_limiter(rl());
         let m = mem();

@@ -17,6 +17,8 @@
 
 pub mod packet;
 
+use super::persist::{DeviceStateError, VirtioDeviceState, VsockState};
+use crate::persist::Persist;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -63,14 +65,14 @@ const LISTENER: u64 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     #[error("vsock guest CID {0} is reserved (use 3 to {max})", max = u32::MAX - 1)]
-    BadCid(u64),
+    BadCid(u32),
     #[error("vsock socket {path}: {err}")]
     Socket { path: PathBuf, err: std::io::Error },
 }
 
 /// The vsock device.
 pub struct Vsock {
-    cid: u64,
+    cid: u32,
     uds_path: PathBuf,
     listener: UnixListener,
     worker: Option<QueueWorker>,
@@ -83,8 +85,8 @@ impl Vsock {
     /// A device for guest CID `cid`, listening on the Unix socket
     /// `uds_path` for host connections. A stale socket file (nobody
     /// listening) is replaced; a live one is an error.
-    pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
-        if !(3..u64::from(u32::MAX)).contains(&cid) {
+    pub fn new(cid: u32, uds_path: &Path) -> Result<Self, VsockError> {
+        if !(3..u32::MAX).contains(&cid) {
             return Err(VsockError::BadCid(cid));
         }
         let err = |err| VsockError::Socket {
@@ -100,6 +102,24 @@ impl Vsock {
             worker: None,
             reset_pending: false,
         })
+    }
+}
+
+impl Persist for Vsock {
+    type State = VsockState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> VsockState {
+        VsockState {
+            cid: self.cid,
+            uds_path: self.uds_path.clone(),
+        }
+    }
+
+    /// Listens on the state's socket again.
+    fn restore(_: (), s: &VsockState) -> Result<Self, DeviceStateError> {
+        Ok(Self::new(s.cid, &s.uds_path)?)
     }
 }
 
@@ -144,7 +164,14 @@ impl VirtioDevice for Vsock {
             send_transport_reset(&mem, &mut evq, &interrupt);
         }
         let listener = self.listener.try_clone().map_err(|e| fail(e.to_string()))?;
-        let mut w = Muxer::new(self.cid, self.uds_path.clone(), mem, interrupt, rxq, txq);
+        let mut w = Muxer::new(
+            u64::from(self.cid),
+            self.uds_path.clone(),
+            mem,
+            interrupt,
+            rxq,
+            txq,
+        );
         let listen_fd = listener.as_raw_fd();
         let worker = QueueWorker::spawn_with_epoll(
             "virtio-vsock",
@@ -176,13 +203,14 @@ impl VirtioDevice for Vsock {
         true
     }
 
-    fn save_state(&self) -> Vec<u8> {
-        // Connections do not survive a snapshot: a restored guest is told.
-        vec![1]
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Vsock(self.save())
     }
 
-    fn restore_state(&mut self, state: &[u8]) {
-        self.reset_pending = state == [1];
+    /// Connections do not survive a snapshot: the restored guest is told
+    /// when the device starts.
+    fn restored(&mut self) {
+        self.reset_pending = true;
     }
 }
 
@@ -1179,7 +1207,7 @@ mod tests {
 
     #[test]
     fn reserved_cids_are_refused() {
-        for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
+        for cid in [0, 1, 2, u32::MAX] {
             assert!(matches!(
                 Vsock::new(cid, &tmp_path("cid")),
                 Err(VsockError::BadCid(_))
