@@ -464,7 +464,7 @@ fn read_stats(mem: &GuestMemoryMmap, chain: super::Chain<'_>, tags: &mut [Option
 
 /// Fuzzing entry point: inflate, deflate, statistics and reporting queues
 /// (hostile) are served, and the statistics buffer requested.
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub fn fuzz_queues(mem: &GuestMemoryMmap, queues: Vec<Queue>) {
     let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
         return;
