@@ -27,31 +27,41 @@ use crate::{loader, memory, probe};
 // Firecracker places it.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Opens the KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests
-/// use it to simulate a host without KVM).
-fn open_kvm() -> Result<Kvm, VmmError> {
-    let path = std::env::var_os("CONDO_KVM_DEVICE").unwrap_or_else(|| "/dev/kvm".into());
+/// The KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests use
+/// it to simulate a host without KVM).
+fn kvm_path() -> std::path::PathBuf {
+    std::env::var_os("CONDO_KVM_DEVICE")
+        .unwrap_or_else(|| "/dev/kvm".into())
+        .into()
+}
+
+/// Opens the KVM device.
+fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
     let err = |err| VmmError::OpenKvm {
-        path: path.to_string_lossy().into_owned(),
+        path: path.display().to_string(),
         err,
     };
-    let cpath = std::ffi::CString::new(path.as_encoded_bytes())
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| err(kvm_ioctls::Error::new(libc::EINVAL)))?;
     Kvm::new_with_path(&cpath).map_err(err)
 }
 
-/// Opens /dev/kvm and checks it can run a standard guest.
+/// Opens /dev/kvm and checks it can run a standard guest, probing it
+/// afresh (and keeping the verdict for later runs).
 pub fn check_kvm() -> Result<(), VmmError> {
-    let kvm = open_kvm()?;
-    probe::check(&kvm)?;
+    let path = kvm_path();
+    let kvm = open_kvm(&path)?;
+    probe::check_and_keep(&kvm, &path)?;
     Ok(())
 }
 
-/// Opens KVM, probing it unless `skip_probe`.
+/// Opens KVM, checking it unless `skip_probe` (with the host's kept
+/// verdict when there is one).
 fn kvm(skip_probe: bool) -> Result<Kvm, VmmError> {
-    let kvm = open_kvm()?;
+    let path = kvm_path();
+    let kvm = open_kvm(&path)?;
     if !skip_probe {
-        probe::check(&kvm)?;
+        probe::check_cached(&kvm, &path)?;
     }
     Ok(kvm)
 }
