@@ -2,6 +2,7 @@
 //! pipe set by `PUT /metrics` every minute and on `FlushMetrics`, and the
 //! same counters as Prometheus text (`GET /metrics`).
 
+use devices::sync::lock;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -132,13 +133,13 @@ static SINK: Mutex<Option<std::fs::File>> = Mutex::new(None);
 /// Sends metrics lines to `path` (appended; a file or a named pipe).
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
     let f = crate::logger::open_append(path)?;
-    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    *lock(&SINK) = Some(f);
     Ok(())
 }
 
 /// Writes one line to the metrics destination; false when none is set.
 pub fn flush() -> std::io::Result<bool> {
-    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sink = lock(&SINK);
     let Some(f) = sink.as_mut() else {
         return Ok(false);
     };

@@ -11,6 +11,7 @@ pub mod block;
 mod iov;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rng;
 pub mod vsock;
 mod worker;
@@ -165,12 +166,14 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self) {
         let _ = self.reset();
     }
-    /// Device-specific state for a snapshot (beyond the transport's).
-    fn save_state(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    /// Restores what [`VirtioDevice::save_state`] returned.
-    fn restore_state(&mut self, _state: &[u8]) {}
+    /// The device's state (what it was built from, and what it holds),
+    /// for a snapshot or a migration; [`persist::VirtioDeviceState::build`]
+    /// builds the device again from it.
+    fn state(&self) -> persist::VirtioDeviceState;
+    /// The device was rebuilt from a snapshot of a running guest (not
+    /// booted): whatever the guest had that the host cannot restore (open
+    /// vsock connections) must be reported lost when the device starts.
+    fn restored(&mut self) {}
 }
 
 /// A descriptor chain as the devices see it.
