@@ -74,6 +74,8 @@ default_sysctls = []
 
 [engine]
 cgroup_manager = "cgroupfs"
+# runc cannot pivot_root out of an initramfs.
+no_pivot_root = true
 events_logger = "file"
 
 [engine.runtimes]

@@ -7,13 +7,14 @@
 //! ```json
 //! {
 //!   "kernel": "/usr/local/lib/condo/vmlinux",
-//!   "initrd": "/usr/local/lib/condo/initramfs-agent.cpio.gz",
-//!   "cmdline": "console=ttyS0 reboot=k panic=1 quiet",
+//!   "initrd": "/usr/local/lib/condo/initramfs.cpio.gz",
+//!   "cmdline": "console=ttyS0 reboot=k panic=1 quiet rdinit=/sbin/condo-agent",
 //!   "vcpus": 1,
 //!   "memory_mib": 256,
 //!   "boot_timeout_s": 60,
 //!   "image_cache": "/var/cache/condo/oci",
-//!   "vmm": "/usr/local/bin/condo"
+//!   "vmm": "/usr/local/bin/condo",
+//!   "debug_log": "/var/log/condo-oci.log"
 //! }
 //! ```
 
@@ -27,6 +28,9 @@ use crate::error::{Error, Result};
 pub const DEFAULT_FILE: &str = "/etc/condo/oci.json";
 /// Where the set-up installs the guest kernel and initramfs.
 pub const DEFAULT_DIR: &str = "/usr/local/lib/condo";
+
+/// The guest's kernel command line: the agent is the guest's init.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet rdinit=/sbin/condo-agent";
 
 /// The runtime's settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,19 +53,22 @@ pub struct RuntimeConfig {
     pub image_cache: PathBuf,
     /// The VMM binary (default: this program).
     pub vmm: Option<PathBuf>,
+    /// A file for the monitors' timings of each container's phases.
+    pub debug_log: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             kernel: Path::new(DEFAULT_DIR).join("vmlinux"),
-            initrd: Path::new(DEFAULT_DIR).join("initramfs-agent.cpio.gz"),
-            cmdline: "console=ttyS0 reboot=k panic=1 quiet".into(),
+            initrd: Path::new(DEFAULT_DIR).join("initramfs.cpio.gz"),
+            cmdline: DEFAULT_CMDLINE.into(),
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_s: 60,
             image_cache: PathBuf::from("/var/cache/condo/oci"),
             vmm: None,
+            debug_log: None,
         }
     }
 }

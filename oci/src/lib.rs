@@ -26,6 +26,7 @@ pub mod console;
 pub mod control;
 pub mod error;
 pub mod guest;
+pub mod image;
 pub mod monitor;
 pub mod rlimit;
 pub mod rootfs;
@@ -33,6 +34,7 @@ pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod time;
+pub mod trace;
 
 pub use cli::OciArgs;
 pub use error::Error;

@@ -207,6 +207,7 @@ pub fn container_monitor(ctx: &Ctx, a: &crate::cli::MonitorArgs) -> i32 {
             }
         }
     };
+    crate::trace::mark("started");
     let code = match workload {
         Ok(w) => match w.wait() {
             Ok(code) => code,
@@ -220,16 +221,20 @@ pub fn container_monitor(ctx: &Ctx, a: &crate::cli::MonitorArgs) -> i32 {
     if let Ok(mut p) = shared.phase.lock() {
         *p = Phase::Done;
     }
+    crate::trace::mark(&format!("process exited ({code})"));
     let _ = shared.container.update(|s| s.status = Status::Stopped);
     if let Err(e) = shared.guest.shutdown() {
         ctx.logger.log("error", &e.to_string());
     }
+    crate::trace::mark("stopped");
     code
 }
 
 /// Everything up to "created": state, terminal, cgroup, the VM.
 fn prepare(ctx: &Ctx, a: &crate::cli::MonitorArgs) -> Result<Arc<Shared>> {
     let container = Container::open(&ctx.root, &a.id)?;
+    crate::trace::init(ctx.config()?.debug_log, &a.id);
+    crate::trace::mark("monitor started");
     let spec_bytes = std::fs::read(container.file("spec.json"))
         .map_err(Error::path("read", &container.file("spec.json")))?;
     let spec = Spec::parse(&spec_bytes)?;

@@ -65,7 +65,13 @@ pub fn boot(
         crate::state::Backend::Host => Ok(Arc::new(host::HostGuest::default())),
         crate::state::Backend::Vm => {
             let config = ctx.config()?;
-            Ok(Arc::new(vm::VmGuest::boot(&config, c, saved, spec)?))
+            Ok(Arc::new(vm::VmGuest::boot(
+                &config,
+                &ctx.logger,
+                c,
+                saved,
+                spec,
+            )?))
         }
     }
 }

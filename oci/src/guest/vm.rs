@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::RuntimeConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Logger, Result};
 use crate::guest::agent::{self, Agent};
 use crate::guest::{Guest, Io, Workload};
 use crate::spec::{Process, Spec};
@@ -94,7 +94,13 @@ pub struct VmGuest {
 impl VmGuest {
     /// Builds the disk, starts the VMM, waits for the agent and sets the
     /// container up.
-    pub fn boot(config: &RuntimeConfig, c: &Container, saved: &Saved, spec: &Spec) -> Result<Self> {
+    pub fn boot(
+        config: &RuntimeConfig,
+        logger: &Logger,
+        c: &Container,
+        saved: &Saved,
+        spec: &Spec,
+    ) -> Result<Self> {
         let (vcpus, mem) = vm_size(config, spec)?;
         for (what, p) in [
             ("guest kernel", &config.kernel),
@@ -110,6 +116,7 @@ impl VmGuest {
         let readonly = spec.root.as_ref().is_some_and(|r| r.readonly);
         let image = crate::rootfs::image_path(&c.dir);
         crate::rootfs::build(&saved.rootfs, &image, &config.image_cache)?;
+        crate::trace::mark("root disk ready");
         let vsock = c.file("v.sock");
         let vm = vm_json(config, vcpus, mem, &image, readonly, &vsock);
         let vm_file = c.file("vm.json");
@@ -139,6 +146,7 @@ impl VmGuest {
         }
         let child = cmd.spawn().map_err(Error::io("start the VMM"))?;
         let pid = child.id() as i32;
+        crate::trace::mark("VMM started");
         c.update(|s| s.vmm_pid = Some(pid))?;
         let guest = VmGuest {
             dir: c.dir.clone(),
@@ -151,7 +159,22 @@ impl VmGuest {
         let up = guest
             .agent
             .wait_ready(deadline, || guest.vmm_exited())
-            .and_then(|()| guest.agent.setup(&agent::container_setup(spec)?));
+            .and_then(|()| {
+                crate::trace::mark("agent answers");
+                let (setup, dropped) = agent::container_setup(spec)?;
+                let skipped = guest.agent.setup(&setup)?;
+                for d in dropped {
+                    logger.log("warning", &format!("mount {d}: left out of the microVM"));
+                }
+                for d in skipped {
+                    logger.log(
+                        "warning",
+                        &format!("mount {d}: the guest kernel has no such file system; left out"),
+                    );
+                }
+                crate::trace::mark("container set up");
+                Ok(())
+            });
         if let Err(e) = up {
             guest.kill_vmm();
             return Err(e);
@@ -254,6 +277,7 @@ impl Guest for VmGuest {
         // A paused VM cannot power itself off.
         let _ = self.vm_state("Resumed");
         let _ = self.agent.shutdown();
+        crate::trace::mark("shutdown asked");
         if !self.wait_vmm(Duration::from_secs(10)) {
             // SIGTERM stops the VMM; SIGKILL if even that does not.
             if let Ok(g) = self.vmm.lock() {
@@ -269,8 +293,11 @@ impl Guest for VmGuest {
             }
         }
         self.kill_vmm();
+        crate::trace::mark("VMM exited");
+        crate::trace::append_file("vmm", &self.dir.join("vmm.log"));
         if !self.readonly {
             crate::rootfs::copy_back(&crate::rootfs::image_path(&self.dir), &self.rootfs)?;
+            crate::trace::mark("disk copied back");
         }
         Ok(())
     }
