@@ -80,8 +80,15 @@ struct RunArgs {
     #[arg(long)]
     no_api: bool,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
-    #[arg(long, required_unless_present_any = ["config_file", "api_sock"])]
+    #[arg(long, required_unless_present_any = ["config_file", "api_sock", "image"])]
     kernel: Option<PathBuf>,
+    /// Run a container image (a local OCI layout or OCI archive) in a VM
+    /// with the OCI runtime's kernel and agent (docs/oci.md); a command
+    /// after `--` replaces the image's cmd.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["config_file", "api_sock", "kernel"])]
+    image: Option<PathBuf>,
+    #[arg(last = true, value_name = "CMD", requires = "image")]
+    image_cmd: Vec<String>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -267,6 +274,10 @@ fn file_requests(c: VmConfig) -> Vec<VmRequest> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(image) = &args.image {
+        let code = oci::image::run(image, &args.image_cmd, None);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     vmm::seccomp::set_level(if args.no_seccomp {
         0
     } else {
