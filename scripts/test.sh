@@ -30,6 +30,11 @@ condo_bin="$BUILD/debug/condo"
 agent_bin=$(cargo test -p condo --test agent --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "agent" and .target.kind == ["test"] and .executable != null) | .executable')
 [ -x "$agent_bin" ] || die "agent test binary not built"
+# The OCI runtime under podman and containerd (condo/tests/oci_engines.rs).
+oci_bin=$(cargo test -p condo --test oci_engines --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "oci_engines" and .executable != null) | .executable')
+[ -x "$oci_bin" ] || die "OCI engine test binary not built"
+host_extra=() # more testhost/run options, for one session
 
 envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)
 if bash testhost/kvm-ok; then
@@ -63,7 +68,7 @@ else
       skips=()
       for t in "${passed[@]}"; do skips+=(--skip "$t"); done
       rc=0
-      bash testhost/run --timeout 900 "${args[@]}" -- \
+      bash testhost/run --timeout "${host_timeout:-900}" "${host_extra[@]}" "${args[@]}" -- \
         "$boot_bin" --test-threads=1 --exact "${skips[@]}" "$@" | tee "$log" || rc=$?
       [ "$rc" = 125 ] || break
       # "test NAME ... ok", or "ok" alone after lines the test logged.
@@ -86,4 +91,21 @@ else
   # in_test_host runs $boot_bin, here the agent test binary.
   step "guest agent tests, in their own test host"
   boot_bin="$agent_bin" in_test_host
+fi
+
+# The engines run in the test host whatever this host's KVM can do: their
+# root (Debian's podman, conmon, runc and containerd with their
+# configuration) is the test host's engine layer (testhost/build-engines.sh).
+step "OCI runtime under podman and containerd, in a test host with the engine layer"
+bash testhost/build-engines.sh
+oci_args=(--engines --timeout 1500 --file "$condo_bin" --file "$(command -v mkfs.ext4)"
+  --file "$(command -v debugfs)" --file "$(command -v e2fsck)" --env CONDO_OCI_ENGINES=1)
+for v in CONDO_GUEST_VMLINUX CONDO_GUEST_INITRAMFS; do
+  oci_args+=(--file "${!v}" --env "$v=${!v}")
+done
+if declare -F in_test_host >/dev/null; then
+  host_extra=(--engines --file "$(command -v mkfs.ext4)" --env CONDO_OCI_ENGINES=1)
+  host_timeout=1500 boot_bin="$oci_bin" in_test_host
+else
+  bash testhost/run "${oci_args[@]}" -- "$oci_bin" --test-threads=1
 fi

@@ -130,6 +130,8 @@ mkdir -p /var/lib/containers /var/lib/containerd /run/containerd /run/containers
 mount -t tmpfs -o size=4g tmpfs /var/lib/containers
 mount -t tmpfs -o size=4g tmpfs /var/lib/containerd
 mount -t tmpfs tmpfs /var/tmp
+# Terminals (podman -it, ctr -t, the runtime's console socket).
+mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666,mode=0620 devpts /dev/pts
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 ulimit -n 1024
 containerd --config /etc/containerd/config.toml > /var/log-containerd.txt 2>&1 &

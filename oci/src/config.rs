@@ -88,19 +88,17 @@ impl RuntimeConfig {
             }
             Err(e) => return Err(Error::path("read runtime configuration", &path)(e)),
         };
-        let c: RuntimeConfig = serde_json::from_slice(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks a configuration file's bytes.
+    pub fn parse(text: &[u8]) -> std::result::Result<RuntimeConfig, String> {
+        let c: RuntimeConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
         if c.vcpus == 0 || c.vcpus > 64 {
-            return Err(Error::Config(format!(
-                "{}: vcpus must be 1 to 64",
-                path.display()
-            )));
+            return Err("vcpus must be 1 to 64".into());
         }
         if c.memory_mib < 64 {
-            return Err(Error::Config(format!(
-                "{}: memory_mib must be at least 64",
-                path.display()
-            )));
+            return Err("memory_mib must be at least 64".into());
         }
         Ok(c)
     }

@@ -282,8 +282,19 @@ impl Process {
         let bytes = read_limited(path, || {
             Error::InvalidSpec(format!("process file {} not found", path.display()))
         })?;
-        let p: Process = serde_json::from_slice(&bytes).map_err(|e| Error::BadJson {
-            file: path.display().to_string(),
+        Self::parse(&bytes).map_err(|e| match e {
+            Error::BadJson { msg, .. } => Error::BadJson {
+                file: path.display().to_string(),
+                msg,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses and checks a process object's bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Process> {
+        let p: Process = serde_json::from_slice(bytes).map_err(|e| Error::BadJson {
+            file: "process.json".into(),
             msg: e.to_string(),
         })?;
         p.validate()?;

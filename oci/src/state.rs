@@ -91,6 +91,20 @@ pub struct Saved {
     pub cgroups: Vec<PathBuf>,
 }
 
+impl Saved {
+    /// Parses and checks a state file's bytes for container `id`.
+    pub fn parse(id: &str, bytes: &[u8]) -> std::result::Result<Saved, String> {
+        let s: Saved = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if s.id != id {
+            return Err(format!("it names container {:?}", s.id));
+        }
+        if s.pid < 0 || s.vmm_pid.is_some_and(|p| p <= 0) {
+            return Err("negative process id".into());
+        }
+        Ok(s)
+    }
+}
+
 /// One container's directory.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -161,14 +175,7 @@ impl Container {
         if buf.len() as u64 > MAX_STATE_BYTES {
             return Err(bad("too large".into()));
         }
-        let s: Saved = serde_json::from_slice(&buf).map_err(|e| bad(e.to_string()))?;
-        if s.id != self.id {
-            return Err(bad(format!("it names container {:?}", s.id)));
-        }
-        if s.pid < 0 || s.vmm_pid.is_some_and(|p| p <= 0) {
-            return Err(bad("negative process id".into()));
-        }
-        Ok(s)
+        Saved::parse(&self.id, &buf).map_err(bad)
     }
 
     /// Writes the state atomically (a reader sees the old or the new file).
