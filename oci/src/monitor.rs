@@ -278,7 +278,18 @@ fn handle(s: &Shared, r: Request) -> Result<()> {
                         .ok()
                         .and_then(|mut i| i.take())
                         .ok_or(Error::StartRunning)?;
-                let w = s.guest.start(&s.process, io)?;
+                // The engine may have sized the terminal since `create`
+                // (conmon does so, instead of a consoleSize).
+                let mut process = s.process.clone();
+                if let Some((rows, cols)) = s.tty.and_then(console::window_size) {
+                    if rows > 0 && cols > 0 {
+                        process.console_size = Some(crate::spec::ConsoleSize {
+                            height: rows.into(),
+                            width: cols.into(),
+                        });
+                    }
+                }
+                let w = s.guest.start(&process, io)?;
                 *phase = Phase::Started(w);
                 s.container.update(|st| st.status = Status::Running)?;
                 s.changed.notify_all();
@@ -392,6 +403,12 @@ pub fn exec_monitor(ctx: &Ctx, a: &crate::cli::ExecMonitorArgs) -> i32 {
         let w = guest.start(&process, io)?;
         if let Ok(mut s) = slot.lock() {
             *s = Some((w.clone(), tty));
+        }
+        // A resize that came before the slot was filled.
+        if let Some((rows, cols)) = tty.and_then(console::window_size) {
+            if rows > 0 && cols > 0 {
+                let _ = w.resize(rows, cols);
+            }
         }
         std::mem::forget(keep);
         Ok((w, container))
