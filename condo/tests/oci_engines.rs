@@ -650,3 +650,24 @@ fn runtime_states_with_a_real_vm() {
     assert_gone("vm2");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `condo run --image` without an engine: the OCI archive podman saved,
+/// its cmd replaced, the same agent; the exit code comes back.
+#[test]
+fn condo_run_image_runs_an_oci_archive() {
+    if !engines() {
+        return;
+    }
+    let o = sh(&format!(
+        "{} run --image /tmp/busybox-oci.tar -- sh -c 'echo from the image in $(pwd); exit 6' </dev/null",
+        env!("CARGO_BIN_EXE_condo")
+    ));
+    assert_eq!(
+        o.code,
+        Some(6),
+        "stdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
+    assert_eq!(o.stdout.trim(), "from the image in /");
+}

@@ -114,15 +114,22 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// Unpacks one layer into `root`: its whiteouts first (`.wh.NAME` removes
-/// NAME, `.wh..wh..opq` empties its directory), then its files.
+/// NAME, `.wh..wh..opq` empties its directory), then its files, then the
+/// whiteout markers themselves (busybox's tar, the test host's, has no
+/// `--exclude`).
 fn apply_layer(root: &Path, layer: &Path) -> Result<()> {
-    let list = run_tool(Command::new("tar").arg("-tf").arg(layer), "tar")?;
+    let z = compression(layer)?;
+    let list = run_tool(Command::new("tar").args(z).arg("-tf").arg(layer), "tar")?;
+    let mut markers = Vec::new();
     for entry in list.lines() {
         let entry = entry.trim_start_matches("./");
         let p = Path::new(entry);
-        if p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if p.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
             return Err(Error::Other(format!(
                 "layer entry {entry:?} leaves the root"
             )));
@@ -137,25 +144,47 @@ fn apply_layer(root: &Path, layer: &Path) -> Result<()> {
                     let _ = remove_any(&e.path());
                 }
             }
+            markers.push(root.join(p));
         } else if let Some(target) = name.strip_prefix(".wh.") {
             let _ = remove_any(&dir.join(target));
+            markers.push(root.join(p));
         }
     }
     run_tool(
         Command::new("tar")
+            .args(z)
             .arg("-xf")
             .arg(layer)
             .arg("-C")
             .arg(root)
-            .args([
-                "--numeric-owner",
-                "--same-permissions",
-                "--exclude=.wh.*",
-                "--exclude=*/.wh.*",
-            ]),
+            .arg("--numeric-owner"),
         "tar",
     )?;
+    for m in markers {
+        let _ = std::fs::remove_file(m);
+    }
     Ok(())
+}
+
+/// tar's flag for a layer's compression, told by its first bytes (not
+/// every tar detects it itself).
+fn compression(layer: &Path) -> Result<&'static [&'static str]> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(layer)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(Error::path("read", layer))?;
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => &["-z"],
+        [0xfd, b'7', b'z', b'X'] => &["-J"],
+        [0x28, 0xb5, 0x2f, 0xfd] => {
+            return Err(Error::Unsupported(format!(
+                "layer {} is zstd-compressed (not supported yet)",
+                layer.display()
+            )))
+        }
+        _ => &[],
+    })
 }
 
 fn remove_any(p: &Path) -> std::io::Result<()> {
