@@ -468,9 +468,11 @@ mod tests {
         let mut digests = Vec::new();
         for (i, l) in [&l1, &l2].iter().enumerate() {
             let t = base.join(format!("layer{i}.tar"));
+            // The second layer gzipped, as engines save them.
+            let flags = if i == 1 { "-czf" } else { "-cf" };
             run_tool(
                 Command::new("tar")
-                    .arg("-cf")
+                    .arg(flags)
                     .arg(&t)
                     .arg("-C")
                     .arg(l)
