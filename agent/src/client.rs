@@ -85,13 +85,14 @@ impl ClientError {
     }
 }
 
-fn io_error(e: io::Error) -> ClientError {
+/// An I/O error on `s`; a timeout says how long it waited.
+fn io_error(e: io::Error, s: &UnixStream) -> ClientError {
     if matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     ) {
         ClientError::Timeout {
-            waited: Duration::ZERO,
+            waited: s.read_timeout().ok().flatten().unwrap_or_default(),
             last: e.to_string(),
         }
     } else {
@@ -359,7 +360,7 @@ impl Connection {
     fn vsock_connect(&mut self, port: u32) -> Result<()> {
         self.stream
             .write_all(format!("CONNECT {port}\n").as_bytes())
-            .map_err(io_error)?;
+            .map_err(|e| io_error(e, &self.stream))?;
         let mut line = Vec::new();
         let mut b = [0u8; 1];
         loop {
@@ -373,7 +374,7 @@ impl Connection {
                 Ok(_) if line.len() < MAX_OK_LINE => line.push(b[0]),
                 Ok(_) => return Err(ClientError::Vsock("overlong reply to CONNECT".into())),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error(e)),
+                Err(e) => return Err(io_error(e, &self.stream)),
             }
         }
         if line.starts_with(b"OK ") {
@@ -413,7 +414,9 @@ impl Connection {
 
     /// Sends bytes as they are (for tests of the agent's decoding).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes).map_err(io_error)
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| io_error(e, &self.stream))
     }
 
     /// The next message from the agent.
@@ -421,7 +424,7 @@ impl Connection {
         match read_frame(&mut self.stream) {
             Ok(Some(f)) => Ok(GuestMsg::decode(&f)?),
             Ok(None) => Err(ClientError::Closed),
-            Err(ProtoError::Io(e)) => Err(io_error(e)),
+            Err(ProtoError::Io(e)) => Err(io_error(e, &self.stream)),
             Err(e) => Err(e.into()),
         }
     }
@@ -548,7 +551,7 @@ impl Session {
             let m = match read_frame(&mut self.reader) {
                 Ok(Some(f)) => GuestMsg::decode(&f)?,
                 Ok(None) => return Err(ClientError::Closed),
-                Err(ProtoError::Io(e)) => return Err(io_error(e)),
+                Err(ProtoError::Io(e)) => return Err(io_error(e, &self.reader)),
                 Err(e) => return Err(e.into()),
             };
             return Ok(match m {

@@ -20,6 +20,12 @@ use common::{artifact, condo, tempdir, KillOnDrop};
 /// slow, and a guest still silent after this is stalled.
 const BOOT: Duration = Duration::from_secs(60);
 
+/// condo's guest kernel and the test initramfs.
+const CONDO_KERNEL: (&str, &str) = ("CONDO_GUEST_VMLINUX", "CONDO_GUEST_INITRAMFS");
+
+/// Debian's cloud kernel and the test initramfs with its modules.
+const CLOUD_KERNEL: (&str, &str) = ("CONDO_CLOUD_KERNEL", "CONDO_CLOUD_INITRAMFS");
+
 /// How long a powered-off guest's VMM may take to exit.
 const EXIT: Duration = Duration::from_secs(30);
 
@@ -35,6 +41,12 @@ impl Vm {
     /// a virtio-blk disk), retrying a boot that stalls (the nested test
     /// host now and then stalls a guest, which no hardware KVM does).
     fn boot(name: &str, opts: &str, disk: Option<&Path>) -> Vm {
+        Vm::boot_kernel(name, CONDO_KERNEL, opts, disk)
+    }
+
+    /// [`Vm::boot`] with another kernel and initramfs (the variables naming
+    /// them).
+    fn boot_kernel(name: &str, kernel: (&str, &str), opts: &str, disk: Option<&Path>) -> Vm {
         let dir = tempdir(name);
         for attempt in 1..=3 {
             let uds = dir.join("v.sock");
@@ -42,9 +54,9 @@ impl Vm {
             let console = std::fs::File::create(dir.join("console.log")).expect("console log");
             let mut c = condo();
             c.args(["run", "--memory", "256", "--kernel"])
-                .arg(artifact("CONDO_GUEST_VMLINUX"))
+                .arg(artifact(kernel.0))
                 .arg("--initrd")
-                .arg(artifact("CONDO_GUEST_INITRAMFS"))
+                .arg(artifact(kernel.1))
                 .arg("--vsock")
                 .arg(format!("cid=3,socket={}", uds.display()))
                 .arg("--cmdline")
@@ -394,5 +406,21 @@ fn agent_sets_up_a_container_root() {
     assert_eq!(vm.client.ps().expect("ps"), Vec::<u32>::new());
     let e = vm.client.setup(&setup).expect_err("a second setup");
     assert!(e.to_string().contains("once per VM"), "{e}");
+    vm.shutdown();
+}
+
+/// Debian's unmodified cloud kernel, where vsock is a module: init.sh loads
+/// the modules before it starts the agent.
+#[test]
+fn agent_runs_under_debian_cloud_kernel() {
+    let vm = Vm::boot_kernel(
+        "agent-cloud",
+        CLOUD_KERNEL,
+        "condo.agent=1 condo.end=wait",
+        None,
+    );
+    let o = vm.run(&Process::command(["uname", "-r"]));
+    assert!(text(&o.stdout).contains("cloud"), "{:?}", text(&o.stdout));
+    assert_eq!(o.status, ExitStatus::Code(0));
     vm.shutdown();
 }
