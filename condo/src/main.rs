@@ -326,6 +326,10 @@ fn exit_status(result: Result<VmExit, vmm::VmmError>) -> ExitCode {
             tracing::info!("guest rebooted");
             ExitCode::SUCCESS
         }
+        Ok(VmExit::Migrated) => {
+            tracing::info!("the guest moved to another VMM");
+            ExitCode::SUCCESS
+        }
         Ok(VmExit::Panic) => {
             eprintln!("condo: guest kernel panicked");
             ExitCode::from(EXIT_GUEST_PANIC)
