@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
-cargo test --workspace --locked -q --lib --bins --test cli 2>&1
+cargo test --workspace --locked -q --lib --bins --test cli --test agent_local 2>&1
 
 step "fuzzing every guest- and client-reachable parser (short run)"
 bash scripts/fuzz.sh 15
@@ -26,11 +26,17 @@ boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=js
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')
 condo_bin="$BUILD/debug/condo"
 [ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
+# The guest agent's real-guest tests (condo/tests/agent.rs).
+agent_bin=$(cargo test -p condo --test agent --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "agent" and .target.kind == ["test"] and .executable != null) | .executable')
+[ -x "$agent_bin" ] || die "agent test binary not built"
 
 envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)
 if bash testhost/kvm-ok; then
   step "boot tests on this host's /dev/kvm"
   "$boot_bin" --test-threads=2
+  step "guest agent tests on this host's /dev/kvm"
+  "$agent_bin" --test-threads=2
 else
   step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
   bash testhost/build.sh
@@ -76,4 +82,8 @@ else
   in_test_host --skip sigkill_during_fsync_loses_no_acknowledged_data
   step "boot tests: SIGKILL during guest fsync, in its own test host"
   in_test_host sigkill_during_fsync_loses_no_acknowledged_data
+  # The guest agent's tests, in a session of their own (about 30 s):
+  # in_test_host runs $boot_bin, here the agent test binary.
+  step "guest agent tests, in their own test host"
+  boot_bin="$agent_bin" in_test_host
 fi
