@@ -5,6 +5,7 @@
 //! planner, and reports energy, SLA violations and migrations; it also
 //! turns a planner's decision into a migration plan for the host manager.
 
+pub mod inventory;
 pub mod model;
 pub mod policy;
 pub mod sim;

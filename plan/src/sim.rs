@@ -77,6 +77,9 @@ struct HostEntry {
 #[derive(Clone, Debug)]
 pub struct Host {
     pub spec: HostSpec,
+    /// Hosts of one class have identical specs: when empty they are
+    /// interchangeable, so searches look at the first empty one only.
+    pub class: usize,
     pub total_mips: f64,
     pub pe_mips: f64,
     /// VMs placed here, in CloudSim's list order (migrating-in ones too).
@@ -248,9 +251,29 @@ impl Sim {
                 }
             })
             .collect::<Vec<_>>();
+        let mut classes: Vec<&HostSpec> = Vec::new();
+        let mut class_of = Vec::with_capacity(hosts.len());
+        for s in hosts {
+            let same = |c: &&HostSpec| {
+                c.cores == s.cores
+                    && c.mips_per_core == s.mips_per_core
+                    && c.ram_mb == s.ram_mb
+                    && c.bw_kbps == s.bw_kbps
+                    && c.power == s.power
+            };
+            match classes.iter().position(same) {
+                Some(i) => class_of.push(i),
+                None => {
+                    class_of.push(classes.len());
+                    classes.push(s);
+                }
+            }
+        }
         let hosts = hosts
             .iter()
-            .map(|s| Host {
+            .zip(class_of)
+            .map(|(s, class)| Host {
+                class,
                 total_mips: s.total_mips(),
                 pe_mips: s.mips_per_core,
                 spec: s.clone(),

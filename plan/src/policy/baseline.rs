@@ -10,7 +10,7 @@
 //! the last update, RAM does not constrain placement after creation.
 
 use crate::model::migration_time;
-use crate::sim::{Policy, Sim};
+use crate::sim::{Policy, Sim, HISTORY_LENGTH};
 use crate::stats;
 
 use super::{Overload, Selection};
@@ -57,52 +57,61 @@ impl Baseline {
     }
 }
 
-/// Requested CPU of a host's VMs over its capacity.
-pub fn requested_util(sim: &Sim, h: usize) -> f64 {
+/// Requested CPU of a host's VMs (plus `extra`, as if it were placed
+/// there) over its capacity.
+pub fn requested_util(sim: &Sim, h: usize, extra: Option<usize>) -> f64 {
     let host = &sim.hosts[h];
-    host.vms.iter().map(|&v| sim.vms[v].req).sum::<f64>() / host.total_mips
+    let mut sum: f64 = host.vms.iter().map(|&v| sim.vms[v].req).sum();
+    if let Some(x) = extra {
+        sum += sim.vms[x].req;
+    }
+    sum / host.total_mips
 }
 
 /// `PowerHostUtilizationHistory.getUtilizationHistory`: the sum of the
 /// host's VMs' histories weighted by their share of the host, most recent
-/// first, trailing zeros trimmed.
-pub fn host_history(sim: &Sim, h: usize) -> Vec<f64> {
+/// first, trailing zeros trimmed (with `extra` added last).
+pub fn host_history(sim: &Sim, h: usize, extra: Option<usize>) -> ([f64; HISTORY_LENGTH], usize) {
     let host = &sim.hosts[h];
-    let mut hist = [0.0f64; crate::sim::HISTORY_LENGTH];
-    for &v in &host.vms {
+    let mut hist = [0.0f64; HISTORY_LENGTH];
+    for &v in host.vms.iter().chain(extra.iter()) {
         let vm = &sim.vms[v];
         for (i, u) in vm.history.iter().enumerate() {
             hist[i] += u * vm.mips / host.total_mips;
         }
     }
     let n = stats::count_non_zero_beginning(&hist);
-    hist[..n].to_vec()
+    (hist, n)
 }
 
-/// Whether `h` counts as overloaded under `od` right now.
-pub fn is_overloaded(sim: &Sim, h: usize, od: Overload) -> bool {
-    let thr = |t: f64| requested_util(sim, h) > t;
+/// Whether `h` (with `extra` placed on it) counts as overloaded under `od`.
+pub fn is_overloaded(sim: &Sim, h: usize, od: Overload, extra: Option<usize>) -> bool {
+    let thr = |t: f64| requested_util(sim, h, extra) > t;
     match od {
         Overload::Thr(t) => thr(t),
         Overload::Iqr(s) | Overload::Mad(s) => {
-            let hist = host_history(sim, h);
-            if stats::count_non_zero_beginning(&hist) < 12 {
+            let (hist, n) = host_history(sim, h, extra);
+            let hist = &hist[..n];
+            if stats::count_non_zero_beginning(hist) < 12 {
                 return thr(FALLBACK_THR);
             }
             let spread = if matches!(od, Overload::Iqr(_)) {
-                stats::iqr(&hist)
+                stats::iqr(hist)
             } else {
-                stats::mad(&hist)
+                stats::mad(hist)
             };
-            requested_util(sim, h) > 1.0 - s * spread
+            requested_util(sim, h, extra) > 1.0 - s * spread
         }
         Overload::Lr(s) | Overload::Lrr(s) => {
-            let hist = host_history(sim, h);
+            let (hist, n) = host_history(sim, h, extra);
             const LEN: usize = 10;
-            if hist.len() < LEN {
+            if n < LEN {
                 return thr(FALLBACK_THR);
             }
-            let rev: Vec<f64> = (0..LEN).map(|i| hist[LEN - i - 1]).collect();
+            let mut rev = [0.0; LEN];
+            for (i, r) in rev.iter_mut().enumerate() {
+                *r = hist[LEN - i - 1];
+            }
             // With ten points CloudSim's tricube weights are never zero, so
             // its "loess" (and the robust variant) is plain least squares.
             let Some((a, b)) = stats::linear_fit(&rev) else {
@@ -112,6 +121,7 @@ pub fn is_overloaded(sim: &Sim, h: usize, od: Overload) -> bool {
             let max_ram = host
                 .vms
                 .iter()
+                .chain(extra.iter())
                 .map(|&v| sim.vms[v].ram_mb as i64)
                 .max()
                 .unwrap_or(i64::from(i32::MIN));
@@ -124,7 +134,7 @@ pub fn is_overloaded(sim: &Sim, h: usize, od: Overload) -> bool {
 
 impl Baseline {
     fn over(&self, sim: &Sim, h: usize) -> bool {
-        is_overloaded(sim, h, self.overload)
+        is_overloaded(sim, h, self.overload, None)
     }
 
     fn select(&mut self, sim: &Sim, h: usize) -> Option<usize> {
@@ -145,20 +155,28 @@ impl Baseline {
     }
 
     /// `findHostForVm(vm, excludedHosts)`: PABFD.
-    fn find_host(&self, sim: &mut Sim, v: usize, excluded: &[bool]) -> Option<usize> {
+    fn find_host(&self, sim: &Sim, v: usize, excluded: &[bool]) -> Option<usize> {
         let mut min = f64::MAX;
         let mut best = None;
+        let mut empty_seen: Vec<usize> = Vec::new();
         for h in 0..sim.hosts.len() {
-            if excluded[h] || !sim.is_suitable(h, v) {
+            if excluded[h] {
                 continue;
             }
-            if sim.allocated_mips(h) != 0.0 {
-                sim.vm_create(h, v);
-                let over = self.over(sim, h);
-                sim.vm_destroy(h, v);
-                if over {
+            let host = &sim.hosts[h];
+            if host.vms.is_empty() && host.util_mips == 0.0 {
+                // Identical to an empty host of its class already weighed.
+                if empty_seen.contains(&host.class) {
                     continue;
                 }
+                empty_seen.push(host.class);
+            }
+            if !sim.is_suitable(h, v) {
+                continue;
+            }
+            // isHostOverUtilizedAfterAllocation, without the create/destroy.
+            if sim.allocated_mips(h) != 0.0 && is_overloaded(sim, h, self.overload, Some(v)) {
+                continue;
             }
             if let Some(diff) = power_diff(sim, h, v) {
                 if diff < min {

@@ -147,6 +147,8 @@ pub struct RunOptions {
     pub record_moves: bool,
     /// Initial host per VM (from an inventory); PABFD / first fit otherwise.
     pub fixed: Option<Vec<usize>>,
+    /// Tuning of condo's planner.
+    pub condo: condo::Params,
 }
 
 impl Default for RunOptions {
@@ -155,6 +157,7 @@ impl Default for RunOptions {
             seed: 1,
             record_moves: false,
             fixed: None,
+            condo: condo::Params::default(),
         }
     }
 }
@@ -197,7 +200,7 @@ pub fn simulate(
             sim.run(Some(&mut p as &mut dyn Policy))
         }
         PolicyKind::Condo => {
-            let mut p = condo::Condo::new(condo::Params::default());
+            let mut p = condo::Condo::new(opts.condo.clone());
             sim.place_initial(initial, &fixed, Some(&mut p as &mut dyn Policy))?;
             sim.run(Some(&mut p as &mut dyn Policy))
         }

@@ -149,7 +149,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            order: planetlab::FileOrder::Sorted,
+            order: planetlab::FileOrder::Reference,
             vcpu_mips: 2500.0,
             max_vms: 0,
             max_samples: 0,

@@ -16,6 +16,36 @@ pub enum FileOrder {
     /// The order the file system lists the directory (`readdir`), as
     /// Java's `File.listFiles()` returns it.
     Fs,
+    /// The order of CloudSim's reference run (plan/data/planetlab-order.txt.gz,
+    /// the `readdir` order of the machine that made it) for the ten known
+    /// days; sorted for any other directory.
+    Reference,
+}
+
+/// `# day` lines each followed by that day's file names in the reference order.
+const REFERENCE_ORDER: &[u8] = include_bytes!("../../data/planetlab-order.txt.gz");
+
+/// The reference order of a day's files, if the day is one of the ten.
+pub fn reference_order(day: &str) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(REFERENCE_ORDER)
+        .read_to_string(&mut text)
+        .ok()?;
+    let mut names = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("# ") {
+            if names.is_some() {
+                break;
+            }
+            if d == day {
+                names = Some(Vec::new());
+            }
+        } else if let Some(n) = names.as_mut() {
+            n.push(line.to_owned());
+        }
+    }
+    names
 }
 
 /// Parses one PlanetLab file's text. `path` only names the file in errors.
@@ -63,8 +93,30 @@ pub fn list_files(dir: &Path, order: FileOrder) -> Result<Vec<PathBuf>, TraceErr
             files.push(p);
         }
     }
-    if order == FileOrder::Sorted {
-        files.sort();
+    match order {
+        FileOrder::Fs => {}
+        FileOrder::Sorted => files.sort(),
+        FileOrder::Reference => {
+            files.sort();
+            let day = dir
+                .file_name()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(names) = reference_order(&day) {
+                let mut by_name: Vec<PathBuf> = Vec::with_capacity(names.len());
+                for n in &names {
+                    let p = dir.join(n);
+                    if files.binary_search(&p).is_err() {
+                        // Not the reference day's files: keep sorted order.
+                        return Ok(files);
+                    }
+                    by_name.push(p);
+                }
+                if by_name.len() == files.len() {
+                    return Ok(by_name);
+                }
+            }
+        }
     }
     Ok(files)
 }
