@@ -5,9 +5,14 @@
 //! planner, and reports energy, SLA violations and migrations; it also
 //! turns a planner's decision into a migration plan for the host manager.
 
+pub mod cli;
 pub mod inventory;
 pub mod model;
+pub mod plot;
 pub mod policy;
+pub mod report;
 pub mod sim;
 pub mod stats;
 pub mod trace;
+
+pub use cli::{run, PlanArgs, PlanError};
