@@ -126,6 +126,39 @@ fn cap(u: f64) -> f64 {
     }
 }
 
+/// An update time with what every host's update needs of it.
+struct At {
+    t: f64,
+    interp: Interp,
+    history_step: bool,
+}
+
+/// Interpolation between two trace samples, the VM-independent part.
+#[derive(Clone, Copy, Debug)]
+enum Interp {
+    Exact(usize),
+    Between {
+        t1: usize,
+        t2: usize,
+        denom: f64,
+        off: f64,
+    },
+}
+
+/// Sums over a host's VMs (see [`Sim::with_sums`]).
+#[derive(Clone, Copy, Debug)]
+pub struct HostSums {
+    /// MIPS allocated by the scheduler (migrating-in VMs at full request).
+    pub alloc_mips: f64,
+    /// Requested MIPS.
+    pub req_sum: f64,
+    /// Utilization history weighted by VM size over host capacity, most
+    /// recent first (`PowerHostUtilizationHistory`), untrimmed.
+    pub hist: [f64; HISTORY_LENGTH],
+    /// Largest VM RAM (MB), `i32::MIN` for no VM.
+    pub max_ram: i64,
+}
+
 /// One migration the simulator carried out.
 #[derive(Clone, Debug, Serialize)]
 pub struct Move {
@@ -213,6 +246,7 @@ pub struct Sim {
     pub record_moves: bool,
     /// The non-power-aware baseline: every host at full power all the time.
     pub non_power_aware: bool,
+    cache: std::cell::RefCell<Vec<Option<HostSums>>>,
 }
 
 impl Sim {
@@ -290,7 +324,8 @@ impl Sim {
                 active_time: 0.0,
                 violation_time: 0.0,
             })
-            .collect();
+            .collect::<Vec<Host>>();
+        let n_hosts = hosts.len();
         Ok(Sim {
             interval: w.interval_s,
             vm_table: vec![None; vms.len()],
@@ -305,26 +340,48 @@ impl Sim {
             moves: Vec::new(),
             record_moves: false,
             non_power_aware: false,
+            cache: std::cell::RefCell::new(vec![None; n_hosts]),
         })
     }
 
     /// Utilization of VM `v` at time `t`, interpolated between samples
     /// (`UtilizationModelPlanetLabInMemory.getUtilization`).
     pub fn util_at(&self, v: usize, t: f64) -> f64 {
-        let d = &self.vms[v].data;
+        self.util_with(v, &self.interp(t))
+    }
+
+    /// `util_at` for every VM at one time: the interpolation terms that do
+    /// not depend on the VM are computed once (same arithmetic).
+    fn interp(&self, t: f64) -> Interp {
         let iv = self.interval;
         if t % iv == 0.0 {
-            return d[((t as i64) / (iv as i64)) as usize % d.len()];
+            return Interp::Exact(((t as i64) / (iv as i64)) as usize);
         }
-        let t1 = ((t / iv).floor() as usize).min(d.len() - 1);
-        let t2 = ((t / iv).ceil() as usize).min(d.len() - 1);
-        let u1 = d[t1];
-        let u2 = d[t2];
-        let delta = (u2 - u1) / ((t2 as f64 - t1 as f64) * iv);
-        if t2 == t1 {
-            return u1;
+        let t1 = (t / iv).floor() as usize;
+        let t2 = (t / iv).ceil() as usize;
+        Interp::Between {
+            t1,
+            t2,
+            denom: (t2 as f64 - t1 as f64) * iv,
+            off: t - t1 as f64 * iv,
         }
-        u1 + delta * (t - t1 as f64 * iv)
+    }
+
+    fn util_with(&self, v: usize, i: &Interp) -> f64 {
+        let d = &self.vms[v].data;
+        let last = d.len() - 1;
+        match *i {
+            Interp::Exact(k) => d[k % d.len()],
+            Interp::Between { t1, t2, denom, off } => {
+                let (t1, t2) = (t1.min(last), t2.min(last));
+                if t1 == t2 {
+                    return d[t1];
+                }
+                let u1 = d[t1];
+                let delta = (d[t2] - u1) / denom;
+                u1 + delta * off
+            }
+        }
     }
 
     /// The trace sample of VM `v` for update `k` (0-based sample index).
@@ -345,6 +402,7 @@ impl Sim {
     // ----- scheduler -------------------------------------------------------
 
     fn recompute_available(&mut self, h: usize) {
+        self.invalidate(h);
         let host = &self.hosts[h];
         let mut avail = host.total_mips;
         for &v in &host.vms {
@@ -366,6 +424,52 @@ impl Sim {
     /// (`getUtilizationOfCpuMips(host)` of CloudSim 3.0's policies). Unlike
     /// [`Host::util_mips`] this sees VMs placed tentatively this round.
     pub fn allocated_mips(&self, h: usize) -> f64 {
+        self.with_sums(h, |s| s.alloc_mips)
+    }
+
+    /// Per-host sums the policies read many times per round, cached until
+    /// the host's VMs or their requests change (computed in list order, so
+    /// the arithmetic is that of CloudSim's loops).
+    pub fn with_sums<R>(&self, h: usize, f: impl FnOnce(&HostSums) -> R) -> R {
+        if let Some(Some(s)) = self.cache.borrow().get(h) {
+            return f(s);
+        }
+        let s = self.compute_sums(h);
+        let r = f(&s);
+        if let Some(c) = self.cache.borrow_mut().get_mut(h) {
+            *c = Some(s);
+        }
+        r
+    }
+
+    fn compute_sums(&self, h: usize) -> HostSums {
+        let host = &self.hosts[h];
+        let mut hist = [0.0f64; HISTORY_LENGTH];
+        let mut req_sum = 0.0;
+        let mut max_ram = i64::from(i32::MIN);
+        for &v in &host.vms {
+            let vm = &self.vms[v];
+            req_sum += vm.req;
+            max_ram = max_ram.max(i64::from(vm.ram_mb));
+            for (i, u) in vm.history.iter().enumerate() {
+                hist[i] += u * vm.mips / host.total_mips;
+            }
+        }
+        HostSums {
+            alloc_mips: self.compute_allocated(h),
+            req_sum,
+            hist,
+            max_ram,
+        }
+    }
+
+    fn invalidate(&self, h: usize) {
+        if let Some(c) = self.cache.borrow_mut().get_mut(h) {
+            *c = None;
+        }
+    }
+
+    fn compute_allocated(&self, h: usize) -> f64 {
         let host = &self.hosts[h];
         let mut required = 0.0;
         let mut over = false;
@@ -387,7 +491,7 @@ impl Sim {
         let mut sum = 0.0;
         for &v in &host.vms {
             let capped = self.vms[v].sched_req.min(host.pe_mips);
-            let out = host.sched_out.contains(&v);
+            let out = host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let a = match (over, out, inn) {
                 (true, true, _) => (capped * scale * 0.9).floor(),
@@ -409,12 +513,17 @@ impl Sim {
     fn note_out(&mut self, h: usize, v: usize) {
         let inm = self.vms[v].in_migration;
         let host = &mut self.hosts[h];
-        if inm {
-            if !host.sched_in.contains(&v) && !host.sched_out.contains(&v) {
-                host.sched_out.push(v);
+        if !inm && host.sched_out.is_empty() {
+            return;
+        }
+        // sched_out is kept sorted: it only grows (CloudSim never forgets a
+        // VM that migrated out until it runs on the host again).
+        match host.sched_out.binary_search(&v) {
+            Err(i) if inm && !host.sched_in.contains(&v) => host.sched_out.insert(i, v),
+            Ok(i) if !inm => {
+                host.sched_out.remove(i);
             }
-        } else if let Some(i) = host.sched_out.iter().position(|&x| x == v) {
-            host.sched_out.remove(i);
+            _ => {}
         }
     }
 
@@ -487,13 +596,27 @@ impl Sim {
 
     /// `HostDynamicWorkload.updateVmsProcessing` for one host.
     fn update_host(&mut self, h: usize, t: f64) {
-        let iv = self.interval;
+        let at = self.at(t);
+        self.update_host_at(h, &at);
+    }
+
+    fn at(&self, t: f64) -> At {
+        At {
+            t,
+            interp: self.interp(t),
+            history_step: (t - 0.1) % self.interval == 0.0,
+        }
+    }
+
+    fn update_host_at(&mut self, h: usize, at: &At) {
+        self.invalidate(h);
+        let (t, history_step, interp) = (at.t, at.history_step, at.interp);
         let n = self.hosts[h].vms.len();
         for i in 0..n {
             let v = self.hosts[h].vms[i];
-            let u = self.util_at(v, t);
+            let u = self.util_with(v, &interp);
             let vm = &mut self.vms[v];
-            if t > vm.prev_time && (t - 0.1) % iv == 0.0 {
+            if history_step && t > vm.prev_time {
                 vm.history.push_front(u);
                 vm.history.truncate(HISTORY_LENGTH);
                 vm.prev_time = t;
@@ -532,7 +655,7 @@ impl Sim {
         for &v in &host.vms {
             let vm = &self.vms[v];
             let capped = vm.req.min(host.pe_mips);
-            let out = host.sched_out.contains(&v);
+            let out = host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let mut alloc = if over {
                 if out {
@@ -572,8 +695,9 @@ impl Sim {
 
     /// Updates every host at `t` and accounts energy since the last update.
     fn update_all(&mut self, t: f64) {
+        let at = self.at(t);
         for h in 0..self.hosts.len() {
-            self.update_host(h, t);
+            self.update_host_at(h, &at);
         }
         let dt = t - self.last_process;
         if dt > 0.0 {

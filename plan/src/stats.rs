@@ -49,20 +49,25 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
         return values[0];
     }
     let mut s = values.to_vec();
-    s.sort_by(f64::total_cmp);
     let pos = p * (n as f64 + 1.0) / 100.0;
     let fpos = pos.floor();
     let ipos = fpos as usize;
     let dif = pos - fpos;
     if pos < 1.0 {
-        return s[0];
+        return nth(&mut s, 0);
     }
     if pos >= n as f64 {
-        return s[n - 1];
+        return nth(&mut s, n - 1);
     }
-    let lower = s[ipos - 1];
-    let upper = s[ipos];
+    let lower = nth(&mut s, ipos - 1);
+    let upper = nth(&mut s, ipos);
     lower + dif * (upper - lower)
+}
+
+/// The `k`-th smallest value (order statistics are unique, so selection
+/// gives what sorting would).
+fn nth(s: &mut [f64], k: usize) -> f64 {
+    *s.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -82,14 +87,13 @@ pub fn mad(data: &[f64]) -> f64 {
 /// Interquartile range as CloudSim's `MathUtil.iqr` computes it.
 pub fn iqr(data: &[f64]) -> f64 {
     let mut s = data.to_vec();
-    s.sort_by(f64::total_cmp);
     let n = s.len() as f64;
     let q1 = ((0.25 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
     let q3 = ((0.75 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
-    match (s.get(q3), s.get(q1)) {
-        (Some(a), Some(b)) => a - b,
-        _ => 0.0,
+    if q3 >= s.len() || q1 >= s.len() {
+        return 0.0;
     }
+    nth(&mut s, q3) - nth(&mut s, q1)
 }
 
 /// Length of `data` without its trailing zeros, as CloudSim's
@@ -153,6 +157,71 @@ pub fn r_squared(xs: &[&[f64]], y: &[f64]) -> Option<f64> {
     Some(1.0 - ssr / sst)
 }
 
+/// R^2 of regressing each row of `rows` on all the others (plus an
+/// intercept), as [`r_squared`] would give row by row, from one Gram
+/// matrix. `None` when there are not more observations than parameters.
+pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
+    let n = rows.len();
+    let m = rows.iter().map(Vec::len).min().unwrap_or(0);
+    if m <= n {
+        return None;
+    }
+    // Gram matrix of [1, row_0, ..., row_{n-1}].
+    let col = |j: usize, k: usize| if j == 0 { 1.0 } else { rows[j - 1][k] };
+    let mut g = vec![vec![0.0; n + 1]; n + 1];
+    for a in 0..=n {
+        for b in a..=n {
+            let v: f64 = (0..m).map(|k| col(a, k) * col(b, k)).sum();
+            g[a][b] = v;
+            g[b][a] = v;
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let idx: Vec<usize> = (0..=n).filter(|&j| j != i + 1).collect();
+        let p = idx.len();
+        let mut a = vec![vec![0.0; p + 1]; p];
+        for (r, &ir) in idx.iter().enumerate() {
+            for (c, &ic) in idx.iter().enumerate() {
+                a[r][c] = g[ir][ic];
+            }
+            a[r][p] = g[ir][i + 1];
+        }
+        let mut singular = false;
+        for k in 0..p {
+            let piv = (k..p)
+                .max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))
+                .unwrap_or(k);
+            a.swap(k, piv);
+            if a[k][k].abs() < 1e-12 {
+                singular = true;
+                break;
+            }
+            for r in 0..p {
+                if r != k {
+                    let f = a[r][k] / a[k][k];
+                    if f != 0.0 {
+                        for c in k..=p {
+                            a[r][c] -= f * a[k][c];
+                        }
+                    }
+                }
+            }
+        }
+        if singular {
+            out.push(f64::NAN);
+            continue;
+        }
+        // SSR = y'y - b'c at the least-squares solution.
+        let yy = g[i + 1][i + 1];
+        let bc: f64 = (0..p).map(|k| a[k][p] / a[k][k] * g[idx[k]][i + 1]).sum();
+        let sum_y = g[0][i + 1];
+        let sst = yy - sum_y * sum_y / m as f64;
+        out.push(1.0 - (yy - bc) / sst);
+    }
+    Some(out)
+}
+
 /// Pearson correlation of two equally long series (0 when either is flat).
 pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
@@ -203,5 +272,18 @@ mod tests {
         let r = r_squared(&[&x], &y).unwrap_or_default();
         assert!((r - 1.0).abs() < 1e-9);
         assert_eq!(r_squared(&[&x[..2]], &y[..2]), None);
+    }
+
+    #[test]
+    fn gram_r_squared_matches_direct() {
+        let a = vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0, 8.0];
+        let b = vec![2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 7.0];
+        let c = vec![0.5, 0.1, 0.9, 0.4, 0.7, 0.2, 0.3];
+        let rows = vec![a.clone(), b.clone(), c.clone()];
+        let each = r_squared_each(&rows).unwrap_or_default();
+        let direct = r_squared(&[&b, &c], &a).unwrap_or_default();
+        assert!((each[0] - direct).abs() < 1e-9, "{} {}", each[0], direct);
+        let direct = r_squared(&[&a, &b], &c).unwrap_or_default();
+        assert!((each[2] - direct).abs() < 1e-9);
     }
 }

@@ -60,24 +60,23 @@ impl Baseline {
 /// Requested CPU of a host's VMs (plus `extra`, as if it were placed
 /// there) over its capacity.
 pub fn requested_util(sim: &Sim, h: usize, extra: Option<usize>) -> f64 {
-    let host = &sim.hosts[h];
-    let mut sum: f64 = host.vms.iter().map(|&v| sim.vms[v].req).sum();
+    let mut sum = sim.with_sums(h, |s| s.req_sum);
     if let Some(x) = extra {
         sum += sim.vms[x].req;
     }
-    sum / host.total_mips
+    sum / sim.hosts[h].total_mips
 }
 
 /// `PowerHostUtilizationHistory.getUtilizationHistory`: the sum of the
 /// host's VMs' histories weighted by their share of the host, most recent
 /// first, trailing zeros trimmed (with `extra` added last).
 pub fn host_history(sim: &Sim, h: usize, extra: Option<usize>) -> ([f64; HISTORY_LENGTH], usize) {
-    let host = &sim.hosts[h];
-    let mut hist = [0.0f64; HISTORY_LENGTH];
-    for &v in host.vms.iter().chain(extra.iter()) {
-        let vm = &sim.vms[v];
+    let mut hist = sim.with_sums(h, |s| s.hist);
+    if let Some(x) = extra {
+        let vm = &sim.vms[x];
+        let total = sim.hosts[h].total_mips;
         for (i, u) in vm.history.iter().enumerate() {
-            hist[i] += u * vm.mips / host.total_mips;
+            hist[i] += u * vm.mips / total;
         }
     }
     let n = stats::count_non_zero_beginning(&hist);
@@ -118,13 +117,10 @@ pub fn is_overloaded(sim: &Sim, h: usize, od: Overload, extra: Option<usize>) ->
                 return thr(FALLBACK_THR);
             };
             let host = &sim.hosts[h];
-            let max_ram = host
-                .vms
-                .iter()
-                .chain(extra.iter())
-                .map(|&v| sim.vms[v].ram_mb as i64)
-                .max()
-                .unwrap_or(i64::from(i32::MIN));
+            let mut max_ram = sim.with_sums(h, |s| s.max_ram);
+            if let Some(x) = extra {
+                max_ram = max_ram.max(i64::from(sim.vms[x].ram_mb));
+            }
             let mig = (max_ram as f64 / (host.spec.bw_kbps / 16000.0) / sim.interval).ceil();
             let predicted = (a + b * (LEN as f64 + mig)) * s;
             predicted >= 1.0
@@ -174,16 +170,21 @@ impl Baseline {
             if !sim.is_suitable(h, v) {
                 continue;
             }
+            // The power test comes first: only a host that would become the
+            // best needs the (costlier) overload test, and skipping the
+            // others changes nothing since the overload test only excludes.
+            let Some(diff) = power_diff(sim, h, v) else {
+                continue;
+            };
+            if diff >= min {
+                continue;
+            }
             // isHostOverUtilizedAfterAllocation, without the create/destroy.
             if sim.allocated_mips(h) != 0.0 && is_overloaded(sim, h, self.overload, Some(v)) {
                 continue;
             }
-            if let Some(diff) = power_diff(sim, h, v) {
-                if diff < min {
-                    min = diff;
-                    best = Some(h);
-                }
-            }
+            min = diff;
+            best = Some(h);
         }
         best
     }
@@ -225,19 +226,9 @@ fn mc(sim: &Sim, migratable: &[usize]) -> Option<usize> {
         .iter()
         .map(|&v| sim.vms[v].history.iter().take(m).copied().collect())
         .collect();
-    let mut metrics = Vec::with_capacity(rows.len());
-    for i in 0..rows.len() {
-        let xs: Vec<&[f64]> = rows
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != i)
-            .map(|(_, r)| r.as_slice())
-            .collect();
-        match stats::r_squared(&xs, &rows[i]) {
-            Some(r) => metrics.push(r),
-            None => return mmt(sim, migratable),
-        }
-    }
+    let Some(metrics) = stats::r_squared_each(&rows) else {
+        return mmt(sim, migratable);
+    };
     let mut max = f64::MIN_POSITIVE;
     let mut idx = 0;
     for (i, &r) in metrics.iter().enumerate() {
