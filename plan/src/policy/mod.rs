@@ -209,7 +209,7 @@ pub fn simulate(
 }
 
 #[cfg(test)]
-mod tests {
+mod name_tests {
     use super::*;
 
     #[test]
@@ -235,3 +235,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
