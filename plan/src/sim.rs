@@ -841,16 +841,6 @@ impl Sim {
             alloc += v.total_alloc;
             mig += v.under_mig;
         }
-        if std::env::var_os("PLAN_DEBUG").is_some() {
-            let alive = self.vms.iter().filter(|v| !v.removed).count();
-            eprintln!(
-                "act_hosts={:.1} viol_s={:.0} req={:.3e} mig={:.3e} alive_end={alive}",
-                act / 86400.0,
-                viol,
-                req,
-                mig
-            );
-        }
         let slatah = if act > 0.0 { viol / act } else { 0.0 };
         let pdm = if req > 0.0 { mig / req } else { 0.0 };
         let energy_kwh = self.energy_ws / 3.6e6;

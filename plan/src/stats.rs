@@ -5,6 +5,9 @@
 //! matters: linear regression, median, MAD, IQR, quantiles, and R^2 of a
 //! multiple regression (for the MC selection policy).
 
+// Index loops on purpose: matrix code reads best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 /// Intercept and slope of an ordinary least-squares line through
 /// (1, y0), (2, y1), ..., updated one point at a time as commons-math's
 /// `SimpleRegression` does. `None` with fewer than 3 points or no spread.

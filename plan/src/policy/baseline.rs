@@ -9,6 +9,9 @@
 //! emptied in the same round, utilization read for decisions is the one of
 //! the last update, RAM does not constrain placement after creation.
 
+// Index loops on purpose: host indices are the identity CloudSim iterates by.
+#![allow(clippy::needless_range_loop)]
+
 use crate::model::migration_time;
 use crate::sim::{Policy, Sim, HISTORY_LENGTH};
 use crate::stats;

@@ -21,14 +21,16 @@ use super::{TraceError, VmTrace, Workload};
 use crate::model::INTERVAL_S;
 
 /// One parsed file before bucketing.
-struct Raw {
+pub struct Raw {
     name: String,
     cap_mhz: f64,
     mem_mb: f64,
     samples: Vec<(u64, f64)>,
 }
 
-fn parse(path: &Path, text: &str) -> Result<Raw, TraceError> {
+/// Parses one file's text (`path` only names it in errors); the samples are
+/// kept for [`load`] to bucket.
+pub fn parse(path: &Path, text: &str) -> Result<Raw, TraceError> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, h)) if h.starts_with("Timestamp") => {}
