@@ -101,7 +101,10 @@ pub struct RunResult {
     pub policy: PolicyKind,
     pub day: String,
     pub metrics: Metrics,
+    /// Wall time of the run.
     pub secs: f64,
+    /// CPU time of the run's thread (from /proc; NaN where unavailable).
+    pub cpu_secs: f64,
     pub sim: Option<crate::sim::Sim>,
 }
 
@@ -128,11 +131,13 @@ pub fn run_matrix(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(p, d)) = jobs.get(i) else { break };
                 let t = Instant::now();
+                let c = thread_cpu_secs();
                 let r = simulate(p, hosts, &days[d], opts).map(|(m, sim)| RunResult {
                     policy: p,
                     day: days[d].name.clone(),
                     metrics: m,
                     secs: t.elapsed().as_secs_f64(),
+                    cpu_secs: thread_cpu_secs() - c,
                     sim: keep_sim.then_some(sim),
                 });
                 if let Ok(mut o) = out.lock() {
@@ -144,6 +149,27 @@ pub fn run_matrix(
     let mut v = out.into_inner().unwrap_or_default();
     v.sort_by_key(|x| x.0);
     v.into_iter().map(|(_, r)| r).collect()
+}
+
+/// CPU time of the calling thread, seconds (user + system from
+/// /proc/thread-self/stat, in 1/100 s ticks); NaN where unavailable.
+pub fn thread_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|x| x.parse::<f64>().ok()),
+        f.get(12).and_then(|x| x.parse::<f64>().ok()),
+    ) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 fn threads(args: &PlanArgs) -> usize {

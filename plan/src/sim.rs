@@ -247,6 +247,8 @@ pub struct Sim {
     /// The non-power-aware baseline: every host at full power all the time.
     pub non_power_aware: bool,
     cache: std::cell::RefCell<Vec<Option<HostSums>>>,
+    occupied: Vec<usize>,
+    n_classes: usize,
 }
 
 impl Sim {
@@ -326,6 +328,7 @@ impl Sim {
             })
             .collect::<Vec<Host>>();
         let n_hosts = hosts.len();
+        let n_classes = classes.len();
         Ok(Sim {
             interval: w.interval_s,
             vm_table: vec![None; vms.len()],
@@ -341,6 +344,8 @@ impl Sim {
             record_moves: false,
             non_power_aware: false,
             cache: std::cell::RefCell::new(vec![None; n_hosts]),
+            occupied: Vec::new(),
+            n_classes,
         })
     }
 
@@ -401,7 +406,31 @@ impl Sim {
 
     // ----- scheduler -------------------------------------------------------
 
+    /// Keeps [`Sim::occupied`] in step with host `h`.
+    fn touch(&mut self, h: usize) {
+        let busy = !self.hosts[h].vms.is_empty() || self.hosts[h].util_mips != 0.0;
+        match (self.occupied.binary_search(&h), busy) {
+            (Err(i), true) => self.occupied.insert(i, h),
+            (Ok(i), false) => {
+                self.occupied.remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Number of host classes.
+    pub fn classes(&self) -> usize {
+        self.n_classes
+    }
+
+    /// Hosts with VMs or load at the last update, in index order. The
+    /// others are empty and idle: within a host class, interchangeable.
+    pub fn occupied(&self) -> &[usize] {
+        &self.occupied
+    }
+
     fn recompute_available(&mut self, h: usize) {
+        self.touch(h);
         self.invalidate(h);
         let host = &self.hosts[h];
         let mut avail = host.total_mips;
@@ -689,6 +718,11 @@ impl Sim {
         let host = &mut self.hosts[h];
         host.prev_util_mips = host_prev;
         host.util_mips = util_mips;
+        // Membership changes only for a host without VMs whose load did.
+        if host.vms.is_empty() && (host_prev != 0.0) != (util_mips != 0.0) {
+            self.touch(h);
+        }
+        let host = &mut self.hosts[h];
         host.available = avail;
         host.add_entry(t, util_mips, host_req, util_mips > 0.0);
     }

@@ -153,23 +153,13 @@ impl Baseline {
         }
     }
 
-    /// `findHostForVm(vm, excludedHosts)`: PABFD.
-    fn find_host(&self, sim: &Sim, v: usize, excluded: &[bool]) -> Option<usize> {
+    /// `findHostForVm(vm, excludedHosts)`: PABFD. Hosts are weighed in
+    /// index order as CloudSim does, but of the empty idle hosts only the
+    /// first of each class (the others would tie with it and lose).
+    fn find_host(&self, sim: &Sim, v: usize, excluded: &[bool], empties: bool) -> Option<usize> {
         let mut min = f64::MAX;
         let mut best = None;
-        let mut empty_seen: Vec<usize> = Vec::new();
-        for h in 0..sim.hosts.len() {
-            if excluded[h] {
-                continue;
-            }
-            let host = &sim.hosts[h];
-            if host.vms.is_empty() && host.util_mips == 0.0 {
-                // Identical to an empty host of its class already weighed.
-                if empty_seen.contains(&host.class) {
-                    continue;
-                }
-                empty_seen.push(host.class);
-            }
+        for h in candidates(sim, excluded, empties) {
             if !sim.is_suitable(h, v) {
                 continue;
             }
@@ -191,6 +181,37 @@ impl Baseline {
         }
         best
     }
+}
+
+/// Hosts a search must weigh, in index order: every occupied host not
+/// excluded, and (when `empties`) the first empty idle host of each class
+/// not excluded. Callers pass `empties = false` when every empty idle host
+/// is excluded anyway (CloudSim's consolidation phase excludes hosts that
+/// are off), which spares the scan.
+pub fn candidates(sim: &Sim, excluded: &[bool], empties: bool) -> Vec<usize> {
+    let mut out: Vec<usize> = sim
+        .occupied()
+        .iter()
+        .copied()
+        .filter(|&h| !excluded[h])
+        .collect();
+    if !empties {
+        return out;
+    }
+    let mut classes: Vec<usize> = Vec::new();
+    let occupied = sim.occupied();
+    for (h, host) in sim.hosts.iter().enumerate() {
+        if classes.contains(&host.class) || excluded[h] || occupied.binary_search(&h).is_ok() {
+            continue;
+        }
+        classes.push(host.class);
+        out.push(h);
+        if classes.len() == sim.classes() {
+            break;
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Power increase of `h` if `v` joined it, from the last update's load
@@ -251,7 +272,7 @@ pub fn sort_by_cpu(sim: &Sim, vms: &mut [usize]) {
 impl Policy for Baseline {
     fn initial_host(&mut self, sim: &mut Sim, v: usize) -> Option<usize> {
         let none = vec![false; sim.hosts.len()];
-        self.find_host(sim, v, &none)
+        self.find_host(sim, v, &none, true)
     }
 
     fn optimize(&mut self, sim: &mut Sim, _time: f64) -> Vec<(usize, usize)> {
@@ -276,7 +297,7 @@ impl Policy for Baseline {
         sort_by_cpu(sim, &mut to_migrate);
         let mut map = Vec::new();
         for v in to_migrate {
-            if let Some(h) = self.find_host(sim, v, &excluded) {
+            if let Some(h) = self.find_host(sim, v, &excluded, true) {
                 sim.vm_create(h, v);
                 map.push((v, h));
             }
@@ -311,7 +332,7 @@ impl Policy for Baseline {
             sort_by_cpu(sim, &mut vms);
             let mut placed: Vec<(usize, usize)> = Vec::new();
             for v in vms {
-                match self.find_host(sim, v, &excl_place) {
+                match self.find_host(sim, v, &excl_place, false) {
                     Some(h) => {
                         sim.vm_create(h, v);
                         placed.push((v, h));
