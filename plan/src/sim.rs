@@ -35,6 +35,8 @@ pub const HISTORY_LENGTH: usize = 30;
 pub struct Vm {
     pub name: String,
     pub mips: f64,
+    /// vCPUs; each gets at most one host core.
+    pub pes: u32,
     pub ram_mb: u32,
     /// Trace with one extra sample at the end (a copy of the last), as
     /// `UtilizationModelPlanetLabInMemory` keeps it.
@@ -246,6 +248,9 @@ pub struct Sim {
     pub record_moves: bool,
     /// The non-power-aware baseline: every host at full power all the time.
     pub non_power_aware: bool,
+    /// Keep VMs whose request drops to zero (CloudSim removes them as
+    /// finished; a guest of condo's host manager is only idle).
+    pub keep_idle_vms: bool,
     cache: std::cell::RefCell<Vec<Option<HostSums>>>,
     occupied: Vec<usize>,
     n_classes: usize,
@@ -271,6 +276,7 @@ impl Sim {
                 Vm {
                     name: t.name.clone(),
                     mips: t.mips,
+                    pes: t.pes.max(1),
                     ram_mb: t.ram_mb,
                     data,
                     in_migration: false,
@@ -343,6 +349,7 @@ impl Sim {
             moves: Vec::new(),
             record_moves: false,
             non_power_aware: false,
+            keep_idle_vms: false,
             cache: std::cell::RefCell::new(vec![None; n_hosts]),
             occupied: Vec::new(),
             n_classes,
@@ -435,7 +442,7 @@ impl Sim {
         let host = &self.hosts[h];
         let mut avail = host.total_mips;
         for &v in &host.vms {
-            let mut t = self.vms[v].sched_req.min(host.pe_mips);
+            let mut t = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
             if host.sched_in.contains(&v) {
                 t *= 0.1;
             }
@@ -504,7 +511,7 @@ impl Sim {
         let mut over = false;
         let mut avail = host.total_mips;
         for &v in &host.vms {
-            let mut t = self.vms[v].sched_req.min(host.pe_mips);
+            let mut t = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
             if host.sched_in.contains(&v) {
                 t *= 0.1;
             }
@@ -519,7 +526,7 @@ impl Sim {
         let scale = host.total_mips / required;
         let mut sum = 0.0;
         for &v in &host.vms {
-            let capped = self.vms[v].sched_req.min(host.pe_mips);
+            let capped = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
             let out = host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let a = match (over, out, inn) {
@@ -565,7 +572,7 @@ impl Sim {
         if vm.instantiating && (host.ram_free < vm.ram_mb as f64 || host.bw_free < VM_BW) {
             return false;
         }
-        host.pe_mips >= req && host.available >= req
+        host.pe_mips >= req / vm.pes as f64 && host.available >= req
     }
 
     /// Tentatively places `v` on `h` (`Host.vmCreate`).
@@ -638,6 +645,12 @@ impl Sim {
     }
 
     fn update_host_at(&mut self, h: usize, at: &At) {
+        let host = &self.hosts[h];
+        if host.vms.is_empty() && host.util_mips == 0.0 && host.prev_util_mips == 0.0 {
+            // Idle and empty since its last update: its (inactive) history
+            // entry and its zero loads would be rewritten unchanged.
+            return;
+        }
         self.invalidate(h);
         let (t, history_step, interp) = (at.t, at.history_step, at.interp);
         let n = self.hosts[h].vms.len();
@@ -664,7 +677,7 @@ impl Sim {
         let mut avail = host.total_mips;
         let mut over = false;
         for &v in &host.vms {
-            let mut t = self.vms[v].req.min(host.pe_mips);
+            let mut t = self.vms[v].capped(self.vms[v].req, host.pe_mips);
             if host.sched_in.contains(&v) {
                 t *= 0.1;
             }
@@ -683,7 +696,7 @@ impl Sim {
         let mut entries = Vec::with_capacity(n);
         for &v in &host.vms {
             let vm = &self.vms[v];
-            let capped = vm.req.min(host.pe_mips);
+            let capped = vm.capped(vm.req, host.pe_mips);
             let out = host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let mut alloc = if over {
@@ -755,6 +768,9 @@ impl Sim {
         // CloudSim deems a VM whose request is zero "completed" and removes
         // it for good (`HostDynamicWorkload.getCompletedVms`).
         for h in 0..self.hosts.len() {
+            if self.keep_idle_vms {
+                break;
+            }
             let done: Vec<usize> = self.hosts[h]
                 .vms
                 .iter()
@@ -906,6 +922,16 @@ impl Sim {
 }
 
 impl Vm {
+    /// `req` with each vCPU's share capped at one core of `pe_mips`.
+    fn capped(&self, req: f64, pe_mips: f64) -> f64 {
+        if self.pes <= 1 {
+            req.min(pe_mips)
+        } else {
+            let n = self.pes as f64;
+            (req / n).min(pe_mips) * n
+        }
+    }
+
     fn add_entry(&mut self, time: f64, alloc: f64, req: f64, in_migration: bool) {
         let new = VmEntry {
             time,

@@ -28,6 +28,7 @@ fn sample() -> Workload {
             VmTrace {
                 name,
                 mips: 0.0,
+                pes: 1,
                 ram_mb: 0,
                 util,
             }

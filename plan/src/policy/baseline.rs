@@ -277,7 +277,13 @@ impl Policy for Baseline {
 
     fn optimize(&mut self, sim: &mut Sim, _time: f64) -> Vec<(usize, usize)> {
         let n = sim.hosts.len();
-        let over: Vec<usize> = (0..n).filter(|&h| self.over(sim, h)).collect();
+        // A host without VMs requests nothing: never overloaded.
+        let over: Vec<usize> = sim
+            .occupied()
+            .iter()
+            .copied()
+            .filter(|&h| !sim.hosts[h].vms.is_empty() && self.over(sim, h))
+            .collect();
         // saveAllocation
         let saved: Vec<Vec<usize>> = sim.hosts.iter().map(|h| h.vms.clone()).collect();
         let mut to_migrate = Vec::new();
@@ -361,10 +367,12 @@ impl Policy for Baseline {
 pub fn under_utilized(sim: &Sim, excluded: &[bool]) -> Option<usize> {
     let mut min = 1.0;
     let mut best = None;
-    for (h, host) in sim.hosts.iter().enumerate() {
+    // Hosts with load are all occupied; the others have utilization 0.
+    for &h in sim.occupied() {
         if excluded[h] {
             continue;
         }
+        let host = &sim.hosts[h];
         let u = host.utilization();
         if u > 0.0 && u < min && !all_migrating_out_or_any_in(sim, h) {
             min = u;

@@ -119,11 +119,12 @@ impl Condo {
     /// Best host for `v` among active ones, else the best empty one.
     fn place(&self, sim: &Sim, r: &Round, v: usize) -> Option<usize> {
         let f = r.fc[v];
+        let pes = sim.vms[v].pes as f64;
         let vm_hist: Vec<f64> = sim.vms[v].history.iter().copied().collect();
         let mut best: Option<(f64, usize)> = None;
         for h in 0..sim.hosts.len() {
             let host = &sim.hosts[h];
-            if r.excluded[h] || r.vms[h].is_empty() || host.pe_mips < f {
+            if r.excluded[h] || r.vms[h].is_empty() || host.pe_mips < f / pes {
                 continue;
             }
             let cap = host.total_mips * self.p.headroom;
@@ -150,7 +151,7 @@ impl Condo {
             let host = &sim.hosts[h];
             if r.excluded[h]
                 || !r.vms[h].is_empty()
-                || host.pe_mips < f
+                || host.pe_mips < f / pes
                 || f > host.total_mips * self.p.headroom
             {
                 continue;
@@ -217,7 +218,11 @@ impl Policy for Condo {
         for h in 0..n {
             let cap = sim.hosts[h].total_mips * self.p.overload;
             let pe = sim.hosts[h].pe_mips;
-            let too_big: Vec<usize> = r.vms[h].iter().copied().filter(|&v| r.fc[v] > pe).collect();
+            let too_big: Vec<usize> = r.vms[h]
+                .iter()
+                .copied()
+                .filter(|&v| r.fc[v] / sim.vms[v].pes as f64 > pe)
+                .collect();
             if r.load[h] <= cap && too_big.is_empty() {
                 continue;
             }

@@ -149,6 +149,8 @@ pub struct RunOptions {
     pub fixed: Option<Vec<usize>>,
     /// Tuning of condo's planner.
     pub condo: condo::Params,
+    /// Keep VMs idle at 0 % instead of removing them as CloudSim does.
+    pub keep_idle_vms: bool,
 }
 
 impl Default for RunOptions {
@@ -158,6 +160,7 @@ impl Default for RunOptions {
             record_moves: false,
             fixed: None,
             condo: condo::Params::default(),
+            keep_idle_vms: false,
         }
     }
 }
@@ -172,6 +175,7 @@ pub fn simulate(
 ) -> Result<(Metrics, Sim), SimError> {
     let mut sim = Sim::new(hosts, w)?;
     sim.record_moves = opts.record_moves;
+    sim.keep_idle_vms = opts.keep_idle_vms;
     let initial = match (&opts.fixed, kind) {
         (Some(_), _) => InitialPlacement::Fixed,
         (None, PolicyKind::Npa | PolicyKind::Dvfs) => InitialPlacement::FirstFit,

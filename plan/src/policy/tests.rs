@@ -21,6 +21,7 @@ fn workload(vms: &[(&str, f64, u32, f64)], samples: usize) -> Workload {
             .map(|&(name, mips, ram, u)| VmTrace {
                 name: name.into(),
                 mips,
+                pes: 1,
                 ram_mb: ram,
                 util: vec![u; samples],
             })

@@ -158,6 +158,7 @@ fn build(name: String, mut raws: Vec<Raw>) -> Result<Workload, TraceError> {
         vms.push(VmTrace {
             name: r.name,
             mips,
+            pes: 1,
             ram_mb: r.mem_mb.clamp(613.0, 1740.0) as u32,
             util,
         });
@@ -240,6 +241,7 @@ pub fn split_days(w: &Workload) -> Vec<Workload> {
                 .map(|v| VmTrace {
                     name: v.name.clone(),
                     mips: v.mips,
+                    pes: v.pes,
                     ram_mb: v.ram_mb,
                     util: v.util[d * per_day..(d + 1) * per_day].to_vec(),
                 })

@@ -180,6 +180,7 @@ pub fn parse(path: &Path, text: &str, vcpu_mips: f64) -> Result<Workload, TraceE
         vms.push(VmTrace {
             name: g.name,
             mips: g.vcpus as f64 * vcpu_mips,
+            pes: g.vcpus,
             ram_mb: g.mem,
             util,
         });

@@ -17,7 +17,10 @@ use crate::model::{cloudsim_vm_type, INTERVAL_S};
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmTrace {
     pub name: String,
+    /// MIPS of the whole VM (all its vCPUs).
     pub mips: f64,
+    /// vCPUs: each must fit one host core (CloudSim's VMs have one).
+    pub pes: u32,
     pub ram_mb: u32,
     pub util: Vec<f64>,
 }

@@ -152,6 +152,7 @@ pub fn load_dir(dir: &Path, order: FileOrder) -> Result<Workload, TraceError> {
         vms.push(VmTrace {
             name,
             mips: 0.0,
+            pes: 1,
             ram_mb: 0,
             util,
         });
