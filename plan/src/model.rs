@@ -49,7 +49,10 @@ impl PowerModel {
         if !(0.0..=1.0).contains(&u) {
             return None;
         }
-        if u % 0.1 == 0.0 {
+        // `u % 0.1 == 0` can only hold near a multiple of 0.1; the cheap
+        // test spares the (slow) remainder everywhere else.
+        let tenths = u * 10.0;
+        if (tenths - tenths.round()).abs() < 1e-6 && u % 0.1 == 0.0 {
             return Some(self.watts[(u * 10.0) as usize]);
         }
         let u1 = (u * 10.0).floor() as usize;

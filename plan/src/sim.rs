@@ -254,6 +254,7 @@ pub struct Sim {
     cache: std::cell::RefCell<Vec<Option<HostSums>>>,
     occupied: Vec<usize>,
     n_classes: usize,
+    scratch: Vec<(usize, f64, f64, bool)>,
 }
 
 impl Sim {
@@ -353,6 +354,7 @@ impl Sim {
             cache: std::cell::RefCell::new(vec![None; n_hosts]),
             occupied: Vec::new(),
             n_classes,
+            scratch: Vec::new(),
         })
     }
 
@@ -693,7 +695,8 @@ impl Sim {
         let mut util_mips = 0.0;
         let mut host_req = 0.0;
         let host_prev = host.util_mips;
-        let mut entries = Vec::with_capacity(n);
+        let mut entries = std::mem::take(&mut self.scratch);
+        entries.clear();
         for &v in &host.vms {
             let vm = &self.vms[v];
             let capped = vm.capped(vm.req, host.pe_mips);
@@ -725,9 +728,10 @@ impl Sim {
             util_mips += alloc;
             host_req += vm.req;
         }
-        for (v, alloc, req, mig) in entries {
+        for &(v, alloc, req, mig) in &entries {
             self.vms[v].add_entry(t, alloc, req, mig);
         }
+        self.scratch = entries;
         let host = &mut self.hosts[h];
         host.prev_util_mips = host_prev;
         host.util_mips = util_mips;
