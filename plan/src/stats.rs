@@ -179,6 +179,22 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
             g[b][a] = v;
         }
     }
+    // One inversion of the Gram matrix gives every regression at once:
+    // the residual sum of squares of column j on all the others is
+    // 1 / (G^-1)_jj. Singular matrices take the slow path below.
+    if let Some(inv) = invert(&g) {
+        let out: Vec<f64> = (0..n)
+            .map(|i| {
+                let yy = g[i + 1][i + 1];
+                let sum_y = g[0][i + 1];
+                let sst = yy - sum_y * sum_y / m as f64;
+                1.0 - (1.0 / inv[i + 1][i + 1]) / sst
+            })
+            .collect();
+        if out.iter().all(|r| r.is_finite()) {
+            return Some(out);
+        }
+    }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let idx: Vec<usize> = (0..=n).filter(|&j| j != i + 1).collect();
@@ -223,6 +239,49 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
         out.push(1.0 - (yy - bc) / sst);
     }
     Some(out)
+}
+
+/// Inverse of a small symmetric matrix by Gauss-Jordan with partial
+/// pivoting; `None` when it is (nearly) singular.
+fn invert(g: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let p = g.len();
+    let mut a: Vec<Vec<f64>> = g
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let mut v = row.clone();
+            v.extend((0..p).map(|c| if c == r { 1.0 } else { 0.0 }));
+            v
+        })
+        .collect();
+    let scale = g
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r[i].abs())
+        .fold(0.0, f64::max)
+        .max(1.0);
+    for k in 0..p {
+        let piv = (k..p).max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))?;
+        a.swap(k, piv);
+        if a[k][k].abs() < 1e-10 * scale {
+            return None;
+        }
+        let d = a[k][k];
+        for c in 0..2 * p {
+            a[k][c] /= d;
+        }
+        for r in 0..p {
+            if r != k {
+                let f = a[r][k];
+                if f != 0.0 {
+                    for c in 0..2 * p {
+                        a[r][c] -= f * a[k][c];
+                    }
+                }
+            }
+        }
+    }
+    Some(a.into_iter().map(|row| row[p..].to_vec()).collect())
 }
 
 /// Pearson correlation of two equally long series (0 when either is flat).
