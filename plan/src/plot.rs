@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 /// One curve: a name and (hours, value) points.
@@ -50,6 +51,48 @@ fn font() -> bool {
     })
 }
 
+fn mesh_and_lines<'a, Y>(
+    chart: &mut ChartContext<
+        'a,
+        BitMapBackend<'a>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
+    >,
+    data: &[Series],
+    text: bool,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("hours");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
+    for (i, s) in data.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let drawn = chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        if text {
+            drawn.label(s.name.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
+        }
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 const COLORS: [RGBColor; 4] = [
     RGBColor(200, 60, 50),
     RGBColor(40, 90, 180),
@@ -73,59 +116,50 @@ pub fn draw(path: &Path, title: &str, hosts: &[Series], util: &[Series]) -> Resu
         root
     };
     let panels = root.split_evenly((2, 1));
-    for (panel, (data, label)) in panels.iter().zip([
-        (hosts, "active hosts"),
-        (util, "mean CPU utilization of active hosts (%)"),
-    ]) {
-        let xmax = data
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .fold(1.0, f64::max);
-        let ymax = data
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1))
-            .fold(1.0, f64::max)
-            * 1.1;
-        let mut b = ChartBuilder::on(panel);
+    let xmax = hosts
+        .iter()
+        .chain(util)
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    // Hosts on a log scale: one VM per host is ten times the consolidated count.
+    let hmax = hosts
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(2.0, f64::max)
+        * 1.5;
+    {
+        let mut b = ChartBuilder::on(&panels[0]);
         b.margin(15);
         if text {
-            b.caption(label, ("sans-serif", 18))
+            b.caption("active hosts (log scale)", ("sans-serif", 18))
                 .x_label_area_size(35)
                 .y_label_area_size(55);
         }
         let mut chart = b
-            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+            .build_cartesian_2d(0.0..xmax, (1.0..hmax).log_scale())
             .map_err(|e| err(e.to_string()))?;
-        let mut mesh = chart.configure_mesh();
+        mesh_and_lines(&mut chart, hosts, text).map_err(err)?;
+    }
+    {
+        let umax = util
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(1.0, f64::max)
+            * 1.1;
+        let mut b = ChartBuilder::on(&panels[1]);
+        b.margin(15);
         if text {
-            mesh.x_desc("hours");
-        } else {
-            mesh.disable_x_mesh()
-                .disable_y_mesh()
-                .x_labels(0)
-                .y_labels(0);
+            b.caption(
+                "mean CPU utilization of active hosts (%)",
+                ("sans-serif", 18),
+            )
+            .x_label_area_size(35)
+            .y_label_area_size(55);
         }
-        mesh.draw().map_err(|e| err(e.to_string()))?;
-        for (i, s) in data.iter().enumerate() {
-            let c = COLORS[i % COLORS.len()];
-            let drawn = chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?;
-            if text {
-                drawn.label(s.name.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-            }
-        }
-        if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
-        }
+        let mut chart = b
+            .build_cartesian_2d(0.0..xmax, 0.0..umax)
+            .map_err(|e| err(e.to_string()))?;
+        mesh_and_lines(&mut chart, util, text).map_err(err)?;
     }
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
