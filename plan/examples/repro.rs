@@ -1,5 +1,7 @@
-//! Developer probe: one policy on one PlanetLab day (condo planner knobs
-//! from PLAN_* environment variables).
+//! Developer probe: one policy on one PlanetLab day, or `all` of them
+//! (`cargo run --release -p plan --example repro -- 20110303 lr-mmt-1.2`);
+//! the data folder is PLAN_DATA or ../shared/data beside the repository,
+//! condo planner knobs come from PLAN_* environment variables.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 use plan::policy::{simulate, PolicyKind, RunOptions};
 use plan::trace::planetlab::{load_dir, FileOrder};
@@ -27,8 +29,10 @@ fn main() {
     c.host_cooldown = env("PLAN_HOSTCOOL", c.host_cooldown as f64) as usize;
     c.corr_weight = env("PLAN_CORR", c.corr_weight);
     let hosts = plan::model::cloudsim_hosts(800);
+    let data = std::env::var("PLAN_DATA")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data").to_owned());
     let days: Vec<String> = if args[1] == "all" {
-        let mut d: Vec<String> = std::fs::read_dir("/work/shared/data/planetlab")
+        let mut d: Vec<String> = std::fs::read_dir(format!("{data}/planetlab"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -40,7 +44,7 @@ fn main() {
     let mut es = Vec::new();
     for day in days {
         let w = load_dir(
-            Path::new(&format!("/work/shared/data/planetlab/{day}")),
+            Path::new(&format!("{data}/planetlab/{day}")),
             FileOrder::Reference,
         )
         .unwrap();
