@@ -51,8 +51,11 @@ impl PowerModel {
         }
         // `u % 0.1 == 0` can only hold near a multiple of 0.1; the cheap
         // test spares the (slow) remainder everywhere else.
-        let tenths = u * 10.0;
-        if (tenths - tenths.round()).abs() < 1e-6 && u % 0.1 == 0.0 {
+        if u == 0.0 {
+            return Some(self.watts[0]);
+        }
+        let frac = (u * 10.0).fract();
+        if (frac < 1e-6 || frac > 1.0 - 1e-6) && u % 0.1 == 0.0 {
             return Some(self.watts[(u * 10.0) as usize]);
         }
         let u1 = (u * 10.0).floor() as usize;

@@ -44,6 +44,8 @@ pub struct Vm {
     pub in_migration: bool,
     /// Removed after its request dropped to zero (CloudSim semantics).
     pub removed: bool,
+    /// Hosts whose scheduler lists this VM as migrating out.
+    out_hosts: u32,
     /// Most recent first.
     pub history: VecDeque<f64>,
     prev_time: f64,
@@ -154,9 +156,6 @@ pub struct HostSums {
     pub alloc_mips: f64,
     /// Requested MIPS.
     pub req_sum: f64,
-    /// Utilization history weighted by VM size over host capacity, most
-    /// recent first (`PowerHostUtilizationHistory`), untrimmed.
-    pub hist: [f64; HISTORY_LENGTH],
     /// Largest VM RAM (MB), `i32::MIN` for no VM.
     pub max_ram: i64,
 }
@@ -252,6 +251,7 @@ pub struct Sim {
     /// finished; a guest of condo's host manager is only idle).
     pub keep_idle_vms: bool,
     cache: std::cell::RefCell<Vec<Option<HostSums>>>,
+    hist_cache: std::cell::RefCell<Vec<Option<[f64; HISTORY_LENGTH]>>>,
     occupied: Vec<usize>,
     n_classes: usize,
     scratch: Vec<(usize, f64, f64, bool)>,
@@ -282,6 +282,7 @@ impl Sim {
                     data,
                     in_migration: false,
                     removed: false,
+                    out_hosts: 0,
                     history: VecDeque::with_capacity(HISTORY_LENGTH + 1),
                     prev_time: 0.0,
                     req: t.mips,
@@ -352,6 +353,7 @@ impl Sim {
             non_power_aware: false,
             keep_idle_vms: false,
             cache: std::cell::RefCell::new(vec![None; n_hosts]),
+            hist_cache: std::cell::RefCell::new(vec![None; n_hosts]),
             occupied: Vec::new(),
             n_classes,
             scratch: Vec::new(),
@@ -482,27 +484,46 @@ impl Sim {
 
     fn compute_sums(&self, h: usize) -> HostSums {
         let host = &self.hosts[h];
-        let mut hist = [0.0f64; HISTORY_LENGTH];
         let mut req_sum = 0.0;
         let mut max_ram = i64::from(i32::MIN);
         for &v in &host.vms {
             let vm = &self.vms[v];
             req_sum += vm.req;
             max_ram = max_ram.max(i64::from(vm.ram_mb));
-            for (i, u) in vm.history.iter().enumerate() {
-                hist[i] += u * vm.mips / host.total_mips;
-            }
         }
         HostSums {
             alloc_mips: self.compute_allocated(h),
             req_sum,
-            hist,
             max_ram,
         }
     }
 
+    /// Utilization history of host `h`: its VMs' histories weighted by their
+    /// size over the host's capacity, most recent first
+    /// (`PowerHostUtilizationHistory`), untrimmed; cached like the sums.
+    pub fn host_history(&self, h: usize) -> [f64; HISTORY_LENGTH] {
+        if let Some(Some(x)) = self.hist_cache.borrow().get(h) {
+            return *x;
+        }
+        let host = &self.hosts[h];
+        let mut hist = [0.0f64; HISTORY_LENGTH];
+        for &v in &host.vms {
+            let vm = &self.vms[v];
+            for (i, u) in vm.history.iter().enumerate() {
+                hist[i] += u * vm.mips / host.total_mips;
+            }
+        }
+        if let Some(c) = self.hist_cache.borrow_mut().get_mut(h) {
+            *c = Some(hist);
+        }
+        hist
+    }
+
     fn invalidate(&self, h: usize) {
         if let Some(c) = self.cache.borrow_mut().get_mut(h) {
+            *c = None;
+        }
+        if let Some(c) = self.hist_cache.borrow_mut().get_mut(h) {
             *c = None;
         }
     }
@@ -551,15 +572,19 @@ impl Sim {
     fn note_out(&mut self, h: usize, v: usize) {
         let inm = self.vms[v].in_migration;
         let host = &mut self.hosts[h];
-        if !inm && host.sched_out.is_empty() {
+        if !inm && (host.sched_out.is_empty() || self.vms[v].out_hosts == 0) {
             return;
         }
         // sched_out is kept sorted: it only grows (CloudSim never forgets a
         // VM that migrated out until it runs on the host again).
         match host.sched_out.binary_search(&v) {
-            Err(i) if inm && !host.sched_in.contains(&v) => host.sched_out.insert(i, v),
+            Err(i) if inm && !host.sched_in.contains(&v) => {
+                host.sched_out.insert(i, v);
+                self.vms[v].out_hosts += 1;
+            }
             Ok(i) if !inm => {
                 host.sched_out.remove(i);
+                self.vms[v].out_hosts -= 1;
             }
             _ => {}
         }

@@ -74,7 +74,7 @@ pub fn requested_util(sim: &Sim, h: usize, extra: Option<usize>) -> f64 {
 /// host's VMs' histories weighted by their share of the host, most recent
 /// first, trailing zeros trimmed (with `extra` added last).
 pub fn host_history(sim: &Sim, h: usize, extra: Option<usize>) -> ([f64; HISTORY_LENGTH], usize) {
-    let mut hist = sim.with_sums(h, |s| s.hist);
+    let mut hist = sim.host_history(h);
     if let Some(x) = extra {
         let vm = &sim.vms[x];
         let total = sim.hosts[h].total_mips;
