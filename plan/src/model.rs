@@ -55,7 +55,7 @@ impl PowerModel {
             return Some(self.watts[0]);
         }
         let frac = (u * 10.0).fract();
-        if (frac < 1e-6 || frac > 1.0 - 1e-6) && u % 0.1 == 0.0 {
+        if !(1e-6..=1.0 - 1e-6).contains(&frac) && u % 0.1 == 0.0 {
             return Some(self.watts[(u * 10.0) as usize]);
         }
         let u1 = (u * 10.0).floor() as usize;
