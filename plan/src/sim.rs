@@ -816,6 +816,32 @@ impl Sim {
         self.last_process = t;
     }
 
+    /// Updates `hosts` again at the time of the last update, and removes
+    /// their finished VMs (the second update of a migration's end).
+    fn update_hosts_now(&mut self, t: f64, hosts: &[usize]) {
+        let at = self.at(t);
+        for &h in hosts {
+            self.update_host_at(h, &at);
+        }
+        if self.keep_idle_vms {
+            return;
+        }
+        for &h in hosts {
+            let done: Vec<usize> = self.hosts[h]
+                .vms
+                .iter()
+                .copied()
+                .filter(|&v| !self.vms[v].in_migration && self.vms[v].req == 0.0)
+                .collect();
+            for v in done {
+                if let Some(src) = self.vm_table[v].take() {
+                    self.vm_destroy(src, v);
+                }
+                self.vms[v].removed = true;
+            }
+        }
+    }
+
     /// Starts a migration (`PowerHost.addMigratingInVm`); returns when it ends.
     fn start_migration(&mut self, v: usize, target: usize, t: f64) -> f64 {
         self.vms[v].in_migration = true;
@@ -879,12 +905,23 @@ impl Sim {
                     if tm > self.last_process {
                         self.update_all(tm);
                     }
+                    let mut touched: Vec<usize> = Vec::new();
                     while i < events.len() && events[i].0 == tm {
                         let (_, v, target) = events[i];
+                        if let Some(src) = self.vm_table[v] {
+                            touched.push(src);
+                        }
+                        touched.push(target);
                         self.finish_migration(v, target);
                         i += 1;
                     }
-                    self.update_all(tm);
+                    // CloudSim updates every host again at this instant; only
+                    // the hosts the migrations touched can come out different
+                    // (no time passes, so no energy, and every other host
+                    // would rewrite the same entries).
+                    touched.sort_unstable();
+                    touched.dedup();
+                    self.update_hosts_now(tm, &touched);
                 }
             }
         }
