@@ -164,3 +164,27 @@ fn migration_metrics_by_hand() {
 fn power_model_is_specpower() {
     assert_eq!(PowerModel::HP_ML110_G5.power(0.5), Some(116.0));
 }
+
+/// Two VMs on one host: 0.28 of it for 13 intervals, then 0.85.
+fn jump() -> Workload {
+    let mut w = workload(&[("A", 2500.0, 1740, 0.3), ("B", 2500.0, 870, 0.3)], 16);
+    for vm in &mut w.vms {
+        for u in &mut vm.util[13..] {
+            *u = 0.9;
+        }
+    }
+    w
+}
+
+#[test]
+fn iqr_and_mad_with_history_tolerate_what_a_static_threshold_does_not() {
+    // With 13 history values, the host's utilization spread (IQR, MAD) is
+    // 0: the adaptive threshold is 1, above 0.85; THR 0.8 moves B at 13.
+    for p in ["iqr-mmt-1.5", "mad-mmt-2.5"] {
+        let (_, sim) = run(p, &g5(2), &jump(), vec![0, 0]);
+        assert!(moves(&sim).is_empty(), "{p}");
+    }
+    let (_, sim) = run("thr-mmt-0.8", &g5(2), &jump(), vec![0, 0]);
+    assert_eq!(moves(&sim), vec![(1, 0, 1)]);
+    assert!((sim.moves[0].time_s - (0.1 + 13.0 * 300.0)).abs() < 1e-6);
+}
