@@ -50,6 +50,9 @@ enum Command {
     /// Run `condo run ...` jailed, as Firecracker's jailer does (as root):
     /// `condo jail --id ID --uid U --gid G [--file PATH]... -- run ...`.
     Jail(Box<jail::JailArgs>),
+    /// Simulate VM consolidation on utilization traces and plan migrations
+    /// (see docs/plan.md).
+    Plan(Box<plan::PlanArgs>),
 }
 
 /// A vCPU count, checked as the machine configuration checks it (read
@@ -141,6 +144,14 @@ fn main() -> ExitCode {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(*args),
         Command::Jail(j) => jailed(&j),
+        Command::Plan(a) => match plan::run(&a) {
+            Ok(text) => {
+                use std::io::Write;
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
