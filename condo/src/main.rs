@@ -53,6 +53,9 @@ enum Command {
     /// The OCI runtime (runc's command line; each container in its own
     /// microVM). Also run as `condo-runtime ...` (see docs/oci.md).
     Oci(Box<oci::OciArgs>),
+    /// Simulate VM consolidation on utilization traces and plan migrations
+    /// (see docs/plan.md).
+    Plan(Box<plan::PlanArgs>),
 }
 
 /// A vCPU count, checked as the machine configuration checks it (read
@@ -162,6 +165,14 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Jail(j) => jailed(&j),
         Command::Oci(a) => ExitCode::from(u8::try_from(oci::run(*a)).unwrap_or(1)),
+        Command::Plan(a) => match plan::run(&a) {
+            Ok(text) => {
+                use std::io::Write;
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -349,6 +360,10 @@ fn exit_status(result: Result<VmExit, vmm::VmmError>) -> ExitCode {
         }
         Ok(VmExit::Reset) => {
             tracing::info!("guest rebooted");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Migrated) => {
+            tracing::info!("the guest moved to another VMM");
             ExitCode::SUCCESS
         }
         Ok(VmExit::Panic) => {

@@ -15,14 +15,15 @@ fuzz_target!(|data: &[u8]| {
         };
         match vmm::api::request::route(&req) {
             // Booting or restoring opens the files the client names and
-            // KVM; `/logger` and `/metrics` open (and create) the file the
+            // KVM, receiving a migration listens on a socket; `/logger` and `/metrics` open (and create) the file the
             // client names, by design: the fuzzer would litter the working
             // directory, or the root as root, with files.
             vmm::api::request::Route::Vm(
                 VmRequest::InstanceStart
                 | VmRequest::LoadSnapshot(_)
                 | VmRequest::PutLogger(_)
-                | VmRequest::PutMetrics(_),
+                | VmRequest::PutMetrics(_)
+                | VmRequest::ReceiveMigration(_),
             ) => {}
             vmm::api::request::Route::Vm(v) => {
                 let _ = vmm::api::response::to_http(vmm.handle(v));

@@ -18,7 +18,7 @@ use crate::arch::{self, AcpiConfig};
 use crate::config::{MacAddr, VmConfig};
 use crate::device_manager::DeviceManager;
 use crate::seccomp::ThreadKind;
-use crate::snapshot::{self, MicrovmState};
+use crate::snapshot::{self, MicrovmState, SnapshotError};
 use crate::vcpu::{self, Gate, Vcpu, VcpuControl, VmExitSink};
 use crate::vm::{VcpuThreads, Vm, VmmError};
 use crate::{loader, memory, probe};
@@ -70,12 +70,20 @@ fn kvm(skip_probe: bool) -> Result<Kvm, VmmError> {
 enum Source<'a> {
     /// A fresh boot.
     Boot,
-    /// A snapshot's state, its memory file, and whether it starts paused.
+    /// A saved state, its memory, and whether it starts paused.
     Restore {
         state: &'a MicrovmState,
-        mem_path: &'a Path,
+        memory: Memory<'a>,
         paused: bool,
     },
+}
+
+/// Where a restored VM's memory comes from.
+pub enum Memory<'a> {
+    /// A snapshot's memory file, mapped privately.
+    File(&'a Path),
+    /// Memory already filled (a live migration's destination).
+    Ready(devices::GuestMemoryMmap),
 }
 
 impl Vm {
@@ -111,13 +119,19 @@ impl Vm {
     ) -> Result<Self, VmmError> {
         crate::metrics::METRICS.vmm.snapshot_load_count.inc();
         let state = snapshot::read(snapshot_path)?;
-        Self::from_state(&state, mem_path, resume, track_dirty, skip_probe)
+        Self::from_state(
+            &state,
+            Memory::File(mem_path),
+            resume,
+            track_dirty,
+            skip_probe,
+        )
     }
 
-    /// Rebuilds a VM from `state` with guest memory from `mem_path`.
+    /// Rebuilds a VM from `state` with its guest memory.
     pub fn from_state(
         state: &MicrovmState,
-        mem_path: &Path,
+        memory: Memory<'_>,
         resume: bool,
         track_dirty: bool,
         skip_probe: bool,
@@ -130,7 +144,7 @@ impl Vm {
             config,
             Source::Restore {
                 state,
-                mem_path,
+                memory,
                 paused: !resume,
             },
         )?;
@@ -191,8 +205,23 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
     let (mem, from_file) = match &source {
         Source::Boot => (memory::create(m.mem_bytes(), m.huge_pages)?, false),
         Source::Restore {
-            state, mem_path, ..
-        } => (snapshot::memory::map_memory(mem_path, &state.memory)?, true),
+            state,
+            memory: Memory::File(path),
+            ..
+        } => (snapshot::memory::map_memory(path, &state.memory)?, true),
+        Source::Restore {
+            state,
+            memory: Memory::Ready(mem),
+            ..
+        } => {
+            if snapshot::memory::regions_of(mem) != state.memory {
+                return Err(SnapshotError::Invalid(
+                    "the memory received does not have the state's layout".into(),
+                )
+                .into());
+            }
+            (mem.clone(), false)
+        }
     };
     memory::register(&vm, &mem, m.track_dirty_pages)?;
     if let Source::Restore { state, .. } = &source {
@@ -279,17 +308,31 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
         }
         Source::Restore { state, .. } => {
             for (id, st) in state.vcpus.iter().enumerate() {
-                vcpus.push(Vcpu::restore(&vm, id as u8, count, &supported, st)?);
+                vcpus.push(Vcpu::restore(&vm, id as u8, &supported, st)?);
             }
         }
     }
+    let guest_cpuid = match &source {
+        Source::Boot => {
+            let mut c = supported.clone();
+            arch::filter_cpuid(&mut c, 0, count)?;
+            c.as_slice().to_vec()
+        }
+        Source::Restore { state, .. } => state
+            .vcpus
+            .first()
+            .map(|v| v.cpuid.clone())
+            .unwrap_or_default(),
+    };
     let paused = matches!(source, Source::Restore { paused: true, .. });
+    let restored = !matches!(source, Source::Boot);
     let vm = start(kvm, vm, mem, config, devices, vcpus, paused)?;
-    if from_file {
+    if restored {
         vm.devices.first_look();
     }
     Ok(Vm {
         mem_from_file: from_file,
+        guest_cpuid,
         ..vm
     })
 }
@@ -308,6 +351,13 @@ fn create_vm(kvm: &Kvm) -> Result<kvm_ioctls::VmFd, VmmError> {
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(vm)
+}
+
+/// What this host's KVM offers a guest's CPUID (to check a guest that
+/// comes from elsewhere against).
+pub fn guest_cpuid_of_host() -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, VmmError> {
+    let kvm = open_kvm(&kvm_path())?;
+    Ok(supported_cpuid(&kvm)?.as_slice().to_vec())
 }
 
 /// What every vCPU's CPUID starts from: KVM's supported table, plus the
@@ -398,6 +448,7 @@ fn start(
         sink,
         mem,
         mem_from_file: false,
+        guest_cpuid: Vec::new(),
         vm,
     })
 }

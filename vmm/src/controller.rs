@@ -37,6 +37,8 @@ pub struct RunOptions {
 pub struct Vmm {
     opts: RunOptions,
     state: State,
+    /// The guest has moved to another VMM: this one ends.
+    migrated: bool,
 }
 
 enum State {
@@ -66,6 +68,7 @@ impl Vmm {
                 has_boot_source: false,
                 configured: false,
             },
+            migrated: false,
         }
     }
 
@@ -147,6 +150,9 @@ impl Vmm {
                             let _ = inbox.eventfd().read();
                             while let Some(p) = inbox.try_next() {
                                 p.serve(self);
+                            }
+                            if self.migrated {
+                                return Ok(VmExit::Migrated);
                             }
                         }
                     }
@@ -253,7 +259,22 @@ impl Vmm {
                     Err(e.into())
                 }
             },
-            VmRequest::LoadSnapshot(_) if *configured => Err(VmError::LoadAfterConfig),
+            VmRequest::LoadSnapshot(_) | VmRequest::ReceiveMigration(_) if *configured => {
+                Err(VmError::LoadAfterConfig)
+            }
+            VmRequest::ReceiveMigration(r) => {
+                match crate::migration::receive::receive(&r.receiver_url, self.opts.skip_probe) {
+                    Ok(vm) => {
+                        tracing::info!("migration: the guest runs here now");
+                        self.state = State::Running(Box::new(vm));
+                        Ok(VmResponse::Empty)
+                    }
+                    Err(e) => {
+                        tracing::warn!("migration: receive failed: {e}");
+                        Err(e.into())
+                    }
+                }
+            }
             VmRequest::LoadSnapshot(l) => {
                 let mem = l.mem_path()?;
                 let track = l.enable_diff_snapshots.unwrap_or(false)
@@ -283,6 +304,7 @@ impl Vmm {
             | VmRequest::SendCtrlAltDel
             | VmRequest::Pause
             | VmRequest::Resume
+            | VmRequest::SendMigration(_)
             | VmRequest::CreateSnapshot(_) => Err(VmError::NotStarted),
             r @ (VmRequest::PutLogger(_) | VmRequest::PutMetrics(_) | VmRequest::GetMetrics) => {
                 common(r)
@@ -297,8 +319,42 @@ impl Vmm {
     }
 
     /// Serves a request while the guest runs (or is paused).
-    fn control(vm: &mut Vm, req: VmRequest) -> VmResult {
+    fn control(vm: &mut Vm, req: VmRequest, migrated: &mut bool) -> VmResult {
         match req {
+            VmRequest::SendMigration(p) => {
+                let r = crate::migration::send::send(vm, &p);
+                let m = &crate::metrics::METRICS.migration;
+                match r {
+                    Ok(rep) => {
+                        m.count.inc();
+                        m.bytes_sent.add(rep.bytes);
+                        m.passes.add(rep.passes.into());
+                        m.downtime_ms.add(rep.downtime.as_millis() as u64);
+                        m.total_ms.add(rep.total.as_millis() as u64);
+                        tracing::info!(
+                            "migration: sent {} MiB in {} passes, {} ms in all, the guest paused \
+                             {} ms{}",
+                            rep.bytes >> 20,
+                            rep.passes,
+                            rep.total.as_millis(),
+                            rep.downtime.as_millis(),
+                            if rep.throttle_pct > 0 {
+                                format!(" (vCPUs throttled to {}%)", 100 - rep.throttle_pct)
+                            } else {
+                                String::new()
+                            }
+                        );
+                        *migrated = true;
+                        Ok(VmResponse::Empty)
+                    }
+                    Err(e) => {
+                        m.failures.inc();
+                        tracing::warn!("migration: failed, the guest runs here still: {e}");
+                        Err(e.into())
+                    }
+                }
+            }
+            VmRequest::ReceiveMigration(_) => Err(VmError::Started),
             VmRequest::GetInstanceInfo => Ok(info(if vm.is_paused() {
                 InstanceState::Paused
             } else {
@@ -464,7 +520,7 @@ impl RequestHandler for Vmm {
     fn handle(&mut self, req: VmRequest) -> VmResult {
         match &mut self.state {
             State::Configuring { .. } => self.configure(req),
-            State::Running(vm) => Self::control(vm, req),
+            State::Running(vm) => Self::control(vm, req, &mut self.migrated),
         }
     }
 }

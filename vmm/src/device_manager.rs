@@ -190,6 +190,29 @@ impl DeviceManager {
         self.each_transport(|t| t.resume());
     }
 
+    /// Lets go of the host resources only one process can hold (TAPs, vsock
+    /// listeners): the devices must be quiesced.
+    pub fn detach_backends(&self) {
+        self.each_transport(|t| t.detach_backend());
+    }
+
+    /// Takes them again; the first failure is returned, the rest are still
+    /// tried.
+    pub fn attach_backends(&self) -> Result<(), devices::virtio::ActivateError> {
+        let mut first = None;
+        self.each_transport(|t| {
+            if let Err(e) = t.attach_backend() {
+                first.get_or_insert(e);
+            }
+        });
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Has every network device announce its guest's MAC address.
+    pub fn announce(&self) {
+        self.each_transport(|t| t.announce());
+    }
+
     /// Has every running virtio device look at its rings once: after a
     /// restore, when the vCPUs and interrupt controllers are back.
     pub fn first_look(&self) {

@@ -26,6 +26,7 @@ mod loader;
 pub mod logger;
 mod memory;
 pub mod metrics;
+pub mod migration;
 pub mod probe;
 pub mod rpc;
 pub mod seccomp;

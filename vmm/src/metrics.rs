@@ -31,11 +31,22 @@ pub struct VmmMetrics {
     pub snapshot_load_count: Counter,
 }
 
+/// Live migrations sent.
+pub struct MigrationMetrics {
+    pub count: Counter,
+    pub failures: Counter,
+    pub bytes_sent: Counter,
+    pub passes: Counter,
+    pub downtime_ms: Counter,
+    pub total_ms: Counter,
+}
+
 /// The VMM's own counters.
 pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub api_server: ApiMetrics,
     pub vmm: VmmMetrics,
+    pub migration: MigrationMetrics,
 }
 
 /// The process's counters.
@@ -56,6 +67,14 @@ pub static METRICS: Metrics = Metrics {
         resume_count: Counter::new(),
         snapshot_create_count: Counter::new(),
         snapshot_load_count: Counter::new(),
+    },
+    migration: MigrationMetrics {
+        count: Counter::new(),
+        failures: Counter::new(),
+        bytes_sent: Counter::new(),
+        passes: Counter::new(),
+        downtime_ms: Counter::new(),
+        total_ms: Counter::new(),
     },
 };
 
@@ -88,6 +107,17 @@ fn groups() -> Vec<Group<'static>> {
                 ("resume_count", &m.vmm.resume_count),
                 ("snapshot_create_count", &m.vmm.snapshot_create_count),
                 ("snapshot_load_count", &m.vmm.snapshot_load_count),
+            ],
+        ),
+        (
+            "migration",
+            vec![
+                ("count", &m.migration.count),
+                ("failures", &m.migration.failures),
+                ("bytes_sent", &m.migration.bytes_sent),
+                ("passes", &m.migration.passes),
+                ("downtime_ms", &m.migration.downtime_ms),
+                ("total_ms", &m.migration.total_ms),
             ],
         ),
     ];

@@ -78,6 +78,10 @@ pub enum VmRequest {
     CreateSnapshot(SnapshotCreate),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoad),
+    /// `PUT /migration/send`: move the running guest to another VMM.
+    SendMigration(crate::migration::SendMigration),
+    /// `PUT /migration/receive`: take a guest another VMM sends.
+    ReceiveMigration(crate::migration::ReceiveMigration),
 }
 
 /// `PUT /logger`.
@@ -257,6 +261,8 @@ pub enum VmError {
     Logger(#[from] crate::logger::LevelError),
     #[error(transparent)]
     Vmm(#[from] Box<crate::VmmError>),
+    #[error(transparent)]
+    Migration(#[from] crate::migration::MigrationError),
     #[error("{0}")]
     Invalid(String),
 }

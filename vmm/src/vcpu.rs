@@ -15,8 +15,8 @@ use devices::sync::{lock, wait, wait_timeout};
 use devices::GuestMemoryMmap;
 use devices::{Bus, ExitSignal};
 use kvm_bindings::{
-    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -33,6 +33,8 @@ pub enum VcpuError {
     Create { id: u8, err: kvm_ioctls::Error },
     #[error("cannot configure vCPU {id}: {what}")]
     Configure { id: u8, what: String },
+    #[error("this host's KVM lacks CPU features the guest uses: {0}")]
+    MissingCpuFeatures(String),
     #[error("cannot start vCPU thread: {0}")]
     Spawn(std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
@@ -70,6 +72,8 @@ pub enum VmExit {
     VcpuFailed { vcpu: u8, reason: String },
     /// The VMM was asked to stop (SIGTERM).
     Stopped,
+    /// The guest moved to another VMM (live migration).
+    Migrated,
 }
 
 /// Holds vCPU threads back from their first KVM_RUN until opened.
@@ -150,10 +154,13 @@ impl Vcpu {
     pub fn restore(
         vm: &VmFd,
         id: u8,
-        count: u8,
         supported_cpuid: &CpuId,
         state: &VcpuState,
     ) -> Result<Self, VcpuError> {
+        let missing = arch::missing_features(&state.cpuid, supported_cpuid.as_slice());
+        if !missing.is_empty() {
+            return Err(VcpuError::MissingCpuFeatures(missing.join(", ")));
+        }
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|err| VcpuError::Create { id, err })?;
@@ -161,10 +168,9 @@ impl Vcpu {
             id,
             what: format!("{what}: {e}"),
         };
-        let mut cpuid = supported_cpuid.clone();
-        arch::filter_cpuid(&mut cpuid, id, count).map_err(|e| VcpuError::Configure {
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::Configure {
             id,
-            what: e.to_string(),
+            what: "the saved CPUID table is too long".into(),
         })?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| cfg("KVM_SET_CPUID2", e))?;
@@ -208,6 +214,11 @@ impl Vcpu {
         let e = |what| move |err| VcpuStateError::Kvm { id, what, err };
         let fd = &self.fd;
         Ok(VcpuState {
+            cpuid: fd
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(e("KVM_GET_CPUID2"))?
+                .as_slice()
+                .to_vec(),
             regs: fd.get_regs().map_err(e("KVM_GET_REGS"))?,
             sregs: fd.get_sregs().map_err(e("KVM_GET_SREGS"))?,
             xsave: fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?,
@@ -436,6 +447,8 @@ impl VcpuControl {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VcpuState {
+    /// The CPUID the guest sees (set again as it was, on whatever host).
+    pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     regs: kvm_regs,
     sregs: kvm_sregs,
     xsave: kvm_xsave,
@@ -501,6 +514,7 @@ fn read_msrs(id: u8, fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, Vc
 impl Clone for VcpuState {
     fn clone(&self) -> Self {
         Self {
+            cpuid: self.cpuid.clone(),
             regs: self.regs,
             sregs: self.sregs,
             // kvm_xsave is plain data but not Clone (it ends in a flexible

@@ -80,6 +80,8 @@ pub struct Vm {
     pub(crate) mem: devices::GuestMemoryMmap,
     /// Guest RAM is mapped from a snapshot's memory file.
     pub(crate) mem_from_file: bool,
+    /// The CPUID vCPU 0 sees (what a migration destination must offer).
+    pub(crate) guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     pub(crate) vm: kvm_ioctls::VmFd,
 }
 
@@ -243,21 +245,8 @@ impl Vm {
                 .map_err(e("KVM_GET_IRQCHIP"))?;
             irqchips.push(chip);
         }
-        let c = &self.config;
         Ok(MicrovmState {
-            machine: MachineState {
-                vcpu_count: c.machine_config.vcpu_count,
-                mem_size_mib: c.machine_config.mem_size_mib,
-                track_dirty_pages: c.machine_config.track_dirty_pages,
-                kernel_image_path: c.boot_source.kernel_image_path.clone(),
-                initrd_path: c.boot_source.initrd_path.clone(),
-                boot_args: c.boot_source.boot_args.clone(),
-                root_drive: c
-                    .drives
-                    .iter()
-                    .find(|d| d.is_root_device)
-                    .map(|d| d.drive_id.clone()),
-            },
+            machine: self.machine_state(),
             memory: snapshot::memory::regions_of(&self.mem),
             vcpus: self.threads.control.saved_states()?,
             vm: VmState {
@@ -268,6 +257,36 @@ impl Vm {
             serial: self.devices.serial_state(),
             devices: self.devices.transport_states(),
         })
+    }
+
+    /// The machine this VM is, as its saved state names it.
+    pub fn machine_state(&self) -> MachineState {
+        let c = &self.config;
+        MachineState {
+            vcpu_count: c.machine_config.vcpu_count,
+            mem_size_mib: c.machine_config.mem_size_mib,
+            track_dirty_pages: c.machine_config.track_dirty_pages,
+            kernel_image_path: c.boot_source.kernel_image_path.clone(),
+            initrd_path: c.boot_source.initrd_path.clone(),
+            boot_args: c.boot_source.boot_args.clone(),
+            root_drive: c
+                .drives
+                .iter()
+                .find(|d| d.is_root_device)
+                .map(|d| d.drive_id.clone()),
+        }
+    }
+
+    /// Turns KVM's logging of the pages the guest writes on or off (a
+    /// migration needs it whether or not the VM was configured with it).
+    pub fn set_dirty_tracking(&self, on: bool) -> Result<(), VmmError> {
+        Ok(crate::memory::register(&self.vm, &self.mem, on)?)
+    }
+
+    /// Tells the network the guest's MAC addresses are here now (after a
+    /// migration): switches learn the new port at once.
+    pub fn announce(&self) {
+        self.devices.announce();
     }
 
     /// KVM's dirty page log of every memory slot (cleared as it is read).

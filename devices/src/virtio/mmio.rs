@@ -278,6 +278,24 @@ impl MmioTransport {
         }
     }
 
+    /// Lets go of the device's host resources (see
+    /// [`VirtioDevice::detach_backend`]); the transport must be quiesced.
+    pub fn detach_backend(&mut self) {
+        self.device.detach_backend();
+    }
+
+    /// Has the device announce where the guest is now (network devices).
+    pub fn announce(&self) {
+        if self.activated {
+            self.device.announce();
+        }
+    }
+
+    /// Takes the device's host resources again.
+    pub fn attach_backend(&mut self) -> Result<(), super::ActivateError> {
+        self.device.attach_backend()
+    }
+
     /// Starts a quiesced device again, from where its rings are, and has
     /// it take a first look at them.
     pub fn resume(&mut self) {

@@ -174,6 +174,19 @@ pub trait VirtioDevice: Send {
     /// booted): whatever the guest had that the host cannot restore (open
     /// vsock connections) must be reported lost when the device starts.
     fn restored(&mut self) {}
+    /// Lets go of the host resources only one process can hold (a TAP, a
+    /// listening socket), so that the VMM a guest migrates to can take
+    /// them. The device is quiesced and stays so until
+    /// [`VirtioDevice::attach_backend`].
+    fn detach_backend(&mut self) {}
+    /// Tells the host's network the guest is here (after a migration): a
+    /// network device sends a RARP frame from the guest's MAC, as QEMU
+    /// does, so switches and bridges learn its new port at once.
+    fn announce(&self) {}
+    /// Takes those resources again (a migration that failed).
+    fn attach_backend(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
 }
 
 /// A descriptor chain as the devices see it.

@@ -103,7 +103,7 @@ pub fn write_dirty_memory(
 
 /// Whether any page of guest range `at..at+len` is resident (mincore);
 /// true when that cannot be told.
-fn any_resident(mem: &GuestMemoryMmap, at: GuestAddress, len: usize) -> bool {
+pub(crate) fn any_resident(mem: &GuestMemoryMmap, at: GuestAddress, len: usize) -> bool {
     let Ok(slice) = mem.get_slice(at, len) else {
         return true;
     };

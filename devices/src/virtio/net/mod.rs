@@ -81,7 +81,8 @@ pub struct Net {
     id: String,
     tap_name: String,
     mac: [u8; 6],
-    tap: Arc<Mutex<Tap>>,
+    /// The TAP; None while detached (a migration hands it over).
+    tap: Option<Arc<Mutex<Tap>>>,
     config: [u8; 10],
     /// Shared with the worker; kept here so that they survive a reset.
     rx_rate_limiter: Option<Arc<Mutex<RateLimiter>>>,
@@ -100,7 +101,7 @@ impl Net {
             id: id.to_owned(),
             tap_name: tap.name().to_owned(),
             mac,
-            tap: Arc::new(Mutex::new(tap)),
+            tap: Some(Arc::new(Mutex::new(tap))),
             config,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
@@ -129,6 +130,23 @@ impl Net {
     pub fn rate_limiter_handles(&self) -> [Option<Arc<Mutex<RateLimiter>>>; 2] {
         [self.rx_rate_limiter.clone(), self.tx_rate_limiter.clone()]
     }
+}
+
+/// A RARP "reverse request" from `mac` to everyone, behind an empty vnet
+/// header: the frame QEMU sends to announce a guest that moved.
+fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x8035u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 3]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    // Ethernet's minimum frame (60 bytes before the FCS).
+    f.resize(VNET_HDR_LEN + 60, 0);
+    f
 }
 
 /// Feature bit `b` as a mask.
@@ -219,11 +237,11 @@ impl VirtioDevice for Net {
                 offload |= flag;
             }
         }
+        let Some(tap) = self.tap.clone() else {
+            return Err(fail("the TAP is detached".into()));
+        };
         let tap_fd = {
-            let tap = self
-                .tap
-                .lock()
-                .map_err(|_| fail("TAP lock poisoned".into()))?;
+            let tap = lock(&tap);
             tap.set_offload(offload).map_err(|e| fail(e.to_string()))?;
             tap.as_raw_fd()
         };
@@ -250,7 +268,7 @@ impl VirtioDevice for Net {
             irq: interrupt,
             rx,
             tx,
-            tap: self.tap.clone(),
+            tap,
             frame: vec![0u8; MAX_FRAME],
             pending: 0,
             tx_buf: vec![0u8; MAX_FRAME],
@@ -273,6 +291,28 @@ impl VirtioDevice for Net {
     fn reset(&mut self) -> bool {
         self.worker = None;
         true
+    }
+
+    fn detach_backend(&mut self) {
+        self.worker = None;
+        self.tap = None;
+    }
+
+    fn announce(&self) {
+        let Some(tap) = &self.tap else { return };
+        let frame = rarp_announce(self.mac);
+        if let Err(e) = lock(tap).write_frame(&frame) {
+            tracing::warn!("virtio-net: cannot announce {}: {e}", self.id);
+        }
+    }
+
+    fn attach_backend(&mut self) -> Result<(), ActivateError> {
+        if self.tap.is_none() {
+            let tap = Tap::open(&self.tap_name)
+                .map_err(|e| ActivateError::Failed(format!("virtio-net: {e}")))?;
+            self.tap = Some(Arc::new(Mutex::new(tap)));
+        }
+        Ok(())
     }
 }
 

@@ -75,7 +75,9 @@ pub enum VsockError {
 pub struct Vsock {
     cid: u32,
     uds_path: PathBuf,
-    listener: UnixListener,
+    /// The host side's listener; None while detached (a migration hands
+    /// its path over).
+    listener: Option<UnixListener>,
     worker: Option<QueueWorker>,
     /// Restored from a snapshot: the guest's connections are gone and it
     /// must be told (a transport reset event) when the device starts.
@@ -94,16 +96,21 @@ impl Vsock {
             path: uds_path.to_owned(),
             err,
         };
-        let listener = crate::bind_unix_listener(uds_path).map_err(err)?;
-        listener.set_nonblocking(true).map_err(err)?;
         Ok(Self {
             cid,
             uds_path: uds_path.to_owned(),
-            listener,
+            listener: Some(listen(uds_path).map_err(err)?),
             worker: None,
             reset_pending: false,
         })
     }
+}
+
+/// The host side's listener on `path` (a stale socket file replaced).
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = crate::bind_unix_listener(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 impl Persist for Vsock {
@@ -127,7 +134,10 @@ impl Persist for Vsock {
 impl Drop for Vsock {
     fn drop(&mut self) {
         self.worker = None;
-        let _ = std::fs::remove_file(&self.uds_path);
+        // A detached device's path may be another VMM's socket by now.
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
     }
 }
 
@@ -164,7 +174,12 @@ impl VirtioDevice for Vsock {
         if std::mem::take(&mut self.reset_pending) {
             send_transport_reset(&mem, &mut evq, &interrupt);
         }
-        let listener = self.listener.try_clone().map_err(|e| fail(e.to_string()))?;
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| fail("the socket is detached".into()))?
+            .try_clone()
+            .map_err(|e| fail(e.to_string()))?;
         let mut w = Muxer::new(
             u64::from(self.cid),
             self.uds_path.clone(),
@@ -212,6 +227,23 @@ impl VirtioDevice for Vsock {
     /// when the device starts.
     fn restored(&mut self) {
         self.reset_pending = true;
+    }
+
+    fn detach_backend(&mut self) {
+        self.worker = None;
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
+    }
+
+    fn attach_backend(&mut self) -> Result<(), ActivateError> {
+        if self.listener.is_none() {
+            let l = listen(&self.uds_path).map_err(|e| {
+                ActivateError::Failed(format!("vsock socket {}: {e}", self.uds_path.display()))
+            })?;
+            self.listener = Some(l);
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ mod entropy;
 mod logger;
 mod machine_config;
 mod metrics;
+mod migration;
 mod net;
 mod snapshot;
 mod vm;
@@ -60,6 +61,7 @@ pub fn route(req: &Request) -> Route {
         ("logger", None) => logger::parse(req),
         ("machine-config", None) => machine_config::parse(req),
         ("metrics", None) => metrics::parse(req),
+        ("migration", Some(sub)) => migration::parse(req, sub),
         ("mmds", _) if m == "PUT" || m == "PATCH" || m == "GET" => Err(Response::fault(
             400,
             format!("{} is not supported by condo yet", req.path),
