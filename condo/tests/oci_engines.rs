@@ -143,19 +143,32 @@ fn leftovers(id: &str) -> Vec<String> {
     found
 }
 
-/// Files of container `id` the runtime may have left under any root.
+/// State directories of container `id` the runtime may have left, under
+/// whatever `--root` the engine gave it: a directory named `id` under /run
+/// that holds condo's state or VM files.
 fn left_files(id: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for root in [
-        "/run/condo/oci",
-        "/run/runc",
-        "/run/containerd/runc/default",
-    ] {
-        let p = Path::new(root).join(id);
-        if p.exists() {
-            found.push(p.display().to_string());
+    fn walk(dir: &Path, id: &str, depth: u32, found: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == id
+                && ["state.json", "vm.json", "v.sock", "c.sock", "rootfs.img"]
+                    .iter()
+                    .any(|f| p.join(f).exists())
+            {
+                found.push(p.display().to_string());
+            } else if depth > 0 {
+                walk(&p, id, depth - 1, found);
+            }
         }
     }
+    let mut found = Vec::new();
+    walk(Path::new("/run"), id, 5, &mut found);
     found
 }
 
