@@ -14,7 +14,8 @@
 //!   "boot_timeout_s": 60,
 //!   "image_cache": "/var/cache/condo/oci",
 //!   "vmm": "/usr/local/bin/condo",
-//!   "debug_log": "/var/log/condo-oci.log"
+//!   "debug_log": "/var/log/condo-oci.log",
+//!   "huge_pages": "None"
 //! }
 //! ```
 
@@ -55,6 +56,10 @@ pub struct RuntimeConfig {
     pub vmm: Option<PathBuf>,
     /// A file for the monitors' timings of each container's phases.
     pub debug_log: Option<PathBuf>,
+    /// What backs guest memory (`machine-config.huge_pages`): `None`
+    /// (4 KiB pages: the host keeps only what the guest touched, the
+    /// densest for many small containers), `Transparent` or `2M`.
+    pub huge_pages: String,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +74,7 @@ impl Default for RuntimeConfig {
             image_cache: PathBuf::from("/var/cache/condo/oci"),
             vmm: None,
             debug_log: None,
+            huge_pages: "None".into(),
         }
     }
 }
@@ -99,6 +105,9 @@ impl RuntimeConfig {
         }
         if c.memory_mib < 64 {
             return Err("memory_mib must be at least 64".into());
+        }
+        if !matches!(c.huge_pages.as_str(), "None" | "Transparent" | "2M") {
+            return Err("huge_pages must be None, Transparent or 2M".into());
         }
         Ok(c)
     }

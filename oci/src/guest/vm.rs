@@ -70,7 +70,11 @@ pub fn vm_json(
             "initrd_path": config.initrd,
             "boot_args": config.cmdline,
         },
-        "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib},
+        "machine-config": {
+            "vcpu_count": vcpus,
+            "mem_size_mib": mem_mib,
+            "huge_pages": config.huge_pages,
+        },
         "drives": [{
             "drive_id": "rootfs",
             "path_on_host": disk,
@@ -368,6 +372,7 @@ mod tests {
         );
         assert_eq!(v["machine-config"]["vcpu_count"], 2);
         assert_eq!(v["drives"][0]["is_read_only"], true);
+        assert_eq!(v["machine-config"]["huge_pages"], "None");
         assert_eq!(v["vsock"]["uds_path"], "/d/v.sock");
     }
 }
