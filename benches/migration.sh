@@ -9,6 +9,7 @@
 # VMMs in the same one).
 #   ROUNDS=5 benches/migration.sh
 #   CASES=idle256,dirty64 ROUNDS=1 benches/migration.sh   # a quick trial
+#   CASES=dirtyfast ROUNDS=1 benches/migration.sh         # not by default: a guest dirtying as fast as it can
 #   TESTHOST_CPUS=2 benches/migration.sh                  # the test host's CPUs (default 1)
 #   DOWNTIME_MS=300 GUEST_CPUS=2                          # the allowed pause, the guest's vCPUs (defaults)
 set -euo pipefail
@@ -34,9 +35,12 @@ tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 # A migration in the test host takes seconds to a minute; a round is two.
 timeout=$((900 + rounds * 3 * 2 * 240))
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
 if bash testhost/kvm-ok; then
   where="directly on this host's /dev/kvm"
-  "$bench_bin" "${args[@]}" --dir "$(mktemp -d)" | tee "$tmp"
+  dir=$(mktemp -d)
+  trap 'rm -f "$tmp"; rm -rf "$dir"' EXIT
+  "$bench_bin" "${args[@]}" --dir "$dir" | tee "$tmp"
 else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM, $th_cpus CPU(s), 8 GiB), both VMMs in the same L1"
   bash testhost/build.sh
@@ -46,11 +50,13 @@ else
 fi
 grep -q '^@@summary' "$tmp" || die "the benchmark printed no results (see above)"
 failed=$(grep -c '^migration .* failed:' "$tmp" || true)
+netns=$(sed -n 's/^migration netns=\([a-z]*\).*/\1/p' "$tmp")
 {
   echo "# Live migration benchmark"
   echo
   echo "Measured $(date -u +%Y-%m-%d) $where, with \`ROUNDS=$rounds benches/migration.sh\` ($rounds rounds per guest and VMM, alternating, medians)"
-  echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1))."
+  echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1));"
+  echo "the machine's load average when it started: $load."
   echo
   echo "Guest: the minimal 6.1 \`vmlinux\` and busybox initramfs for both, $guest_cpus vCPUs, printing \`tick<N>\` on its serial"
   echo "console every 10 ms (the \"idle\" guests do only that); the dirtying guest also runs \`dirty 128 64\`"
@@ -75,6 +81,9 @@ failed=$(grep -c '^migration .* failed:' "$tmp" || true)
   echo "- **bytes on the wire**: IP octets sent on loopback from the request to the end; the benchmark runs in a"
   echo "  network namespace of its own, where nothing else talks, so that is the migration stream (both directions,"
   echo "  with TCP/IP headers and acknowledgements)."
+  if [ "$netns" != private ]; then
+    echo "  **This run had no network namespace of its own: the figure also counts whatever else this host sent.**"
+  fi
   echo "- **the VMM's own figures**: condo's migration metrics from the source's metrics file (\`total_ms\`,"
   echo "  \`downtime_ms\`: from pausing the guest to the destination saying it runs it, \`bytes_sent\`, \`passes\`);"
   echo "  QEMU's \`query-migrate\` on the source (\`total-time\`, \`downtime\`: the source's stop to its end of the stream,"

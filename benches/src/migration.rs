@@ -124,10 +124,23 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Not run unless named: a guest dirtying as fast as it can, which
+/// outruns the link, so that both VMMs' auto-converge throttles it.
+fn extra_cases() -> Vec<Case> {
+    vec![Case {
+        name: "dirtyfast",
+        label: "dirtying as fast as it can, 256 MiB",
+        mem_mib: 256,
+        command: format!("dirty 128 0 & {TICKER}"),
+        ready: ("dirty", 3),
+        bytes_target: false,
+    }]
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: condo-bench migration --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
-         --dir DIR [--rounds N] [--cpus N] [--cases idle256,idle2048,dirty64] [--port FIRST] [--condo-log LEVEL] [--downtime-ms MS]"
+         --dir DIR [--rounds N] [--cpus N] [--cases idle256,idle2048,dirty64,dirtyfast] [--port FIRST] [--condo-log LEVEL] [--downtime-ms MS]"
     );
     std::process::exit(2)
 }
@@ -160,7 +173,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
             "--condo-log" => o.condo_log = v,
             "--downtime-ms" => o.downtime_ms = v.parse().unwrap_or_else(|_| usage()),
             "--cases" => {
-                let all = cases();
+                let all: Vec<Case> = cases().into_iter().chain(extra_cases()).collect();
                 o.cases = v
                     .split(',')
                     .map(|n| {
@@ -219,14 +232,10 @@ impl Console {
         lock(&self.0).iter().map(|(t, _)| *t).collect()
     }
 
-    /// Everything printed (before `until`, if given).
-    fn text(&self, until: Option<Instant>) -> String {
+    /// Everything printed so far.
+    fn text(&self) -> String {
         let chunks = lock(&self.0);
-        let bytes: Vec<u8> = chunks
-            .iter()
-            .filter(|(t, _)| until.is_none_or(|u| *t < u))
-            .flat_map(|(_, b)| b.iter().copied())
-            .collect();
+        let bytes: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -267,7 +276,7 @@ impl Vmm {
     fn wait_for(&mut self, (word, n): (&str, usize), limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
-            if self.console.text(None).matches(word).count() >= n {
+            if self.console.text().matches(word).count() >= n {
                 return Ok(());
             }
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -303,7 +312,7 @@ impl Vmm {
     /// The end of the VMM's standard error and console, for an error.
     fn tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let console = self.console.text(None);
+        let console = self.console.text();
         let last = |s: &str, n: usize| {
             let lines: Vec<&str> = s.lines().collect();
             lines[lines.len().saturating_sub(n)..].join(" | ")
@@ -326,7 +335,7 @@ impl Drop for Vmm {
 }
 
 /// A QMP connection (capabilities negotiated); events are kept for
-/// [`Qmp::event`].
+/// [`Qmp::migration_event`].
 struct Qmp {
     r: BufReader<UnixStream>,
     w: UnixStream,
@@ -559,7 +568,7 @@ fn outside(src: &Console, dst: &Console, t_req: Instant, s: &mut Sample) -> Resu
             ms(*late - first_dst)
         ));
     }
-    let (before, after) = (ticks(&src.text(None)), ticks(&dst.text(None)));
+    let (before, after) = (ticks(&src.text()), ticks(&dst.text()));
     match (before.last(), after.first()) {
         (Some(b), Some(a)) if a > b => {}
         (b, a) => {
@@ -851,7 +860,7 @@ fn report(o: &Opts, results: &[CaseResult<'_>]) {
     let wire: Get = |s| s.wire_bytes as f64;
     println!("@@summary");
     println!(
-        "| guest ({} rounds, medians) | total: condo | QEMU | ratio | downtime seen from outside: condo | QEMU | ratio | bytes on the wire: condo | QEMU | ratio |",
+        "| guest (rounds: {}, medians) | total: condo | QEMU | ratio | downtime seen from outside: condo | QEMU | ratio | bytes on the wire: condo | QEMU | ratio |",
         o.rounds
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -959,12 +968,12 @@ fn report(o: &Opts, results: &[CaseResult<'_>]) {
             ),
         ];
         let mut label = format!(
-            "{} ({} + {} rounds{})",
+            "{} (rounds: condo {}, QEMU {}{})",
             case.label,
             c.len(),
             q.len(),
             if cf + qf > 0 {
-                format!(", failed: condo {cf}, QEMU {qf}")
+                format!("; failed: condo {cf}, QEMU {qf}")
             } else {
                 String::new()
             }
