@@ -235,6 +235,7 @@ pub fn send(vm: &mut Vm, p: &SendMigration) -> Result<SendReport, MigrationError
     out.set_write_timeout(Some(Duration::from_secs(p.timeout_s.clamp(1, 60))))?;
 
     let state_now = vm.machine_state();
+    let hello_at = Instant::now();
     write_json(
         &mut out,
         Kind::Hello,
@@ -252,10 +253,14 @@ pub fn send(vm: &mut Vm, p: &SendMigration) -> Result<SendReport, MigrationError
             parse::<Reason>(kind, &body)?.reason,
         ));
     }
+    // The hand-over costs at least two round trips (State -> Ready, Go ->
+    // Running) on top of the last pass; this one (the destination
+    // allocating the guest's memory in between) bounds them from above.
+    let round_trip = hello_at.elapsed();
 
     let tracking_before = vm.config.machine_config.track_dirty_pages;
     vm.set_dirty_tracking(true)?;
-    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline);
+    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline, round_trip);
     if !tracking_before {
         if let Err(e) = vm.set_dirty_tracking(false) {
             tracing::warn!("migration: cannot stop dirty page tracking: {e}");
@@ -270,7 +275,14 @@ fn precopy_and_hand_over(
     p: &SendMigration,
     start: Instant,
     deadline: Instant,
+    round_trip: Duration,
 ) -> Result<SendReport, MigrationError> {
+    // What the last pass's memory may take: the allowed pause less the
+    // hand-over's two round trips, but at least a quarter of it (the
+    // state and the destination's rebuild come on top: see
+    // docs/migration.md).
+    let downtime = p.downtime_ms as f64;
+    let memory_budget_ms = (downtime - 2.0 * round_trip.as_secs_f64() * 1000.0).max(downtime / 4.0);
     let mut writer = MemoryWriter::default();
     let mut throttle = Throttle { pct: 0, max: 0 };
     let mut pacer = Pacer {
@@ -301,7 +313,7 @@ fn precopy_and_hand_over(
     loop {
         let bytes = pending.len() as u64 * PAGE;
         let estimate_ms = bytes as f64 / rate * 1000.0;
-        if estimate_ms <= p.downtime_ms as f64 {
+        if estimate_ms <= memory_budget_ms {
             break;
         }
         if passes > MAX_PASSES {
