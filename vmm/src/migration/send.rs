@@ -63,20 +63,22 @@ fn connect(url: &Url, timeout: Duration) -> Result<Stream, MigrationError> {
 struct Throttle {
     pct: u32,
     max: u32,
+    /// Never hold the vCPUs (they are paused already).
+    off: bool,
 }
 
 impl Throttle {
     /// After `busy` of sending, keeps the vCPUs out for `pct`% of the
     /// time; returns how long that took (not time spent sending).
     fn apply(&mut self, vm: &mut Vm, busy: Duration) -> Duration {
-        if self.pct == 0 {
+        if self.pct == 0 || self.off {
             return Duration::ZERO;
         }
         let t = Instant::now();
         let off = busy.mul_f64(f64::from(self.pct) / f64::from(100 - self.pct));
-        if vm.pause().is_ok() {
+        if vm.hold().is_ok() {
             std::thread::sleep(off.min(Duration::from_millis(500)));
-            vm.resume();
+            vm.resume_held();
         }
         t.elapsed()
     }
@@ -284,7 +286,13 @@ fn precopy_and_hand_over(
     let downtime = p.downtime_ms as f64;
     let memory_budget_ms = (downtime - 2.0 * round_trip.as_secs_f64() * 1000.0).max(downtime / 4.0);
     let mut writer = MemoryWriter::default();
-    let mut throttle = Throttle { pct: 0, max: 0 };
+    // A guest the user paused stays paused, here or there.
+    let was_paused = vm.is_paused();
+    let mut throttle = Throttle {
+        pct: 0,
+        max: 0,
+        off: was_paused,
+    };
     let mut pacer = Pacer {
         limit: p.bandwidth_mib_s.map(|m| m.saturating_mul(1 << 20)),
         start,
@@ -358,9 +366,11 @@ fn precopy_and_hand_over(
 
     // Stop and copy.
     let paused_at = Instant::now();
-    vm.pause()?;
+    if !was_paused {
+        vm.pause()?;
+    }
     vm.devices.quiesce();
-    let r = stop_and_copy(vm, &mut pass, pending, paused_at);
+    let r = stop_and_copy(vm, &mut pass, pending, paused_at, was_paused);
     match r {
         Ok(mut report) => {
             report.passes = passes + 1;
@@ -376,7 +386,9 @@ fn precopy_and_hand_over(
                 tracing::error!("migration: cannot take the devices back: {a}");
             }
             vm.devices.resume();
-            vm.resume();
+            if !was_paused {
+                vm.resume();
+            }
             Err(e)
         }
     }
@@ -388,6 +400,7 @@ fn stop_and_copy(
     pass: &mut Pass<'_>,
     mut pending: Vec<u64>,
     paused_at: Instant,
+    was_paused: bool,
 ) -> Result<SendReport, MigrationError> {
     pass.throttle.pct = 0;
     let more = dirty_pages(vm, &vm.dirty_log()?);
@@ -408,7 +421,13 @@ fn stop_and_copy(
             parse::<Reason>(kind, &body)?.reason,
         ));
     }
-    write_frame(pass.out, Kind::Go, b"{}")?;
+    write_json(
+        pass.out,
+        Kind::Go,
+        &protocol::Go {
+            resume: !was_paused,
+        },
+    )?;
     pass.out.flush()?;
     let (kind, body) = expect(pass.out, &[Kind::Running, Kind::Failed])?;
     if kind == Kind::Failed {
