@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use vmm::{RunOptions, VmConfig, VmExit};
 
 mod jail;
+mod jail_console;
 mod terminal;
 
 /// Exit status when the guest panicked.
