@@ -44,6 +44,9 @@ enum Command {
     /// Run `condo run ...` jailed, as Firecracker's jailer does (as root):
     /// `condo jail --id ID --uid U --gid G [--file PATH]... -- run ...`.
     Jail(Box<jail::JailArgs>),
+    /// The host manager: `condo daemon` and the commands that talk to it.
+    #[command(flatten)]
+    Host(host::cli::HostCommand),
 }
 
 #[derive(Args)]
@@ -126,6 +129,10 @@ fn main() -> ExitCode {
         Command::KvmCheck => kvm_check(),
         Command::Run(args) => run(*args),
         Command::Jail(j) => jailed(&j),
+        Command::Host(c) => match host::cli::run(c) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(e),
+        },
     }
 }
 
