@@ -61,9 +61,10 @@ pub struct CreateArgs {
     /// disk): MiB, or with a unit.
     #[arg(long)]
     pub disk: Option<String>,
-    /// Network: bridge (an interface on the managed bridge) or none.
-    #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
-    pub net: String,
+    /// Network: bridge (an interface on the managed bridge) or none
+    /// (default: bridge when the daemon has a network).
+    #[arg(long, value_parser = ["bridge", "none"])]
+    pub net: Option<String>,
     /// CPU limit in % of one host CPU (cgroup cpu.max).
     #[arg(long)]
     pub cpu_limit: Option<u32>,
@@ -486,7 +487,7 @@ fn create(a: CreateArgs) -> Result<u8> {
     spec.vcpus = a.cpus;
     spec.memory_mib = parse_size_mib(&a.memory)?;
     spec.disk_mib = a.disk.as_deref().map(parse_size_mib).transpose()?;
-    spec.net = a.net == "bridge";
+    spec.net = a.net.map(|n| n == "bridge");
     spec.cpu_limit_pct = a.cpu_limit;
     spec.cpu_weight = a.cpu_weight;
     spec.cpuset = a.cpuset;

@@ -366,7 +366,7 @@ impl Db {
             if let Err(i) = used_uids.binary_search(&uid) {
                 used_uids.insert(i, uid);
             }
-            let ip = match (&pools.net, spec.net) {
+            let ip = match (&pools.net, spec.has_net()) {
                 (Some((subnet, hosts)), true) => {
                     let ip = hosts
                         .clone()
@@ -659,6 +659,7 @@ mod tests {
     fn spec(name: &str) -> GuestSpec {
         let mut s = GuestSpec::named(name);
         s.kernel = Some("/k".into());
+        s.net = Some(true);
         s
     }
 

@@ -64,7 +64,7 @@ fn clone_inner(src: &Path, dst: &Path) -> Result<CopyKind> {
 fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
     let len = from.metadata()?.len();
     to.set_len(len)?;
-    let (fi, fo) = (from.as_raw_fd(), to.as_raw_fd());
+    let fi = from.as_raw_fd();
     let mut pos: i64 = 0;
     while (pos as u64) < len {
         // SAFETY: lseek on a valid descriptor.
@@ -81,25 +81,49 @@ fn sparse_copy(from: &File, to: &File) -> io::Result<()> {
         if hole < 0 {
             return Err(io::Error::last_os_error());
         }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = (hole - off_in) as usize;
-            // SAFETY: valid descriptors and offsets owned here.
-            let n = unsafe { libc::copy_file_range(fi, &mut off_in, fo, &mut off_out, want, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                break;
-            }
-        }
+        copy_range(from, to, data as u64, (hole - data) as u64)?;
         pos = hole;
     }
     to.sync_all()
+}
+
+/// Copies `len` bytes at `off` from `from` to the same offset of `to`:
+/// copy_file_range, or reads and writes where the kernel cannot copy
+/// between the two filesystems.
+fn copy_range(from: &File, to: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (fi, fo) = (from.as_raw_fd(), to.as_raw_fd());
+    let (mut off_in, mut off_out) = (off as i64, off as i64);
+    let end = (off + len) as i64;
+    while off_in < end {
+        let want = (end - off_in) as usize;
+        // SAFETY: valid descriptors and offsets owned here.
+        let n = unsafe { libc::copy_file_range(fi, &mut off_in, fo, &mut off_out, want, 0) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => break,
+            _ => return Err(e),
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = off_in as u64;
+    while pos < end as u64 {
+        let k = buf.len().min((end as u64 - pos) as usize);
+        let got = from.read_at(&mut buf[..k], pos)?;
+        if got == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..got], pos)?;
+        pos += got as u64;
+    }
+    Ok(())
 }
 
 /// Grows `path` to `mib` MiB (never shrinks it).

@@ -434,7 +434,8 @@ impl Manager {
                 spec.image.as_deref().unwrap_or_default()
             )));
         }
-        if spec.net && self.net.is_none() {
+        spec.net = Some(spec.net.unwrap_or(self.net.is_some()));
+        if spec.has_net() && self.net.is_none() {
             return Err(Error::invalid(
                 "this daemon runs without a network (--no-network): create the guest without one",
             ));
@@ -623,7 +624,7 @@ impl Manager {
             return a;
         }
         let ip_arg = match (&self.net, g.ip) {
-            (Some(n), Some(ip)) if s.net => Some(n.kernel_ip_arg(ip, &g.name)),
+            (Some(n), Some(ip)) if s.has_net() => Some(n.kernel_ip_arg(ip, &g.name)),
             _ => None,
         };
         a.extend([
@@ -674,7 +675,7 @@ impl Manager {
                 )));
             }
         }
-        let netns = match (&self.net, g.spec.net) {
+        let netns = match (&self.net, g.spec.has_net()) {
             (Some(n), true) => Some(n.attach(id, g.uid)?),
             _ => None,
         };

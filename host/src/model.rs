@@ -135,9 +135,10 @@ pub struct GuestSpec {
     /// an empty disk of this size when there is no root image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
-    /// A network interface on the managed bridge (default true).
-    #[serde(default = "yes")]
-    pub net: bool,
+    /// A network interface on the managed bridge (default: when the daemon
+    /// has a network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<bool>,
     /// CPU limit in % of one host CPU (cgroup cpu.max); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_limit_pct: Option<u32>,
@@ -192,7 +193,7 @@ impl GuestSpec {
             vcpus: 1,
             memory_mib: 128,
             disk_mib: None,
-            net: true,
+            net: None,
             cpu_limit_pct: None,
             cpu_weight: None,
             cpuset: None,
@@ -298,6 +299,12 @@ impl GuestSpec {
             }
         }
         Ok(())
+    }
+
+    /// Whether the guest gets a network interface (after the daemon
+    /// resolved the default).
+    pub fn has_net(&self) -> bool {
+        self.net == Some(true)
     }
 
     /// The cgroup memory limit, bytes.
@@ -592,7 +599,7 @@ mod tests {
         let s: GuestSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
         assert_eq!(
             (s.vcpus, s.memory_mib, s.net, s.start),
-            (1, 128, true, true)
+            (1, 128, None, true)
         );
     }
 
