@@ -944,6 +944,11 @@ impl Manager {
         let l = self.guest_lock(id);
         let _g = lock(&l);
         let g = self.db().guest(name)?;
+        if g.state == GuestState::Creating {
+            return Err(Error::Conflict(format!(
+                "guest {name} is being created: delete it once it is"
+            )));
+        }
         if g.state.has_process() {
             if !req.force {
                 return Err(Error::Conflict(format!(
