@@ -307,7 +307,7 @@ fn guests_reach_each_other_and_the_host_over_the_bridge() {
 
 #[test]
 fn a_daemon_killed_and_started_again_adopts_its_guests() {
-    let mut d = Daemon::start("adopt", &[]);
+    let mut d = Daemon::start("adopt", &["--cpu-overcommit", "32"]);
     create(&d, "t1", TICK, &[]);
     create(&d, "t2", TICK, &["--net", "none"]);
     d.wait_console("t1", "tick 2", BOOT);
@@ -316,11 +316,11 @@ fn a_daemon_killed_and_started_again_adopts_its_guests() {
     let pid1 = d.guest("t1")["pid"].as_u64().unwrap();
     let pid2 = d.guest("t2")["pid"].as_u64().unwrap();
     let cpu1 = d.guest("t1")["stats"]["cpu_time_us"].as_u64().unwrap();
+    let tick = last_tick(&d.console("t1")).unwrap_or(0);
     d.kill9();
     // While no daemon runs, t2 dies.
     // SAFETY: signalling a process this test's daemon started.
     unsafe { libc::kill(pid2 as i32, libc::SIGKILL) };
-    let tick = last_tick(&d.console("t1")).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));
     d.restart();
     assert_eq!(d.state_of("t1"), "running");
@@ -425,7 +425,7 @@ fn the_console_takes_input_and_keeps_output() {
 /// Creates and deletes of booting guests from three clients at once.
 #[test]
 fn concurrent_creates_and_deletes_of_running_guests_stay_consistent() {
-    let d = Daemon::start("busy", &[]);
+    let d = Daemon::start("busy", &["--cpu-overcommit", "32"]);
     std::thread::scope(|s| {
         for t in 0..3 {
             let d = &d;

@@ -128,7 +128,17 @@ pub fn jail_processes(jail_dir: &Path) -> Vec<(i32, String)> {
             out.push((pid, id.to_owned()));
         }
     }
+    // A jail's VMM is a fork of it, with the same command line: keep the
+    // jail processes only.
+    let pids: Vec<i32> = out.iter().map(|(p, _)| *p).collect();
+    out.retain(|(p, _)| !parent(*p).is_some_and(|pp| pids.contains(&pp)));
     out
+}
+
+/// The parent of `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
 }
 
 /// Sends `sig` to `pid`; false when it is gone.
@@ -141,6 +151,11 @@ pub fn signal(pid: i32, sig: libc::c_int) -> bool {
 mod tests {
     use super::*;
 
+    fn unsafe_getppid() -> i32 {
+        // SAFETY: no arguments.
+        unsafe { libc::getppid() }
+    }
+
     #[test]
     fn this_process_is_itself() {
         let me = std::process::id() as i32;
@@ -151,5 +166,6 @@ mod tests {
         let (_, _, rss, pss) = memory_detail(me, 1 << 40).unwrap();
         assert!(rss > 0 && pss > 0);
         assert_eq!(start_time(-5), None);
+        assert_eq!(parent(me), Some(unsafe_getppid()));
     }
 }

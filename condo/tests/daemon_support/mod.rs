@@ -208,6 +208,14 @@ impl Daemon {
                 out.push(pid);
             }
         }
+        // A jail's VMM is a fork of it, with the same command line.
+        let parent = |pid: u32| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            s.rfind(')')
+                .and_then(|i| s[i + 2..].split(' ').nth(1)?.parse::<u32>().ok())
+        };
+        let all = out.clone();
+        out.retain(|p| !parent(*p).is_some_and(|pp| all.contains(&pp)));
         out
     }
 
