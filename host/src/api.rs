@@ -139,6 +139,40 @@ pub fn since(req: &Request, default_ago_ms: i64) -> Result<i64> {
     }
 }
 
+/// Everything the daemon checks in a request before it acts on it: the
+/// route, the body parsed into its type and validated, the query
+/// parameters. Pure (no state, no files but `stat` of given paths): the
+/// fuzz target `host_request` drives it.
+pub fn check(req: &Request) -> Result<Route> {
+    let r = route(&req.method, &req.path)
+        .map_err(|resp| Error::invalid(resp.body.unwrap_or_default()))?;
+    match &r {
+        Route::CreateGuest => body::<GuestSpec>(req)?.validate()?,
+        Route::ImportImage => body::<ImageSpec>(req)?.validate()?,
+        Route::CloneSnapshot(_) => body::<CloneRequest>(req)?.validate()?,
+        Route::GuestAction(_, Action::Stop | Action::Restart) => {
+            body_or_default::<StopRequest>(req)?.validate()?
+        }
+        Route::GuestAction(_, Action::Snapshot) => {
+            if let Some(s) = body_or_default::<SnapshotRequest>(req)?.snapshot {
+                crate::model::check_name("snapshot", &s)?;
+            }
+        }
+        Route::DeleteGuest(_) => {
+            body_or_default::<DeleteRequest>(req)?;
+        }
+        Route::GuestUsage(_) | Route::Events | Route::Trace => {
+            since(req, 0)?;
+        }
+        _ => {}
+    }
+    if let Some(i) = req.param("interval") {
+        i.parse::<u64>()
+            .map_err(|_| Error::invalid(format!("interval {i:?}")))?;
+    }
+    Ok(r)
+}
+
 /// Answers one request (not the streams).
 pub fn handle(m: &Manager, req: &Request) -> Response {
     let route = match route(&req.method, &req.path) {
