@@ -1,14 +1,21 @@
 //! `condo`: the command-line front end of the condo VMM.
 //!
-//! Parses arguments, sets up logging and the terminal, runs one VM and maps
-//! how it ended to an exit status. All VM logic lives in the `vmm` crate.
+//! Parses arguments, sets up logging and the terminal, turns the command
+//! line (or the config file) into the VMM's typed requests, runs the VM and
+//! maps how it ended to an exit status, here and nowhere else. All VM logic
+//! lives in the `vmm` crate.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::{RunOptions, VmConfig, VmExit};
+use vmm::config::{
+    BalloonConfig, BootSource, Drive, EntropyConfig, HugePages, MachineConfigUpdate,
+    NetworkInterface, VsockConfig,
+};
+use vmm::rpc::{RequestHandler, VmRequest};
+use vmm::{RunOptions, VmConfig, VmExit, Vmm};
 
 mod jail;
 mod jail_console;
@@ -49,10 +56,20 @@ enum Command {
     Host(host::cli::HostCommand),
 }
 
+/// A vCPU count, checked as the machine configuration checks it (read
+/// wide, so that 300 is named as out of range, not as a parse error).
+fn vcpu_count(s: &str) -> Result<u8, vmm::ConfigError> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| vmm::ConfigError::VcpuCount(u64::MAX))?;
+    vmm::config::check_vcpu_count(n)
+}
+
 #[derive(Args)]
 struct RunArgs {
-    /// Firecracker-format JSON file (boot-source, machine-config).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "huge_pages", "entropy", "disks", "nets", "vsock", "balloon"])]
+    /// Firecracker-format JSON file (boot-source, machine-config, drives,
+    /// network-interfaces, vsock, balloon, entropy).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpu_count", "mem_size_mib", "huge_pages", "entropy", "disks", "nets", "vsock", "balloon"])]
     config_file: Option<PathBuf>,
     /// Serve Firecracker's REST API on this Unix socket. Without --kernel
     /// or --config-file, the VM is configured over the API and boots on
@@ -73,21 +90,17 @@ struct RunArgs {
     #[arg(long)]
     cmdline: Option<String>,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u64,
+    #[arg(long = "cpus", value_name = "N", value_parser = vcpu_count)]
+    vcpu_count: Option<u8>,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    memory: u64,
+    #[arg(long = "memory", value_name = "MiB")]
+    mem_size_mib: Option<u64>,
     /// What backs guest memory (Firecracker's huge_pages): None (4 KiB
     /// pages, the host's transparent huge pages refused), Transparent
     /// (the default) or 2M (hugetlbfs pages from the host's reserved pool,
     /// vm.nr_hugepages).
-    #[arg(
-        long,
-        value_name = "None|Transparent|2M",
-        default_value = "Transparent"
-    )]
-    huge_pages: vmm::HugePages,
+    #[arg(long, value_name = "None|Transparent|2M")]
+    huge_pages: Option<HugePages>,
     /// A virtio-blk disk: path=FILE[,readonly=on][,id=SERIAL][,root=on].
     /// Repeat for more disks (vda, vdb, ...).
     #[arg(long = "disk", value_name = "SPEC")]
@@ -121,7 +134,10 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     if let Err(e) = vmm::logger::init(&cli.log_level) {
         return fail(e);
     }
@@ -136,6 +152,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line clap refused: `--help` and `--version` print as usual;
+/// anything else is one error line and exit 1, like every bad input.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    fail(first_line(&e))
+}
+
+/// The first line of a clap error, without clap's `error: ` prefix.
+fn first_line(e: &clap::Error) -> String {
+    let msg = e.render().to_string();
+    let first = msg.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
+}
+
 /// `condo jail`: checks the inner command, builds the jail, and runs the
 /// VMM in it (in the jailed child; the outer process waits for it).
 fn jailed(j: &jail::JailArgs) -> ExitCode {
@@ -146,11 +182,7 @@ fn jailed(j: &jail::JailArgs) -> ExitCode {
                 ..
             }) => args,
             Ok(_) => return fail("jail: the command to run is `run ...`"),
-            Err(e) => {
-                let msg = e.render().to_string();
-                let first = msg.lines().next().unwrap_or_default();
-                return fail(format!("jail: {}", first.trim_start_matches("error: ")));
-            }
+            Err(e) => return fail(format!("jail: {}", first_line(&e))),
         };
     match jail::enter_jail(j) {
         Ok(None) => run(*inner),
@@ -174,46 +206,121 @@ fn kvm_check() -> ExitCode {
     }
 }
 
+/// The requests that configure the VM the command line describes.
+fn flag_requests(a: &RunArgs) -> Result<Vec<VmRequest>, vmm::ConfigError> {
+    let mut v = vec![
+        VmRequest::PutBootSource(BootSource {
+            // clap guarantees --kernel without --config-file or --api-sock.
+            kernel_image_path: a.kernel.clone().unwrap_or_default(),
+            initrd_path: a.initrd.clone(),
+            boot_args: a.cmdline.clone(),
+        }),
+        VmRequest::PatchMachineConfig(MachineConfigUpdate {
+            vcpu_count: a.vcpu_count,
+            mem_size_mib: a.mem_size_mib,
+            huge_pages: a.huge_pages,
+            ..MachineConfigUpdate::default()
+        }),
+    ];
+    for (i, spec) in a.disks.iter().enumerate() {
+        v.push(VmRequest::PutDrive(Drive::from_spec(spec, i)?));
+    }
+    for (i, spec) in a.nets.iter().enumerate() {
+        v.push(VmRequest::PutNetworkInterface(NetworkInterface::from_spec(
+            spec, i,
+        )?));
+    }
+    if let Some(spec) = &a.vsock {
+        v.push(VmRequest::PutVsock(VsockConfig::from_spec(spec)?));
+    }
+    if let Some(spec) = &a.balloon {
+        v.push(VmRequest::PutBalloon(BalloonConfig::from_spec(spec)?));
+    }
+    if a.entropy {
+        v.push(VmRequest::PutEntropy(EntropyConfig::default()));
+    }
+    Ok(v)
+}
+
+/// The requests that configure the VM a config file describes.
+fn file_requests(c: VmConfig) -> Vec<VmRequest> {
+    let mut v = vec![
+        VmRequest::PutBootSource(c.boot_source),
+        VmRequest::PutMachineConfig(c.machine_config),
+    ];
+    v.extend(c.drives.into_iter().map(VmRequest::PutDrive));
+    v.extend(
+        c.network_interfaces
+            .into_iter()
+            .map(VmRequest::PutNetworkInterface),
+    );
+    v.extend(c.vsock.map(VmRequest::PutVsock));
+    v.extend(c.balloon.map(VmRequest::PutBalloon));
+    v.extend(c.entropy.map(VmRequest::PutEntropy));
+    v
+}
+
 fn run(args: RunArgs) -> ExitCode {
     vmm::seccomp::set_level(if args.no_seccomp {
         0
     } else {
         args.seccomp_level
     });
-    let config = match (&args.config_file, &args.kernel) {
-        (Some(path), _) => VmConfig::from_firecracker_file(path).map(Some),
-        (None, Some(_)) => build_config(&args).map(Some),
+    // The VM the command line or config file describes, as requests.
+    let requests = match (&args.config_file, &args.kernel) {
+        (Some(path), _) => VmConfig::from_file(path).map(|c| Some(file_requests(c))),
+        (None, Some(_)) => flag_requests(&args).map(Some),
         (None, None) => Ok(None),
     };
-    let config = match config {
-        Ok(c) => c,
+    let requests = match requests {
+        Ok(r) => r,
         Err(e) => return fail(e),
     };
+    let interactive = std::io::stdin().is_terminal();
+    let mut vmm = Vmm::new(RunOptions {
+        console_input: interactive,
+        skip_probe: args.no_kvm_probe,
+    });
+    // Configuration errors come before the API socket exists.
+    let boot = requests.is_some();
+    for req in requests.into_iter().flatten() {
+        if let Err(e) = vmm.handle(req) {
+            return fail(e);
+        }
+    }
     let api = match &args.api_sock {
-        Some(path) => match vmm::api::ApiServer::start(path) {
-            Ok(s) => Some(s),
-            Err(e) => return fail(e),
-        },
+        Some(path) => {
+            let (to_vmm, inbox) = match vmm::rpc::channel() {
+                Ok(c) => c,
+                Err(e) => return fail(format!("API: {e}")),
+            };
+            match vmm::api::ApiServer::start(path, to_vmm) {
+                Ok(s) => Some((s, inbox)),
+                Err(e) => return fail(e),
+            }
+        }
         None => None,
     };
+    if boot {
+        if let Err(e) = vmm.handle(VmRequest::InstanceStart) {
+            return fail(e);
+        }
+    }
 
-    let interactive = std::io::stdin().is_terminal();
     // Restores the terminal on every return path below.
-    let _raw = if interactive {
+    let raw = if interactive {
         terminal::RawMode::enter()
     } else {
         None
     };
-    let opts = RunOptions {
-        console_input: interactive,
-        skip_probe: args.no_kvm_probe,
-    };
-    let result = match (&api, config) {
-        (Some(api), config) => vmm::api::run(api, config, opts),
-        (None, Some(config)) => vmm::run(&config, opts),
-        (None, None) => Err(vmm::VmmError::Config(vmm::ConfigError::NoKernel)),
-    };
-    drop(_raw);
+    let result = vmm.run(api.as_ref().map(|(_, inbox)| inbox));
+    drop(raw);
+    drop(api);
+    exit_status(result)
+}
+
+/// How the VM ended, as the process's exit status.
+fn exit_status(result: Result<VmExit, vmm::VmmError>) -> ExitCode {
     match result {
         Ok(VmExit::Poweroff) => {
             tracing::info!("guest powered off");
@@ -225,6 +332,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
         Ok(VmExit::Reset) => {
             tracing::info!("guest rebooted");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Migrated) => {
+            tracing::info!("the guest moved to another VMM");
             ExitCode::SUCCESS
         }
         Ok(VmExit::Panic) => {
@@ -241,46 +352,4 @@ fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => fail(e),
     }
-}
-
-fn build_config(args: &RunArgs) -> Result<VmConfig, vmm::ConfigError> {
-    let vcpus = u8::try_from(args.cpus).map_err(|_| vmm::ConfigError::VcpuCount(args.cpus))?;
-    let cfg = VmConfig {
-        // clap guarantees --kernel without --config-file.
-        kernel: args.kernel.clone().unwrap_or_default(),
-        initrd: args.initrd.clone(),
-        cmdline: args
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| vmm::DEFAULT_CMDLINE.to_owned()),
-        vcpus,
-        mem_mib: args.memory,
-        entropy: args.entropy,
-        disks: args
-            .disks
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| vmm::DiskConfig::parse(spec, i))
-            .collect::<Result<_, _>>()?,
-        nets: args
-            .nets
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| vmm::NetConfig::parse(spec, i))
-            .collect::<Result<_, _>>()?,
-        vsock: args
-            .vsock
-            .as_deref()
-            .map(vmm::VsockConfig::parse)
-            .transpose()?,
-        balloon: args
-            .balloon
-            .as_deref()
-            .map(vmm::BalloonConfig::parse)
-            .transpose()?,
-        track_dirty_pages: false,
-        huge_pages: args.huge_pages,
-    };
-    cfg.validate()?;
-    Ok(cfg)
 }

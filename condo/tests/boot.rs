@@ -817,6 +817,9 @@ fn vsock_echo_both_ways() {
 struct LiveVm {
     child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The console output as it came (a guest that moves mid-line ends
+    /// the line on its new VMM).
+    raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl LiveVm {
@@ -830,16 +833,21 @@ impl LiveVm {
             .expect("spawn condo");
         let out = child.stdout.take().expect("stdout");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let l = lines.clone();
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, r) = (lines.clone(), raw.clone());
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
+            let mut out = std::io::BufReader::new(out);
+            let mut buf = Vec::new();
+            while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                r.lock().expect("raw").extend_from_slice(&buf);
+                let line = String::from_utf8_lossy(&buf);
                 l.lock()
                     .expect("lines")
-                    .push(line.trim_end_matches('\r').to_owned());
+                    .push(line.trim_end_matches(['\n', '\r']).to_owned());
+                buf.clear();
             }
         });
-        Self { child, lines }
+        Self { child, lines, raw }
     }
 
     fn count(&self, prefix: &str) -> usize {
@@ -1715,3 +1723,6 @@ fn snapshot_of_a_throttled_disk_restores_and_reads_on() {
     let mut b = b;
     assert!(sigterm_and_wait(&mut b).success());
 }
+
+#[path = "boot/migration.rs"]
+mod migration;

@@ -4,6 +4,7 @@
 //! the bus finds the device whose range covers the address and calls it with
 //! the offset inside that range. Ranges never overlap.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -97,13 +98,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device, recovering from a poisoned lock: a device's state stays
-/// usable even if a previous holder panicked (which the VMM does not do; it is
-/// built with `panic = "abort"`).
-fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

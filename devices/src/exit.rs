@@ -1,5 +1,6 @@
 //! How devices tell the VMM that the guest asked to end the VM.
 
+use crate::sync::lock;
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -35,7 +36,7 @@ impl<R: Clone> ExitSignal<R> {
 
     /// Records `reason` (unless one was recorded before) and wakes the VMM.
     pub fn signal(&self, reason: R) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.reason);
         if r.is_none() {
             *r = Some(reason);
         }
@@ -47,10 +48,7 @@ impl<R: Clone> ExitSignal<R> {
 
     /// The reason recorded first, if any.
     pub fn reason(&self) -> Option<R> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.reason).clone()
     }
 
     /// The eventfd that becomes readable once an exit is signalled.

@@ -9,8 +9,10 @@ pub mod bus;
 pub mod exit;
 pub mod legacy;
 pub mod metrics;
+pub mod persist;
 pub mod rate_limiter;
 pub mod spawner;
+pub mod sync;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

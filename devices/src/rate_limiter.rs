@@ -13,7 +13,7 @@
 //! has been paid back in time.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -411,6 +411,19 @@ impl RateLimiter {
         self.update_buckets(update(config.bandwidth), update(config.ops));
     }
 
+    /// The configuration of the buckets in force now (after any patch).
+    pub fn config(&self) -> RateLimiterConfig {
+        let of = |b: &TokenBucket| BucketConfig {
+            size: b.capacity(),
+            one_time_burst: Some(b.one_time_burst()).filter(|&n| n > 0),
+            refill_time: b.refill_time_ms(),
+        };
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.as_ref().map(of),
+            ops: self.ops.as_ref().map(of),
+        }
+    }
+
     /// The bandwidth bucket, if limited.
     pub fn bandwidth(&self) -> Option<&TokenBucket> {
         self.bandwidth.as_ref()
@@ -449,11 +462,6 @@ impl AsRawFd for RateLimiter {
     fn as_raw_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
-}
-
-/// Locks a shared limiter; a panic elsewhere leaves it usable.
-pub(crate) fn lock(rl: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
-    rl.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Handles `rl`'s timer becoming readable; the caller then serves the queue

@@ -5,6 +5,7 @@
 //! filter, and device threads are created by it. Without a spawner (unit
 //! tests, tools) threads are started directly.
 
+use crate::sync::lock;
 use std::io;
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
@@ -24,10 +25,13 @@ static SPAWNER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
 /// Starts the spawner thread, which first runs `setup` (installs its
 /// filter); device threads started from then on inherit that, and each
 /// runs `on_start` first. A second call does nothing.
-pub fn start(
-    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
+pub fn start<E>(
+    setup: impl FnOnce() -> Result<(), E> + Send + 'static,
     on_start: fn(),
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     if SPAWNER.get().is_some() {
         return Ok(());
     }
@@ -37,7 +41,7 @@ pub fn start(
         .name("device-spawner".into())
         .stack_size(128 << 10)
         .spawn(move || {
-            let r = setup();
+            let r = setup().map_err(io::Error::other);
             let ok = r.is_ok();
             let _ = ready_tx.send(r);
             if !ok {
@@ -60,7 +64,7 @@ pub fn start(
             let _ = SPAWNER.set(Mutex::new(tx));
             Ok(())
         }
-        Ok(Err(e)) => Err(io::Error::other(e)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::other("the device spawner thread ended")),
     }
 }
@@ -78,9 +82,7 @@ pub fn spawn(
             .spawn(f);
     };
     let (reply, rx) = mpsc::sync_channel(1);
-    spawner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    lock(spawner)
         .send(Request {
             name: name.to_owned(),
             stack,

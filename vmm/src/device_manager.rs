@@ -1,18 +1,25 @@
 //! Creates the VM's devices and puts them on the buses.
 //!
 //! Legacy devices live on the port I/O bus; their interrupts are eventfds
-//! registered as KVM irqfds, so raising one never leaves the kernel.
+//! registered as KVM irqfds, so raising one never leaves the kernel. Every
+//! virtio device is built from its [`VirtioDeviceState`] (made from the
+//! configuration at boot, read from a snapshot or a migration stream on
+//! restore), behind a virtio-mmio window whose queue notifications are KVM
+//! ioeventfds.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::legacy::SerialSnapshot;
 use devices::legacy::{
-    AcpiPmDevice, PvPanic, SerialDevice, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042, I8042_PORT,
-    KBD_IRQ, PVPANIC_PORT,
+    AcpiPmDevice, PvPanic, SerialDevice, SerialState, ACPI_PM_PORT, COM1_IRQ, COM1_PORT, I8042,
+    I8042_PORT, KBD_IRQ, PVPANIC_PORT,
 };
-use devices::virtio::mmio::{MmioTransport, TransportState, MMIO_WINDOW, NOTIFY_OFFSET};
-use devices::virtio::VirtioDevice;
+use devices::persist::Persist;
+use devices::sync::lock;
+use devices::virtio::mmio::{
+    MmioTransport, TransportArgs, TransportState, MMIO_WINDOW, NOTIFY_OFFSET,
+};
+use devices::virtio::persist::{DeviceHandle, DeviceStateError, VirtioDeviceState};
 use devices::GuestMemoryMmap;
 use devices::{Bus, BusError, ExitSignal};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -20,7 +27,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::MMIO_DEVICES_START;
 use crate::arch::MmioDeviceDesc;
-use crate::snapshot::SnapshotError;
 
 /// First GSI for virtio-mmio devices (ISA IRQs 0-4 are taken).
 const VIRTIO_FIRST_IRQ: u32 = 5;
@@ -42,6 +48,10 @@ pub enum DeviceError {
     Transport(#[from] devices::virtio::mmio::TransportError),
     #[error("cannot register ioeventfd at {addr:#x}: {err}")]
     Ioeventfd { addr: u64, err: kvm_ioctls::Error },
+    #[error(transparent)]
+    Device(#[from] DeviceStateError),
+    #[error("serial port state: {0}")]
+    Serial(std::io::Error),
 }
 
 /// The VM's devices.
@@ -58,22 +68,29 @@ pub struct DeviceManager {
     pub exit: Arc<ExitSignal>,
     /// Where each virtio-mmio device sits, for ACPI and the command line.
     pub virtio: Vec<MmioDeviceDesc>,
+    /// What the VMM drives of each virtio device, in `virtio` order.
+    pub handles: Vec<DeviceHandle>,
     /// The virtio transports, in `virtio` order.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices; guest console output goes to `out`.
-    pub fn new(vm: &VmFd, out: Box<dyn Write + Send>) -> Result<Self, DeviceError> {
+    /// Creates the legacy devices; the UART as `serial` has it (a
+    /// snapshot's) or fresh.
+    pub fn new(vm: &VmFd, serial: Option<&SerialState>) -> Result<Self, DeviceError> {
         let exit = Arc::new(ExitSignal::new().map_err(DeviceError::EventFd)?);
         let mut pio = Bus::new();
 
         let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq, COM1_IRQ)
             .map_err(|err| DeviceError::Irqfd { gsi: COM1_IRQ, err })?;
-        let serial = Arc::new(Mutex::new(
-            SerialDevice::new(irq, out).map_err(DeviceError::EventFd)?,
-        ));
+        let out: Box<dyn Write + Send> = Box::new(ConsoleOut);
+        let serial = match serial {
+            Some(st) => SerialDevice::restore((irq, out), st),
+            None => SerialDevice::new(irq, out),
+        }
+        .map_err(DeviceError::Serial)?;
+        let serial = Arc::new(Mutex::new(serial));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&kbd_irq, KBD_IRQ)
@@ -99,28 +116,41 @@ impl DeviceManager {
             i8042,
             exit,
             virtio: Vec::new(),
+            handles: Vec::new(),
             transports: Vec::new(),
         })
     }
 
-    /// Puts `device` behind a virtio-mmio window with its own interrupt;
-    /// queue notifications become ioeventfds, the interrupt an irqfd.
+    /// Builds the device `state` describes and puts it behind a virtio-mmio
+    /// window with its own interrupt; queue notifications become
+    /// ioeventfds, the interrupt an irqfd. With `transport`, the transport
+    /// is restored as it was (and its device started if it ran).
     pub fn add_virtio(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
-        device: Box<dyn VirtioDevice>,
+        state: &VirtioDeviceState,
+        transport: Option<&TransportState>,
     ) -> Result<(), DeviceError> {
         let index = self.virtio.len() as u64;
         let irq = VIRTIO_FIRST_IRQ + index as u32;
         if irq > LAST_IRQ {
             return Err(DeviceError::TooManyDevices);
         }
+        let (device, handle) = state.build()?;
         let base = MMIO_DEVICES_START + index * MMIO_WINDOW;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq_evt, irq)
             .map_err(|err| DeviceError::Irqfd { gsi: irq, err })?;
-        let transport = MmioTransport::new(device, mem.clone(), irq_evt)?;
+        let args = TransportArgs {
+            device,
+            mem: mem.clone(),
+            irq: irq_evt,
+        };
+        let transport = match transport {
+            Some(st) => MmioTransport::restore(args, st)?,
+            None => MmioTransport::new(args.device, args.mem, args.irq)?,
+        };
         let addr = base + NOTIFY_OFFSET;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), queue as u32)
@@ -135,6 +165,7 @@ impl DeviceManager {
         let transport = Arc::new(Mutex::new(transport));
         self.mmio.insert(transport.clone(), base, MMIO_WINDOW)?;
         self.transports.push(transport);
+        self.handles.push(handle);
         self.virtio.push(MmioDeviceDesc {
             base,
             size: MMIO_WINDOW,
@@ -145,7 +176,7 @@ impl DeviceManager {
 
     fn each_transport(&self, mut f: impl FnMut(&mut MmioTransport)) {
         for t in &self.transports {
-            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+            f(&mut lock(t));
         }
     }
 
@@ -159,6 +190,29 @@ impl DeviceManager {
         self.each_transport(|t| t.resume());
     }
 
+    /// Lets go of the host resources only one process can hold (TAPs, vsock
+    /// listeners): the devices must be quiesced.
+    pub fn detach_backends(&self) {
+        self.each_transport(|t| t.detach_backend());
+    }
+
+    /// Takes them again; the first failure is returned, the rest are still
+    /// tried.
+    pub fn attach_backends(&self) -> Result<(), devices::virtio::ActivateError> {
+        let mut first = None;
+        self.each_transport(|t| {
+            if let Err(e) = t.attach_backend() {
+                first.get_or_insert(e);
+            }
+        });
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Has every network device announce its guest's MAC address.
+    pub fn announce(&self) {
+        self.each_transport(|t| t.announce());
+    }
+
     /// Has every running virtio device look at its rings once: after a
     /// restore, when the vCPUs and interrupt controllers are back.
     pub fn first_look(&self) {
@@ -166,45 +220,16 @@ impl DeviceManager {
     }
 
     /// The UART's state.
-    pub fn serial_state(&self) -> SerialSnapshot {
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot()
+    pub fn serial_state(&self) -> SerialState {
+        lock(&self.serial).save()
     }
 
-    /// Every virtio transport's state (devices quiesced).
+    /// Every virtio transport's state, with its device's (devices
+    /// quiesced).
     pub fn transport_states(&self) -> Vec<TransportState> {
         let mut v = Vec::new();
-        self.each_transport(|t| v.push(t.state()));
+        self.each_transport(|t| v.push(t.save()));
         v
-    }
-
-    /// Puts a snapshot's device state back (same devices, fresh).
-    pub fn restore(
-        &self,
-        serial: &SerialSnapshot,
-        transports: &[TransportState],
-    ) -> Result<(), SnapshotError> {
-        if transports.len() != self.transports.len() {
-            return Err(SnapshotError::Invalid(format!(
-                "{} virtio devices in the snapshot, {} configured",
-                transports.len(),
-                self.transports.len()
-            )));
-        }
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .restore(serial, Box::new(ConsoleOut))
-            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-        for (t, st) in self.transports.iter().zip(transports) {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .restore(st)
-                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-        }
-        Ok(())
     }
 
     /// `virtio_mmio.device=` arguments announcing every virtio device, for

@@ -1,6 +1,7 @@
 //! Logging through `tracing`, with the level and destination changeable
 //! while the VMM runs (Firecracker's `PUT /logger`).
 
+use devices::sync::lock;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -11,9 +12,14 @@ use tracing::Level;
 static LEVEL: AtomicU8 = AtomicU8::new(2);
 static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
+/// A log level condo does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log level {0:?} (off, error, warn, info, debug, trace)")]
+pub struct LevelError(String);
+
 /// Parses a level: condo's names (off, error, warn, info, debug, trace) or
 /// Firecracker's (Off, Error, Warning, Info, Debug, Trace).
-pub fn parse_level(s: &str) -> Result<u8, String> {
+pub fn parse_level(s: &str) -> Result<u8, LevelError> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "off" => 0,
         "error" => 1,
@@ -21,11 +27,7 @@ pub fn parse_level(s: &str) -> Result<u8, String> {
         "info" => 3,
         "debug" => 4,
         "trace" => 5,
-        other => {
-            return Err(format!(
-                "unknown log level {other:?} (off, error, warn, info, debug, trace)"
-            ))
-        }
+        other => return Err(LevelError(other.to_owned())),
     })
 }
 
@@ -40,7 +42,7 @@ fn rank(l: &Level) -> u8 {
 }
 
 /// Installs the process's logger at `level`, writing to stderr.
-pub fn init(level: &str) -> Result<(), String> {
+pub fn init(level: &str) -> Result<(), LevelError> {
     use tracing_subscriber::prelude::*;
     set_level(level)?;
     let layer = tracing_subscriber::fmt::layer()
@@ -55,8 +57,10 @@ pub fn init(level: &str) -> Result<(), String> {
 }
 
 /// Changes the level.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub fn set_level(level: &str) -> Result<(), LevelError> {
     LEVEL.store(parse_level(level)?, Ordering::Relaxed);
+    // Call sites already seen were judged at the old level.
+    tracing::callsite::rebuild_interest_cache();
     Ok(())
 }
 
@@ -64,7 +68,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
 /// stderr.
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
     let f = open_append(path)?;
-    *FILE.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    *lock(&FILE) = Some(f);
     Ok(())
 }
 
@@ -81,14 +85,14 @@ struct LogOut;
 
 impl Write for LogOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match FILE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match lock(&FILE).as_mut() {
             Some(f) => f.write(buf),
             None => std::io::stderr().write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match FILE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match lock(&FILE).as_mut() {
             Some(f) => f.flush(),
             None => std::io::stderr().flush(),
         }

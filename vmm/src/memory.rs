@@ -56,7 +56,7 @@ pub fn create(bytes: u64, huge: HugePages) -> Result<GuestMemoryMmap, MemoryErro
     let mut regions = Vec::new();
     for (start, len) in arch::guest_ram_regions(bytes) {
         let (host, flags) = match huge {
-            HugePages::Hugetlb2M => (map_hugetlb(len).map_err(fail)?, HUGETLB_FLAGS),
+            HugePages::Hugetlb2M => (map_hugetlb(len)?, HUGETLB_FLAGS),
             _ => (
                 map_huge_aligned(len, huge).map_err(|e| fail(e.to_string()))?,
                 ANON_FLAGS,
@@ -88,7 +88,7 @@ const HUGETLB_FLAGS: i32 =
 
 /// Maps `len` bytes of 2 MiB hugetlbfs pages, failing with the pool's
 /// state when it has too few free.
-fn map_hugetlb(len: usize) -> Result<*mut u8, String> {
+fn map_hugetlb(len: usize) -> Result<*mut u8, MemoryError> {
     // SAFETY: a new anonymous mapping at an address the kernel picks.
     let p = unsafe {
         libc::mmap(
@@ -105,11 +105,14 @@ fn map_hugetlb(len: usize) -> Result<*mut u8, String> {
     }
     let err = std::io::Error::last_os_error();
     let free = pool_free_pages().map_or_else(|| "unknown".into(), |n| n.to_string());
-    Err(format!(
-        "{err}: 2M huge pages needs {} free 2 MiB pages in the host's pool, which has {free} \
-         (reserve more with sysctl vm.nr_hugepages)",
-        len / HUGE_PAGE
-    ))
+    Err(MemoryError::Alloc {
+        mib: (len >> 20) as u64,
+        err: format!(
+            "{err}: 2M huge pages needs {} free 2 MiB pages in the host's pool, which has {free} \
+             (reserve more with sysctl vm.nr_hugepages)",
+            len / HUGE_PAGE
+        ),
+    })
 }
 
 /// Free pages in the host's 2 MiB hugetlbfs pool (`HugePages_Free`).

@@ -2,6 +2,7 @@
 //! pipe set by `PUT /metrics` every minute and on `FlushMetrics`, and the
 //! same counters as Prometheus text (`GET /metrics`).
 
+use devices::sync::lock;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -30,11 +31,22 @@ pub struct VmmMetrics {
     pub snapshot_load_count: Counter,
 }
 
+/// Live migrations sent.
+pub struct MigrationMetrics {
+    pub count: Counter,
+    pub failures: Counter,
+    pub bytes_sent: Counter,
+    pub passes: Counter,
+    pub downtime_ms: Counter,
+    pub total_ms: Counter,
+}
+
 /// The VMM's own counters.
 pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub api_server: ApiMetrics,
     pub vmm: VmmMetrics,
+    pub migration: MigrationMetrics,
 }
 
 /// The process's counters.
@@ -55,6 +67,14 @@ pub static METRICS: Metrics = Metrics {
         resume_count: Counter::new(),
         snapshot_create_count: Counter::new(),
         snapshot_load_count: Counter::new(),
+    },
+    migration: MigrationMetrics {
+        count: Counter::new(),
+        failures: Counter::new(),
+        bytes_sent: Counter::new(),
+        passes: Counter::new(),
+        downtime_ms: Counter::new(),
+        total_ms: Counter::new(),
     },
 };
 
@@ -87,6 +107,17 @@ fn groups() -> Vec<Group<'static>> {
                 ("resume_count", &m.vmm.resume_count),
                 ("snapshot_create_count", &m.vmm.snapshot_create_count),
                 ("snapshot_load_count", &m.vmm.snapshot_load_count),
+            ],
+        ),
+        (
+            "migration",
+            vec![
+                ("count", &m.migration.count),
+                ("failures", &m.migration.failures),
+                ("bytes_sent", &m.migration.bytes_sent),
+                ("passes", &m.migration.passes),
+                ("downtime_ms", &m.migration.downtime_ms),
+                ("total_ms", &m.migration.total_ms),
             ],
         ),
     ];
@@ -132,13 +163,13 @@ static SINK: Mutex<Option<std::fs::File>> = Mutex::new(None);
 /// Sends metrics lines to `path` (appended; a file or a named pipe).
 pub fn set_path(path: &std::path::Path) -> std::io::Result<()> {
     let f = crate::logger::open_append(path)?;
-    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    *lock(&SINK) = Some(f);
     Ok(())
 }
 
 /// Writes one line to the metrics destination; false when none is set.
 pub fn flush() -> std::io::Result<bool> {
-    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sink = lock(&SINK);
     let Some(f) = sink.as_mut() else {
         return Ok(false);
     };

@@ -9,7 +9,15 @@
 //! and must land in its #UD handler, which reports back on an I/O port. It
 //! costs a few milliseconds and turns an obscure KVM register dump into one
 //! clear line.
+//!
+//! A probe VM costs as much as the VMM's own set-up (half of a snapshot
+//! restore's time in the nested test host), so its verdict is kept per
+//! host ([`check_cached`]): in `/run/condo/kvm-probe` (or the user's runtime
+//! directory), keyed by the boot, kernel, KVM device, API version and CPU
+//! vendor, and probed again when any of them changes or `condo kvm-check`
+//! asks. A host that cannot run guests still gets its one clear line.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -34,6 +42,122 @@ pub enum ProbeError {
         hint = pvm_hint()
     )]
     NoExceptions(String),
+    /// An earlier probe's verdict on this host, as it was reported then.
+    #[error("{0}")]
+    Cached(String),
+}
+
+/// What identifies this host's KVM for the probe's verdict: the boot, the
+/// kernel, the KVM device and its API version, the CPU vendor, and this
+/// probe's own version. Any change runs the probe again.
+fn host_key(kvm: &Kvm, device: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let boot_id = read("/proc/sys/kernel/random/boot_id")?;
+    let release = read("/proc/sys/kernel/osrelease")?;
+    let vendor = read("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let dev = std::fs::metadata(device).ok()?;
+    Some(format!(
+        "probe={PROBE_VERSION} boot={} kernel={} kvm={}:{:x}:{} api={} vendor={vendor}",
+        boot_id.trim(),
+        release.trim(),
+        device.display(),
+        dev.rdev(),
+        dev.ino(),
+        kvm.get_api_version()
+    ))
+}
+
+/// Bumped whenever the probe checks something new.
+const PROBE_VERSION: u32 = 1;
+const CACHE_MAGIC: &str = "condo-kvm-probe v1";
+/// Largest cache file read.
+const CACHE_MAX: u64 = 4096;
+
+/// Where the verdict is kept: `$CONDO_RUNTIME_DIR`, else `/run/condo` for
+/// root, else `$XDG_RUNTIME_DIR/condo`; none otherwise (the probe then
+/// runs every time).
+fn cache_path() -> Option<PathBuf> {
+    let dir = match std::env::var_os("CONDO_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        None if unsafe { libc::geteuid() } == 0 => PathBuf::from("/run/condo"),
+        None => PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("condo"),
+    };
+    Some(dir.join("kvm-probe"))
+}
+
+/// The verdict `path` holds for `key`, if it holds one.
+fn read_verdict(path: &Path, key: &str) -> Option<Result<(), ProbeError>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(CACHE_MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != CACHE_MAGIC || lines.next()? != key {
+        return None;
+    }
+    match lines.next()? {
+        "ok" => Some(Ok(())),
+        v => Some(Err(ProbeError::Cached(
+            v.strip_prefix("cannot ")?.to_owned(),
+        ))),
+    }
+}
+
+/// Keeps `verdict` for `key` (written whole, then renamed into place, so a
+/// reader never sees half of it); best effort.
+fn write_verdict(path: &Path, key: &str, verdict: &Result<(), ProbeError>) {
+    let v = match verdict {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("cannot {}", e.to_string().replace('\n', " ")),
+    };
+    let Some(dir) = path.parent() else { return };
+    let tmp = dir.join(format!("kvm-probe.{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{CACHE_MAGIC}\n{key}\n{v}\n")))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::debug!(
+            "cannot keep the KVM probe's verdict in {}: {e}",
+            path.display()
+        );
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The probe's verdict for this host: kept from an earlier run while the
+/// host's KVM is the same (see [`host_key`]), else probed now and kept.
+pub fn check_cached(kvm: &Kvm, device: &Path) -> Result<(), ProbeError> {
+    let key = host_key(kvm, device);
+    let path = cache_path();
+    if let (Some(key), Some(path)) = (&key, &path) {
+        if let Some(v) = read_verdict(path, key) {
+            return v;
+        }
+    }
+    let verdict = check(kvm);
+    if let (Some(key), Some(path)) = (&key, &path) {
+        write_verdict(path, key, &verdict);
+    }
+    verdict
+}
+
+/// Probes now, and keeps the verdict for later runs (`condo kvm-check`,
+/// the host daemon's start).
+pub fn check_and_keep(kvm: &Kvm, device: &Path) -> Result<(), ProbeError> {
+    let verdict = check(kvm);
+    if let (Some(key), Some(path)) = (host_key(kvm, device), cache_path()) {
+        write_verdict(&path, &key, &verdict);
+    }
+    verdict
 }
 
 const IDT_ADDR: u64 = 0x1000;
@@ -209,5 +333,33 @@ mod tests {
             Err(ProbeError::NoExceptions(why)) => assert!(!why.is_empty()),
             Err(e) => panic!("probe setup failed: {e}"),
         }
+    }
+
+    #[test]
+    fn a_kept_verdict_counts_only_for_its_key() {
+        let dir = std::env::temp_dir().join(format!("condo-probe-{}", std::process::id()));
+        let path = dir.join("kvm-probe");
+        assert!(read_verdict(&path, "k").is_none(), "nothing kept yet");
+        write_verdict(&path, "k", &Ok(()));
+        assert!(matches!(read_verdict(&path, "k"), Some(Ok(()))));
+        assert!(read_verdict(&path, "other key").is_none());
+        let no = ProbeError::NoExceptions("ud2 not delivered".into());
+        let line = no.to_string();
+        write_verdict(&path, "k", &Err(no));
+        match read_verdict(&path, "k") {
+            Some(Err(e)) => assert_eq!(e.to_string(), line, "the same one line"),
+            other => panic!("{other:?}"),
+        }
+        // A file that is not a verdict, or is cut short, is no verdict.
+        for junk in [
+            "",
+            "garbage",
+            "condo-kvm-probe v1\nk\n",
+            "condo-kvm-probe v1\nk\nmaybe\n",
+        ] {
+            std::fs::write(&path, junk).unwrap();
+            assert!(read_verdict(&path, "k").is_none(), "{junk:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -292,6 +292,17 @@ const UNIX_SOCKETS: Cond = Cond {
     mask: None,
     value: libc::AF_UNIX as u64,
 };
+/// Sockets a live migration's source opens: TCP or Unix.
+const INET_SOCKETS: Cond = Cond {
+    arg: 0,
+    mask: None,
+    value: libc::AF_INET as u64,
+};
+const INET6_SOCKETS: Cond = Cond {
+    arg: 0,
+    mask: None,
+    value: libc::AF_INET6 as u64,
+};
 const THREADS_ONLY: Cond = Cond {
     arg: 0,
     mask: Some(libc::CLONE_THREAD as u64),
@@ -435,7 +446,19 @@ fn syscalls(kind: ThreadKind) -> Vec<(i64, Vec<Cond>)> {
                 libc::SYS_recvfrom,
                 libc::SYS_sendto,
                 libc::SYS_shutdown,
+                // A live migration's stream.
+                libc::SYS_connect,
+                libc::SYS_setsockopt,
+                libc::SYS_getsockopt,
+                libc::SYS_getsockname,
+                libc::SYS_getpeername,
+                libc::SYS_poll,
+                libc::SYS_ppoll,
             ]);
+            v.push((
+                libc::SYS_socket,
+                vec![UNIX_SOCKETS, INET_SOCKETS, INET6_SOCKETS],
+            ));
             v.push((libc::SYS_ioctl, vec![KVM, TTY_TUN]));
         }
     }

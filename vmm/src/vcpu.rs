@@ -11,11 +11,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::sync::{lock, wait, wait_timeout};
 use devices::GuestMemoryMmap;
 use devices::{Bus, ExitSignal};
 use kvm_bindings::{
-    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -32,10 +33,27 @@ pub enum VcpuError {
     Create { id: u8, err: kvm_ioctls::Error },
     #[error("cannot configure vCPU {id}: {what}")]
     Configure { id: u8, what: String },
+    #[error("this host's KVM lacks CPU features the guest uses: {0}")]
+    MissingCpuFeatures(String),
     #[error("cannot start vCPU thread: {0}")]
     Spawn(std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+}
+
+/// Why a vCPU's state could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VcpuStateError {
+    #[error("vCPU {id}: {what}: {err}")]
+    Kvm {
+        id: u8,
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("vCPU {0}: the MSR list is too long")]
+    MsrList(u8),
+    #[error("vCPU {0} has not stopped")]
+    NotStopped(u8),
 }
 
 /// Why the VM ended, as seen by the VMM.
@@ -54,6 +72,8 @@ pub enum VmExit {
     VcpuFailed { vcpu: u8, reason: String },
     /// The VMM was asked to stop (SIGTERM).
     Stopped,
+    /// The guest moved to another VMM (live migration).
+    Migrated,
 }
 
 /// Holds vCPU threads back from their first KVM_RUN until opened.
@@ -65,14 +85,14 @@ pub struct Gate {
 
 impl Gate {
     pub fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.open);
         while !*open {
-            open = self.cv.wait(open).unwrap_or_else(|p| p.into_inner());
+            open = wait(&self.cv, open);
         }
     }
 
     pub fn open(&self) {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.open) = true;
         self.cv.notify_all();
     }
 }
@@ -134,10 +154,13 @@ impl Vcpu {
     pub fn restore(
         vm: &VmFd,
         id: u8,
-        count: u8,
         supported_cpuid: &CpuId,
         state: &VcpuState,
     ) -> Result<Self, VcpuError> {
+        let missing = arch::missing_features(&state.cpuid, supported_cpuid.as_slice());
+        if !missing.is_empty() {
+            return Err(VcpuError::MissingCpuFeatures(missing.join(", ")));
+        }
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|err| VcpuError::Create { id, err })?;
@@ -145,10 +168,9 @@ impl Vcpu {
             id,
             what: format!("{what}: {e}"),
         };
-        let mut cpuid = supported_cpuid.clone();
-        arch::filter_cpuid(&mut cpuid, id, count).map_err(|e| VcpuError::Configure {
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::Configure {
             id,
-            what: e.to_string(),
+            what: "the saved CPUID table is too long".into(),
         })?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| cfg("KVM_SET_CPUID2", e))?;
@@ -187,12 +209,16 @@ impl Vcpu {
 
     /// Everything KVM holds about this vCPU. Only valid between two
     /// KVM_RUN calls with no I/O pending (see [`VcpuControl`]).
-    fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, String> {
-        fn e(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> String {
-            move |e| format!("{what}: {e}")
-        }
+    fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuStateError> {
+        let id = self.id;
+        let e = |what| move |err| VcpuStateError::Kvm { id, what, err };
         let fd = &self.fd;
         Ok(VcpuState {
+            cpuid: fd
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(e("KVM_GET_CPUID2"))?
+                .as_slice()
+                .to_vec(),
             regs: fd.get_regs().map_err(e("KVM_GET_REGS"))?,
             sregs: fd.get_sregs().map_err(e("KVM_GET_SREGS"))?,
             xsave: fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?,
@@ -201,7 +227,7 @@ impl Vcpu {
             lapic: fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?,
             mp_state: fd.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?,
             events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
-            msrs: read_msrs(fd, msr_list)?,
+            msrs: read_msrs(id, fd, msr_list)?,
         })
     }
 
@@ -323,14 +349,10 @@ pub struct VcpuControl {
     /// MSRs saved with each vCPU's state.
     msr_list: Vec<u32>,
     /// Each vCPU's state, saved when it last parked.
-    states: Mutex<Vec<Option<Result<VcpuState, String>>>>,
+    states: Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
 }
 
 impl VcpuControl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Controls `count` vCPUs, saving `msr_list` with their state.
     pub fn new(count: usize, msr_list: Vec<u32>) -> Self {
         Self {
@@ -341,47 +363,37 @@ impl VcpuControl {
     }
 
     /// The state every vCPU saved when it parked (the VM must be paused).
-    pub fn saved_states(&self) -> Result<Vec<VcpuState>, String> {
-        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn saved_states(&self) -> Result<Vec<VcpuState>, VcpuStateError> {
+        let states = lock(&self.states);
         states
             .iter()
             .enumerate()
             .map(|(i, s)| match s {
                 Some(Ok(s)) => Ok(s.clone()),
-                Some(Err(e)) => Err(format!("vCPU {i}: {e}")),
-                None => Err(format!("vCPU {i} has not stopped")),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(VcpuStateError::NotStopped(i as u8)),
             })
             .collect()
     }
 
     /// Called by a vCPU thread: records its state, waits while the VM is
     /// paused.
-    fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, String>) {
-        if let Some(slot) = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(usize::from(id))
-        {
+    fn park(&self, fd: &VcpuFd, id: u8, state: Result<VcpuState, VcpuStateError>) {
+        if let Some(slot) = lock(&self.states).get_mut(usize::from(id)) {
             *slot = Some(state);
         }
-        let mut n = self.lock();
+        let mut n = lock(&self.parked);
         *n += 1;
         self.cv.notify_all();
         // Tells the guest's kvmclock it was stopped, so its watchdogs do
         // not count the pause as a soft lockup (as Firecracker does).
         let _ = fd.kvmclock_ctrl();
         while self.paused.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+            n = wait(&self.cv, n);
         }
         *n -= 1;
         drop(n);
-        if let Some(slot) = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(usize::from(id))
-        {
+        if let Some(slot) = lock(&self.states).get_mut(usize::from(id)) {
             *slot = None;
         }
     }
@@ -389,7 +401,7 @@ impl VcpuControl {
     /// Asks every thread to stop (they exit their loop).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _n = self.lock();
+        let _n = lock(&self.parked);
         self.cv.notify_all();
     }
 
@@ -398,19 +410,15 @@ impl VcpuControl {
     pub fn pause(&self, count: usize, kick: impl Fn()) -> bool {
         self.paused.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(1);
-        let mut n = self.lock();
+        let mut n = lock(&self.parked);
         while *n < count {
             if Instant::now() > deadline {
                 return false;
             }
             drop(n);
             kick();
-            n = self.lock();
-            n = self
-                .cv
-                .wait_timeout(n, Duration::from_millis(1))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            n = lock(&self.parked);
+            n = wait_timeout(&self.cv, n, Duration::from_millis(1));
         }
         true
     }
@@ -424,7 +432,7 @@ impl VcpuControl {
     /// Resumes paused threads.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::Release);
-        let _n = self.lock();
+        let _n = lock(&self.parked);
         self.cv.notify_all();
     }
 
@@ -434,9 +442,13 @@ impl VcpuControl {
     }
 }
 
-/// One vCPU as a snapshot holds it.
+/// One vCPU as a snapshot holds it: every register KVM has, the local
+/// APIC, pending events and the MSRs the host's KVM lists.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VcpuState {
+    /// The CPUID the guest sees (set again as it was, on whatever host).
+    pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
     regs: kvm_regs,
     sregs: kvm_sregs,
     xsave: kvm_xsave,
@@ -474,7 +486,7 @@ fn describe_fault(r: &kvm_regs, s: &kvm_sregs) -> String {
 
 /// Reads the MSRs of `list` that this vCPU has (KVM stops at the first one
 /// it cannot read: that one is skipped and the rest read on).
-fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
+fn read_msrs(id: u8, fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
     let mut out = Vec::with_capacity(list.len());
     let mut i = 0;
     while i < list.len() {
@@ -486,10 +498,12 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
-        let n = fd
-            .get_msrs(&mut msrs)
-            .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuStateError::MsrList(id))?;
+        let n = fd.get_msrs(&mut msrs).map_err(|err| VcpuStateError::Kvm {
+            id,
+            what: "KVM_GET_MSRS",
+            err,
+        })?;
         out.extend_from_slice(&msrs.as_slice()[..n.min(chunk.len())]);
         // Past the chunk, or past the MSR that stopped KVM.
         i += if n >= chunk.len() { chunk.len() } else { n + 1 };
@@ -500,6 +514,7 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
 impl Clone for VcpuState {
     fn clone(&self) -> Self {
         Self {
+            cpuid: self.cpuid.clone(),
             regs: self.regs,
             sregs: self.sregs,
             // kvm_xsave is plain data but not Clone (it ends in a flexible

@@ -189,11 +189,22 @@ pub fn host_has_hw_virt() -> bool {
 /// One request to condo's API socket (a fresh connection each time, as
 /// `curl --unix-socket` does); returns the status and the body.
 pub fn api(sock: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    api_within(sock, method, path, body, Duration::from_secs(30))
+}
+
+/// Like [`api`], waiting up to `limit` for the answer (a migration is
+/// answered when it is over).
+pub fn api_within(
+    sock: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> (u16, String) {
     use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(sock)
         .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    s.set_read_timeout(Some(limit)).expect("timeout");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

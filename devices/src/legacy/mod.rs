@@ -9,4 +9,4 @@ mod serial;
 pub use acpi_pm::{AcpiPmDevice, ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_VALUE};
 pub use i8042::{I8042, I8042_PORT, KBD_IRQ};
 pub use pvpanic::{PvPanic, PVPANIC_PORT};
-pub use serial::{EventFdTrigger, SerialDevice, SerialSnapshot, COM1_IRQ, COM1_PORT};
+pub use serial::{EventFdTrigger, SerialDevice, SerialState, COM1_IRQ, COM1_PORT};

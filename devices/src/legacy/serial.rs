@@ -7,6 +7,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::persist::Persist;
 
 /// COM1's I/O port base.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -31,7 +32,8 @@ pub struct SerialDevice {
 
 /// The UART's registers and receive FIFO, for a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+#[serde(deny_unknown_fields)]
+pub struct SerialState {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
     pub interrupt_enable: u8,
@@ -54,9 +56,9 @@ impl SerialDevice {
     }
 
     /// The registers and FIFO.
-    pub fn snapshot(&self) -> SerialSnapshot {
+    fn snapshot(&self) -> SerialState {
         let s = self.uart.state();
-        SerialSnapshot {
+        SerialState {
             baud_divisor_low: s.baud_divisor_low,
             baud_divisor_high: s.baud_divisor_high,
             interrupt_enable: s.interrupt_enable,
@@ -71,7 +73,7 @@ impl SerialDevice {
     }
 
     /// Puts the registers and FIFO back; output goes to `out`.
-    pub fn restore(&mut self, snap: &SerialSnapshot, out: Box<dyn Write + Send>) -> io::Result<()> {
+    fn restore_state(&mut self, snap: &SerialState, out: Box<dyn Write + Send>) -> io::Result<()> {
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: snap.baud_divisor_low,
             baud_divisor_high: snap.baud_divisor_high,
@@ -109,6 +111,23 @@ impl SerialDevice {
                 0
             }
         }
+    }
+}
+
+impl Persist for SerialDevice {
+    type State = SerialState;
+    /// The interrupt, and where guest output goes.
+    type ConstructorArgs = (EventFd, Box<dyn Write + Send>);
+    type Error = io::Error;
+
+    fn save(&self) -> SerialState {
+        self.snapshot()
+    }
+
+    fn restore((irq, out): Self::ConstructorArgs, st: &SerialState) -> io::Result<Self> {
+        let mut dev = Self::new(irq, Box::new(io::sink()))?;
+        dev.restore_state(st, out)?;
+        Ok(dev)
     }
 }
 

@@ -12,6 +12,9 @@
 //! Page numbers and ranges come from the guest: any outside guest RAM or not
 //! page aligned are ignored (with a debug log), never touched.
 
+use super::persist::{BalloonState, DeviceStateError, VirtioDeviceState};
+use crate::persist::Persist;
+use crate::sync::lock;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +34,8 @@ use super::{
 
 /// The balloon's page size (the spec's, whatever the guest's).
 pub const PAGE_SIZE: u64 = 4096;
-const PAGES_PER_MIB: u32 = 256;
+/// 4 KiB pages in a MiB.
+pub const PAGES_PER_MIB: u32 = 256;
 const QUEUE_SIZE: u16 = 256;
 
 const F_STATS_VQ: u32 = 1;
@@ -75,13 +79,9 @@ struct Shared {
 pub struct BalloonHandle(Arc<Mutex<Shared>>);
 
 impl BalloonHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sets the target size; a running guest is told at once.
     pub fn set_target_mib(&self, mib: u32) {
-        let mut s = self.lock();
+        let mut s = lock(&self.0);
         s.stats.target_pages = mib.saturating_mul(PAGES_PER_MIB);
         if let Some(irq) = &s.irq {
             irq.trigger(INT_CONFIG);
@@ -90,18 +90,21 @@ impl BalloonHandle {
 
     /// Target size in MiB.
     pub fn target_mib(&self) -> u32 {
-        self.lock().stats.target_pages / PAGES_PER_MIB
+        lock(&self.0).stats.target_pages / PAGES_PER_MIB
     }
 
     /// The current figures.
     pub fn stats(&self) -> BalloonStats {
-        self.lock().stats.clone()
+        lock(&self.0).stats.clone()
     }
 }
 
 /// The balloon device.
 pub struct Balloon {
     shared: BalloonHandle,
+    deflate_on_oom: bool,
+    stats_interval_s: u16,
+    free_page_reporting: bool,
     features: u64,
     queue_sizes: Vec<u16>,
     stats_interval: Duration,
@@ -134,6 +137,9 @@ impl Balloon {
         shared.set_target_mib(target_mib);
         Self {
             shared,
+            deflate_on_oom,
+            stats_interval_s,
+            free_page_reporting,
             features,
             queue_sizes,
             stats_interval: Duration::from_secs(stats_interval_s.into()),
@@ -144,6 +150,38 @@ impl Balloon {
     /// The handle the VMM keeps to drive this balloon.
     pub fn handle(&self) -> BalloonHandle {
         self.shared.clone()
+    }
+}
+
+impl Persist for Balloon {
+    type State = BalloonState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> BalloonState {
+        let s = lock(&self.shared.0);
+        BalloonState {
+            target_pages: s.stats.target_pages,
+            actual_pages: s.stats.actual_pages,
+            deflate_on_oom: self.deflate_on_oom,
+            stats_polling_interval_s: self.stats_interval_s,
+            free_page_reporting: self.free_page_reporting,
+        }
+    }
+
+    fn restore(_: (), st: &BalloonState) -> Result<Self, Self::Error> {
+        let b = Self::new(
+            0,
+            st.deflate_on_oom,
+            st.stats_polling_interval_s,
+            st.free_page_reporting,
+        );
+        {
+            let mut s = lock(&b.shared.0);
+            s.stats.target_pages = st.target_pages;
+            s.stats.actual_pages = st.actual_pages;
+        }
+        Ok(b)
     }
 }
 
@@ -161,7 +199,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let s = self.shared.lock();
+        let s = lock(&self.shared.0);
         let mut config = [0u8; 8];
         config[..4].copy_from_slice(&s.stats.target_pages.to_le_bytes());
         config[4..].copy_from_slice(&s.stats.actual_pages.to_le_bytes());
@@ -171,7 +209,7 @@ impl VirtioDevice for Balloon {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` (offset 4) is the driver's to write.
         if offset == 4 && data.len() == 4 {
-            let mut s = self.shared.lock();
+            let mut s = lock(&self.shared.0);
             s.stats.actual_pages = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         }
     }
@@ -200,7 +238,7 @@ impl VirtioDevice for Balloon {
                 .map_err(|e| fail(e.to_string()))?;
         }
         let timer_token = queue_evts.len();
-        self.shared.lock().irq = Some(interrupt.clone());
+        lock(&self.shared.0).irq = Some(interrupt.clone());
         let mut w = BalloonWorker {
             mem,
             irq: interrupt,
@@ -228,7 +266,7 @@ impl VirtioDevice for Balloon {
 
     fn reset(&mut self) -> bool {
         self.worker = None;
-        let mut s = self.shared.lock();
+        let mut s = lock(&self.shared.0);
         s.irq = None;
         s.stats.actual_pages = 0;
         true
@@ -238,19 +276,8 @@ impl VirtioDevice for Balloon {
         self.worker = None;
     }
 
-    fn save_state(&self) -> Vec<u8> {
-        let s = self.shared.lock();
-        let mut v = s.stats.target_pages.to_le_bytes().to_vec();
-        v.extend_from_slice(&s.stats.actual_pages.to_le_bytes());
-        v
-    }
-
-    fn restore_state(&mut self, state: &[u8]) {
-        if let [a, b, c, d, e, f, g, h] = *state {
-            let mut s = self.shared.lock();
-            s.stats.target_pages = u32::from_le_bytes([a, b, c, d]);
-            s.stats.actual_pages = u32::from_le_bytes([e, f, g, h]);
-        }
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Balloon(self.save())
     }
 }
 
@@ -299,7 +326,7 @@ impl BalloonWorker {
                     queue.disable_notification(mem)?;
                     while let Some(chain) = queue.pop_descriptor_chain(mem) {
                         let head = chain.head_index();
-                        let mut s = self.shared.lock();
+                        let mut s = lock(&self.shared.0);
                         crate::metrics::METRICS.balloon.stats_updates_count.inc();
                         read_stats(mem, chain, &mut s.stats.tags);
                         drop(s);
@@ -437,7 +464,7 @@ fn read_stats(mem: &GuestMemoryMmap, chain: super::Chain<'_>, tags: &mut [Option
 
 /// Fuzzing entry point: inflate, deflate, statistics and reporting queues
 /// (hostile) are served, and the statistics buffer requested.
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub fn fuzz_queues(mem: &GuestMemoryMmap, queues: Vec<Queue>) {
     let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK) else {
         return;

@@ -24,12 +24,15 @@ use virtio_queue::Queue;
 use vm_memory::ByteValued;
 
 use super::iov::GuestIo;
+use super::persist::{limiter, BlockState, DeviceStateError, VirtioDeviceState};
 use super::worker::QueueWorker;
 use super::{
     device_type, drain_queue_until_refused, read_config_bytes, ActivateError, Activation, Chain,
     Interrupt, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::rate_limiter::{admit, limiter_timer_event, lock, RateLimiter};
+use crate::persist::Persist;
+use crate::rate_limiter::{admit, limiter_timer_event, RateLimiter};
+use crate::sync::lock;
 
 const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -96,6 +99,9 @@ unsafe impl ByteValued for DiscardSegment {}
 /// The backing file and what the guest may do with it.
 pub struct Disk {
     file: File,
+    path: PathBuf,
+    /// The id as given (the guest reads its first 20 bytes).
+    name: String,
     size: u64,
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES],
@@ -139,6 +145,8 @@ impl Disk {
         idb[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Self {
             file,
+            path: path.to_owned(),
+            name: id.to_owned(),
             size,
             read_only,
             id: idb,
@@ -220,7 +228,36 @@ impl Block {
     }
 }
 
+impl Persist for Block {
+    type State = BlockState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> BlockState {
+        BlockState {
+            id: self.disk.name.clone(),
+            path: self.disk.path.clone(),
+            read_only: self.disk.read_only,
+            rate_limiter: self
+                .rate_limiter
+                .as_ref()
+                .map(|rl| lock(rl).config())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Opens the disk the state names.
+    fn restore(_: (), s: &BlockState) -> Result<Self, DeviceStateError> {
+        let disk = Disk::open(&s.path, s.read_only, &s.id)?;
+        Ok(Self::new(disk).rate_limiter(limiter(&s.rate_limiter)?))
+    }
+}
+
 impl VirtioDevice for Block {
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Block(self.save())
+    }
+
     fn device_type(&self) -> u32 {
         device_type::BLOCK
     }

@@ -13,8 +13,10 @@ use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::persist::VirtioDeviceState;
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::persist::Persist;
 
 /// Size of one device's register window.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -53,6 +55,7 @@ pub struct MmioTransport {
 /// not kept: they are in guest memory (the used index), taken while the
 /// device is quiesced.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransportState {
     pub device_type: u32,
     pub status: u32,
@@ -64,11 +67,13 @@ pub struct TransportState {
     pub interrupt_status: u32,
     pub activated: bool,
     pub queues: Vec<QueueConfig>,
-    pub device: Vec<u8>,
+    /// The device behind the transport.
+    pub device: VirtioDeviceState,
 }
 
 /// One queue as the driver configured it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     pub size: u16,
     pub ready: bool,
@@ -86,6 +91,32 @@ pub enum TransportError {
     QueueSize(u16),
     #[error("snapshot: {0}")]
     Snapshot(String),
+}
+
+/// What a transport is rebuilt around: its device (built from the
+/// state's [`TransportState::device`]), guest memory and its interrupt.
+pub struct TransportArgs {
+    pub device: Box<dyn VirtioDevice>,
+    pub mem: GuestMemoryMmap,
+    pub irq: EventFd,
+}
+
+impl Persist for MmioTransport {
+    type State = TransportState;
+    type ConstructorArgs = TransportArgs;
+    type Error = TransportError;
+
+    fn save(&self) -> TransportState {
+        self.state()
+    }
+
+    /// The transport as the state has it, over the snapshot's memory; the
+    /// device starts again if it ran.
+    fn restore(a: TransportArgs, st: &TransportState) -> Result<Self, TransportError> {
+        let mut t = Self::new(a.device, a.mem, a.irq)?;
+        t.restore_state(st)?;
+        Ok(t)
+    }
 }
 
 impl MmioTransport {
@@ -247,6 +278,24 @@ impl MmioTransport {
         }
     }
 
+    /// Lets go of the device's host resources (see
+    /// [`VirtioDevice::detach_backend`]); the transport must be quiesced.
+    pub fn detach_backend(&mut self) {
+        self.device.detach_backend();
+    }
+
+    /// Has the device announce where the guest is now (network devices).
+    pub fn announce(&self) {
+        if self.activated {
+            self.device.announce();
+        }
+    }
+
+    /// Takes the device's host resources again.
+    pub fn attach_backend(&mut self) -> Result<(), super::ActivateError> {
+        self.device.attach_backend()
+    }
+
     /// Starts a quiesced device again, from where its rings are, and has
     /// it take a first look at them.
     pub fn resume(&mut self) {
@@ -283,7 +332,7 @@ impl MmioTransport {
                     }
                 })
                 .collect(),
-            device: self.device.save_state(),
+            device: self.device.state(),
         }
     }
 
@@ -291,7 +340,7 @@ impl MmioTransport {
     /// type) over the snapshot's memory, and starts the device if it ran.
     /// A saved interrupt status is set, not raised: [`Self::first_look`]
     /// raises it once the vCPUs are back.
-    pub fn restore(&mut self, st: &TransportState) -> Result<(), TransportError> {
+    fn restore_state(&mut self, st: &TransportState) -> Result<(), TransportError> {
         let bad = |m: String| TransportError::Snapshot(m);
         if st.device_type != self.device.device_type() || st.queues.len() != self.queues.len() {
             return Err(bad(format!(
@@ -314,7 +363,7 @@ impl MmioTransport {
         self.driver_features = st.driver_features;
         self.queue_sel = st.queue_sel;
         self.config_generation = st.config_generation;
-        self.device.restore_state(&st.device);
+        self.device.restored();
         if st.activated {
             self.activate(true);
             if !self.activated {
@@ -503,18 +552,29 @@ mod tests {
         fn reset(&mut self) -> bool {
             true
         }
+        fn state(&self) -> VirtioDeviceState {
+            VirtioDeviceState::Rng(crate::virtio::persist::RngState {})
+        }
     }
 
-    fn transport() -> (MmioTransport, Arc<Mutex<Option<u64>>>) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn dummy() -> (Dummy, Arc<Mutex<Option<u64>>>) {
         let activated = Arc::new(Mutex::new(None));
         let dev = Dummy {
             activated: activated.clone(),
             config: [1, 2, 3, 4, 5, 6, 7, 8],
         };
+        (dev, activated)
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Option<u64>>>) {
+        let (dev, activated) = dummy();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         (
-            MmioTransport::new(Box::new(dev), mem, irq).unwrap(),
+            MmioTransport::new(Box::new(dev), memory(), irq).unwrap(),
             activated,
         )
     }
@@ -629,9 +689,14 @@ mod tests {
         assert_eq!(t.queue_evts[0].read().unwrap(), 1);
         // Snapshotted with an interrupt the guest has not acknowledged.
         t.interrupt.trigger(crate::virtio::INT_VRING);
-        let st = t.state();
-        let (mut t2, activated2) = transport();
-        t2.restore(&st).unwrap();
+        let st = t.save();
+        let (dev, activated2) = dummy();
+        let args = TransportArgs {
+            device: Box::new(dev),
+            mem: memory(),
+            irq: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        let t2 = MmioTransport::restore(args, &st).unwrap();
         assert!(activated2.lock().unwrap().is_some());
         // A restore leaves the look, and raising the pending interrupt, to
         // its caller, once the vCPUs are back.

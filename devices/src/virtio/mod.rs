@@ -11,6 +11,7 @@ pub mod block;
 mod iov;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rng;
 pub mod vsock;
 mod worker;
@@ -165,12 +166,27 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self) {
         let _ = self.reset();
     }
-    /// Device-specific state for a snapshot (beyond the transport's).
-    fn save_state(&self) -> Vec<u8> {
-        Vec::new()
+    /// The device's state (what it was built from, and what it holds),
+    /// for a snapshot or a migration; [`persist::VirtioDeviceState::build`]
+    /// builds the device again from it.
+    fn state(&self) -> persist::VirtioDeviceState;
+    /// The device was rebuilt from a snapshot of a running guest (not
+    /// booted): whatever the guest had that the host cannot restore (open
+    /// vsock connections) must be reported lost when the device starts.
+    fn restored(&mut self) {}
+    /// Lets go of the host resources only one process can hold (a TAP, a
+    /// listening socket), so that the VMM a guest migrates to can take
+    /// them. The device is quiesced and stays so until
+    /// [`VirtioDevice::attach_backend`].
+    fn detach_backend(&mut self) {}
+    /// Tells the host's network the guest is here (after a migration): a
+    /// network device sends a RARP frame from the guest's MAC, as QEMU
+    /// does, so switches and bridges learn its new port at once.
+    fn announce(&self) {}
+    /// Takes those resources again (a migration that failed).
+    fn attach_backend(&mut self) -> Result<(), ActivateError> {
+        Ok(())
     }
-    /// Restores what [`VirtioDevice::save_state`] returned.
-    fn restore_state(&mut self, _state: &[u8]) {}
 }
 
 /// A descriptor chain as the devices see it.

@@ -8,9 +8,11 @@ use crate::GuestMemoryMmap;
 use virtio_queue::Queue;
 use vm_memory::Bytes;
 
+use super::persist::{DeviceStateError, RngState, VirtioDeviceState};
 use super::worker::{single_queue_worker, QueueWorker};
 use super::VIRTIO_RING_F_EVENT_IDX;
 use super::{device_type, drain_queue, ActivateError, Activation, Interrupt, VirtioDevice};
+use crate::persist::Persist;
 
 /// Most bytes served for one request.
 pub const MAX_REQUEST: u32 = 64 << 10;
@@ -29,7 +31,25 @@ impl Rng {
     }
 }
 
+impl Persist for Rng {
+    type State = RngState;
+    type ConstructorArgs = ();
+    type Error = DeviceStateError;
+
+    fn save(&self) -> RngState {
+        RngState {}
+    }
+
+    fn restore(_: (), _: &RngState) -> Result<Self, Self::Error> {
+        Ok(Self::new())
+    }
+}
+
 impl VirtioDevice for Rng {
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Rng(self.save())
+    }
+
     fn device_type(&self) -> u32 {
         device_type::RNG
     }

@@ -42,7 +42,7 @@ pub struct MmioDeviceDesc {
 /// What the tables describe.
 #[derive(Debug, Clone, Default)]
 pub struct AcpiConfig {
-    pub num_cpus: u8,
+    pub vcpu_count: u8,
     pub mmio_devices: Vec<MmioDeviceDesc>,
 }
 
@@ -169,16 +169,16 @@ fn fadt(dsdt_addr: u64) -> Sdt {
     f
 }
 
-fn madt(num_cpus: u8) -> Sdt {
+fn madt(vcpu_count: u8) -> Sdt {
     let mut m = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"CONDOMAD", 1);
     m.write_u32(36, LAPIC_ADDR);
     m.write_u32(40, 1); // PCAT_COMPAT: there is an 8259 pair (KVM's).
-    for i in 0..num_cpus {
+    for i in 0..vcpu_count {
         // Processor Local APIC: type 0, length 8, UID, APIC id, enabled.
         m.append_slice(&[0, 8, i, i, 1, 0, 0, 0]);
     }
     // I/O APIC: type 1, length 12, id, reserved, address, GSI base 0.
-    let mut ioapic = vec![1u8, 12, num_cpus, 0];
+    let mut ioapic = vec![1u8, 12, vcpu_count, 0];
     ioapic.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes());
     m.append_slice(&ioapic);
@@ -214,7 +214,7 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, cfg: &AcpiConfig) -> Result<Gue
     };
     let dsdt_addr = place(dsdt(cfg).as_slice(), "DSDT")?;
     let fadt_addr = place(fadt(dsdt_addr).as_slice(), "FADT")?;
-    let madt_addr = place(madt(cfg.num_cpus).as_slice(), "MADT")?;
+    let madt_addr = place(madt(cfg.vcpu_count).as_slice(), "MADT")?;
     let xsdt_addr = place(xsdt(&[fadt_addr, madt_addr]).as_slice(), "XSDT")?;
     let mut rsdp = Vec::new();
     Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
@@ -252,7 +252,7 @@ mod tests {
     fn tables_are_consistent() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let cfg = AcpiConfig {
-            num_cpus: 4,
+            vcpu_count: 4,
             mmio_devices: vec![MmioDeviceDesc {
                 base: 0xd000_0000,
                 size: 0x1000,
@@ -303,7 +303,7 @@ mod tests {
     fn many_devices_fit_or_fail_cleanly() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let cfg = AcpiConfig {
-            num_cpus: 32,
+            vcpu_count: 32,
             mmio_devices: (0..64)
                 .map(|i| MmioDeviceDesc {
                     base: 0xd000_0000 + i * 0x1000,

@@ -113,6 +113,65 @@ pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_id: u8, cpu_count: u8) -> Result<()>
     Ok(())
 }
 
+/// The feature words a guest relies on: (leaf, subleaf, register name,
+/// register), where a bit the guest sees must be one the host's KVM offers.
+const FEATURE_WORDS: &[(u32, u32, &str)] = &[
+    (0x1, 0, "ecx"),
+    (0x1, 0, "edx"),
+    (0x7, 0, "ebx"),
+    (0x7, 0, "ecx"),
+    (0x7, 0, "edx"),
+    (0x7, 1, "eax"),
+    (0xd, 1, "eax"),
+    (0x8000_0001, 0, "ecx"),
+    (0x8000_0001, 0, "edx"),
+    (0x8000_0008, 0, "ebx"),
+];
+
+/// Bits condo sets itself whatever the host offers (the hypervisor bit,
+/// HTT for multi-vCPU guests), by (leaf, register).
+fn own_bits(leaf: u32, reg: &str) -> u32 {
+    match (leaf, reg) {
+        (0x1, "ecx") => ECX_HYPERVISOR,
+        (0x1, "edx") => EDX_HTT,
+        _ => 0,
+    }
+}
+
+fn register(e: &kvm_cpuid_entry2, name: &str) -> u32 {
+    match name {
+        "eax" => e.eax,
+        "ebx" => e.ebx,
+        "ecx" => e.ecx,
+        _ => e.edx,
+    }
+}
+
+/// The CPU features a guest's CPUID shows that `supported` (this host's
+/// KVM) lacks, as `leaf 0x7 ebx bit 5` lines; empty when the guest can run
+/// here (after a snapshot restore or a migration from another host).
+pub fn missing_features(guest: &[kvm_cpuid_entry2], supported: &[kvm_cpuid_entry2]) -> Vec<String> {
+    let find = |t: &[kvm_cpuid_entry2], leaf: u32, sub: u32| {
+        t.iter()
+            .find(|e| e.function == leaf && e.index == sub)
+            .copied()
+    };
+    let mut missing = Vec::new();
+    for &(leaf, sub, reg) in FEATURE_WORDS {
+        let Some(g) = find(guest, leaf, sub) else {
+            continue;
+        };
+        let have = find(supported, leaf, sub).map_or(0, |s| register(&s, reg));
+        let lack = register(&g, reg) & !have & !own_bits(leaf, reg);
+        for bit in 0..32 {
+            if lack & (1 << bit) != 0 {
+                missing.push(format!("leaf {leaf:#x}.{sub} {reg} bit {bit}"));
+            }
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +199,29 @@ mod tests {
             entry(0x4000_0000, 0),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn a_guest_feature_the_host_lacks_is_named() {
+        let leaf7 = |ebx| kvm_cpuid_entry2 {
+            ebx,
+            ..entry(0x7, 0)
+        };
+        let mut host = CpuId::from_entries(&[entry(0x1, 0), leaf7(1 << 5 | 1 << 3)]).unwrap();
+        set_tsc_deadline(&mut host);
+        let mut guest = host.clone();
+        filter_cpuid(&mut guest, 0, 2).unwrap();
+        assert!(
+            missing_features(guest.as_slice(), host.as_slice()).is_empty(),
+            "condo's own bits (hypervisor, HTT) are not missing"
+        );
+        let lacking = CpuId::from_entries(&[entry(0x1, 0), leaf7(1 << 3)]).unwrap();
+        let mut lacking = lacking;
+        set_tsc_deadline(&mut lacking);
+        assert_eq!(
+            missing_features(guest.as_slice(), lacking.as_slice()),
+            vec!["leaf 0x7.0 ebx bit 5".to_owned()]
+        );
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {

@@ -16,7 +16,7 @@ mod regs;
 
 pub use acpi::{create_acpi_tables, AcpiConfig, MmioDeviceDesc};
 pub use boot::{configure_system, initrd_load_addr};
-pub use cpuid::{filter_cpuid, set_tsc_deadline};
+pub use cpuid::{filter_cpuid, missing_features, set_tsc_deadline};
 pub use interrupts::set_lint;
 pub use layout::{guest_ram_regions, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 pub use mptable::setup_mptable;

@@ -117,10 +117,10 @@ fn checksum(bytes: &[u8]) -> u8 {
         .wrapping_neg()
 }
 
-/// Bytes of the MP structures for `num_cpus`: floating pointer, then table.
-fn build(num_cpus: u8) -> Vec<u8> {
+/// Bytes of the MP structures for `vcpu_count`: floating pointer, then table.
+fn build(vcpu_count: u8) -> Vec<u8> {
     let mut entries: Vec<u8> = Vec::new();
-    for i in 0..num_cpus {
+    for i in 0..vcpu_count {
         let cpu = MpcCpu {
             type_: MP_PROCESSOR,
             apicid: i,
@@ -138,7 +138,7 @@ fn build(num_cpus: u8) -> Vec<u8> {
         bustype: *b"ISA   ",
     };
     entries.extend_from_slice(bus.as_slice());
-    let ioapic_id = num_cpus;
+    let ioapic_id = vcpu_count;
     let ioapic = MpcIoapic {
         type_: MP_IOAPIC,
         apicid: ioapic_id,
@@ -201,11 +201,11 @@ fn build(num_cpus: u8) -> Vec<u8> {
     out
 }
 
-/// Writes the MP table for `num_cpus` vCPUs at the EBDA.
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
-    let bytes = build(num_cpus);
-    if num_cpus == 0 || EBDA_START + bytes.len() as u64 > MPTABLE_END {
-        return Err(Error::TooManyCpus(num_cpus));
+/// Writes the MP table for `vcpu_count` vCPUs at the EBDA.
+pub fn setup_mptable(mem: &GuestMemoryMmap, vcpu_count: u8) -> Result<()> {
+    let bytes = build(vcpu_count);
+    if vcpu_count == 0 || EBDA_START + bytes.len() as u64 > MPTABLE_END {
+        return Err(Error::TooManyCpus(vcpu_count));
     }
     mem.write_slice(&bytes, GuestAddress(EBDA_START))
         .map_err(mem_err("MP table"))

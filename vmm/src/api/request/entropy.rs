@@ -1,0 +1,10 @@
+//! `PUT /entropy`.
+
+use super::{body, invalid, Request, Response, VmRequest};
+
+pub(super) fn parse(req: &Request) -> Result<VmRequest, Response> {
+    match req.method.as_str() {
+        "PUT" => Ok(VmRequest::PutEntropy(body(req)?)),
+        _ => Err(invalid(req)),
+    }
+}

@@ -1,0 +1,10 @@
+//! `PUT /vsock`.
+
+use super::{body, invalid, Request, Response, VmRequest};
+
+pub(super) fn parse(req: &Request) -> Result<VmRequest, Response> {
+    match req.method.as_str() {
+        "PUT" => Ok(VmRequest::PutVsock(body(req)?)),
+        _ => Err(invalid(req)),
+    }
+}

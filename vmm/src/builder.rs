@@ -1,0 +1,454 @@
+//! Builds a [`Vm`]: at boot from a [`VmConfig`], on restore from a
+//! snapshot's [`MicrovmState`] and memory file. Both take the same
+//! sequence ([`assemble`]): KVM VM, guest memory, (restored VM-wide state),
+//! devices (each from its [`VirtioDeviceState`], made from the
+//! configuration at boot), vCPUs (fresh at the kernel's entry, or as
+//! saved), then the vCPU threads under their seccomp filters.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use devices::virtio::persist::VsockState;
+use devices::virtio::persist::{BalloonState, BlockState, NetState, RngState, VirtioDeviceState};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm};
+use vm_memory::GuestAddress;
+
+use crate::arch::{self, AcpiConfig};
+use crate::config::{MacAddr, VmConfig};
+use crate::device_manager::DeviceManager;
+use crate::seccomp::ThreadKind;
+use crate::snapshot::{self, MicrovmState, SnapshotError};
+use crate::vcpu::{self, Gate, Vcpu, VcpuControl, VmExitSink};
+use crate::vm::{VcpuThreads, Vm, VmmError};
+use crate::{loader, memory, probe};
+
+// Just below the 4 GiB boundary, clear of the MMIO gap's devices, as
+// Firecracker places it.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// The KVM device: `/dev/kvm`, or `$CONDO_KVM_DEVICE` when set (tests use
+/// it to simulate a host without KVM).
+fn kvm_path() -> std::path::PathBuf {
+    std::env::var_os("CONDO_KVM_DEVICE")
+        .unwrap_or_else(|| "/dev/kvm".into())
+        .into()
+}
+
+/// Opens the KVM device.
+fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
+    let err = |err| VmmError::OpenKvm {
+        path: path.display().to_string(),
+        err,
+    };
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    Kvm::new_with_path(&cpath).map_err(err)
+}
+
+/// Opens /dev/kvm and checks it can run a standard guest, probing it
+/// afresh (and keeping the verdict for later runs).
+pub fn check_kvm() -> Result<(), VmmError> {
+    let path = kvm_path();
+    let kvm = open_kvm(&path)?;
+    probe::check_and_keep(&kvm, &path)?;
+    Ok(())
+}
+
+/// Opens KVM, checking it unless `skip_probe` (with the host's kept
+/// verdict when there is one).
+fn kvm(skip_probe: bool) -> Result<Kvm, VmmError> {
+    let path = kvm_path();
+    let kvm = open_kvm(&path)?;
+    if !skip_probe {
+        probe::check_cached(&kvm, &path)?;
+    }
+    Ok(kvm)
+}
+
+/// Where a VM comes from.
+enum Source<'a> {
+    /// A fresh boot.
+    Boot,
+    /// A saved state, its memory, and whether it starts paused.
+    Restore {
+        state: &'a MicrovmState,
+        memory: Memory<'a>,
+        paused: bool,
+    },
+}
+
+/// Where a restored VM's memory comes from.
+pub enum Memory<'a> {
+    /// A snapshot's memory file, mapped privately.
+    File(&'a Path),
+    /// Memory already filled (a live migration's destination).
+    Ready(devices::GuestMemoryMmap),
+}
+
+impl Vm {
+    /// Builds the VM `config` describes and starts its vCPUs.
+    pub fn boot(config: &VmConfig, skip_probe: bool) -> Result<Self, VmmError> {
+        // Bad paths and wrong files are reported before any KVM work.
+        loader::sniff_kernel(&config.boot_source.kernel_image_path)?;
+        if let Some(initrd) = &config.boot_source.initrd_path {
+            loader::check_initrd(initrd)?;
+        }
+        let kvm = kvm(skip_probe)?;
+        let vm = assemble(&kvm, config.clone(), Source::Boot)?;
+        tracing::info!(
+            vcpus = config.machine_config.vcpu_count,
+            mem_mib = config.machine_config.mem_size_mib,
+            "guest started"
+        );
+        Ok(vm)
+    }
+
+    /// Restores a snapshot into this fresh process: the machine is rebuilt
+    /// from the snapshot's state (disks, TAPs and sockets reopened), guest
+    /// memory is mapped privately from `mem_path` (pages load lazily, so
+    /// restoring costs the same whatever the memory size), then every
+    /// vCPU, the interrupt controllers, timers, clock and devices are put
+    /// back. The VM starts paused unless `resume`.
+    pub fn restore(
+        snapshot_path: &Path,
+        mem_path: &Path,
+        resume: bool,
+        track_dirty: bool,
+        skip_probe: bool,
+    ) -> Result<Self, VmmError> {
+        crate::metrics::METRICS.vmm.snapshot_load_count.inc();
+        let state = snapshot::read(snapshot_path)?;
+        Self::from_state(
+            &state,
+            Memory::File(mem_path),
+            resume,
+            track_dirty,
+            skip_probe,
+        )
+    }
+
+    /// Rebuilds a VM from `state` with its guest memory.
+    pub fn from_state(
+        state: &MicrovmState,
+        memory: Memory<'_>,
+        resume: bool,
+        track_dirty: bool,
+        skip_probe: bool,
+    ) -> Result<Self, VmmError> {
+        let mut config = state.config()?;
+        config.machine_config.track_dirty_pages |= track_dirty;
+        let kvm = kvm(skip_probe)?;
+        let vm = assemble(
+            &kvm,
+            config,
+            Source::Restore {
+                state,
+                memory,
+                paused: !resume,
+            },
+        )?;
+        tracing::info!(paused = !resume, "snapshot restored");
+        Ok(vm)
+    }
+}
+
+/// The devices `config` asks for, as the states they are built from, in
+/// bus order: disks, balloon, network interfaces, vsock, entropy.
+fn device_states(config: &VmConfig) -> Vec<VirtioDeviceState> {
+    let mut v = Vec::new();
+    for d in &config.drives {
+        v.push(VirtioDeviceState::Block(BlockState {
+            id: d.drive_id.clone(),
+            path: d.path_on_host.clone(),
+            read_only: d.is_read_only,
+            rate_limiter: d.rate_limiter.unwrap_or_default(),
+        }));
+    }
+    if let Some(b) = &config.balloon {
+        v.push(VirtioDeviceState::Balloon(BalloonState {
+            target_pages: b
+                .amount_mib
+                .saturating_mul(devices::virtio::balloon::PAGES_PER_MIB),
+            actual_pages: 0,
+            deflate_on_oom: b.deflate_on_oom,
+            stats_polling_interval_s: b.stats_polling_interval_s,
+            free_page_reporting: b.free_page_reporting,
+        }));
+    }
+    for (i, n) in config.network_interfaces.iter().enumerate() {
+        v.push(VirtioDeviceState::Net(NetState {
+            id: n.iface_id.clone(),
+            tap: n.host_dev_name.clone(),
+            mac: n.guest_mac.unwrap_or(MacAddr::default_for(i)).0,
+            rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
+            tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
+        }));
+    }
+    if let Some(s) = &config.vsock {
+        v.push(VirtioDeviceState::Vsock(VsockState {
+            cid: s.guest_cid,
+            uds_path: s.uds_path.clone(),
+        }));
+    }
+    if config.entropy.is_some() {
+        v.push(VirtioDeviceState::Rng(RngState {}));
+    }
+    v
+}
+
+/// The one build sequence of boot and restore.
+fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmError> {
+    let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+    let m = &config.machine_config;
+    let vm = create_vm(kvm)?;
+    let (mem, from_file) = match &source {
+        Source::Boot => (memory::create(m.mem_bytes(), m.huge_pages)?, false),
+        Source::Restore {
+            state,
+            memory: Memory::File(path),
+            ..
+        } => (snapshot::memory::map_memory(path, &state.memory)?, true),
+        Source::Restore {
+            state,
+            memory: Memory::Ready(mem),
+            ..
+        } => {
+            if snapshot::memory::regions_of(mem) != state.memory {
+                return Err(SnapshotError::Invalid(
+                    "the memory received does not have the state's layout".into(),
+                )
+                .into());
+            }
+            (mem.clone(), false)
+        }
+    };
+    memory::register(&vm, &mem, m.track_dirty_pages)?;
+    if let Source::Restore { state, .. } = &source {
+        for chip in &state.vm.irqchips {
+            vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        vm.set_pit2(&state.vm.pit)
+            .map_err(kvm_err("KVM_SET_PIT2"))?;
+        let mut clock = state.vm.clock;
+        clock.flags = 0;
+        vm.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))?;
+    }
+
+    start_device_spawner()?;
+    let serial = match &source {
+        Source::Boot => None,
+        Source::Restore { state, .. } => Some(&state.serial),
+    };
+    let mut devices = DeviceManager::new(&vm, serial)?;
+    match &source {
+        Source::Boot => {
+            for d in device_states(&config) {
+                devices.add_virtio(&vm, &mem, &d, None)?;
+            }
+        }
+        Source::Restore { state, .. } => {
+            for t in &state.devices {
+                devices.add_virtio(&vm, &mem, &t.device, Some(t))?;
+            }
+        }
+    }
+
+    let supported = supported_cpuid(kvm)?;
+    let count = m.vcpu_count;
+    let mut vcpus = Vec::with_capacity(count.into());
+    match &source {
+        Source::Boot => {
+            let c = &config;
+            let kernel = loader::load_kernel(&mem, &c.boot_source.kernel_image_path)?;
+            let initrd = match &c.boot_source.initrd_path {
+                Some(p) => Some(loader::load_initrd(&mem, p)?),
+                None => None,
+            };
+            // Devices are described in the DSDT; a guest booted without
+            // ACPI finds them on its command line instead (both at once
+            // would probe twice).
+            let no_acpi = c
+                .boot_source
+                .cmdline()
+                .split_whitespace()
+                .any(|w| w == "acpi=off");
+            let extra = if no_acpi {
+                devices.virtio_cmdline_args()
+            } else {
+                String::new()
+            };
+            let cmdline_size = loader::load_cmdline(&mem, &c.kernel_cmdline(&extra))?;
+            arch::setup_mptable(&mem, count)?;
+            let acpi = AcpiConfig {
+                vcpu_count: count,
+                mmio_devices: devices.virtio.clone(),
+            };
+            let rsdp = arch::create_acpi_tables(&mem, &acpi)?;
+            arch::configure_system(
+                &mem,
+                GuestAddress(arch::CMDLINE_START),
+                cmdline_size,
+                initrd,
+                kernel.protocol,
+                rsdp,
+                kernel.setup_header,
+            )?;
+            for id in 0..count {
+                vcpus.push(Vcpu::new(
+                    &vm,
+                    id,
+                    count,
+                    &supported,
+                    &mem,
+                    kernel.entry,
+                    kernel.protocol,
+                )?);
+            }
+        }
+        Source::Restore { state, .. } => {
+            for (id, st) in state.vcpus.iter().enumerate() {
+                vcpus.push(Vcpu::restore(&vm, id as u8, &supported, st)?);
+            }
+        }
+    }
+    let guest_cpuid = match &source {
+        Source::Boot => {
+            let mut c = supported.clone();
+            arch::filter_cpuid(&mut c, 0, count)?;
+            c.as_slice().to_vec()
+        }
+        Source::Restore { state, .. } => state
+            .vcpus
+            .first()
+            .map(|v| v.cpuid.clone())
+            .unwrap_or_default(),
+    };
+    let paused = matches!(source, Source::Restore { paused: true, .. });
+    let restored = !matches!(source, Source::Boot);
+    let vm = start(kvm, vm, mem, config, devices, vcpus, paused)?;
+    if restored {
+        vm.devices.first_look();
+    }
+    Ok(Vm {
+        mem_from_file: from_file,
+        guest_cpuid,
+        ..vm
+    })
+}
+
+/// A VM with KVM's in-kernel interrupt controllers and PIT.
+fn create_vm(kvm: &Kvm) -> Result<kvm_ioctls::VmFd, VmmError> {
+    let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// What this host's KVM offers a guest's CPUID (to check a guest that
+/// comes from elsewhere against).
+pub fn guest_cpuid_of_host() -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, VmmError> {
+    let kvm = open_kvm(&kvm_path())?;
+    Ok(supported_cpuid(&kvm)?.as_slice().to_vec())
+}
+
+/// What every vCPU's CPUID starts from: KVM's supported table, plus the
+/// TSC-deadline timer where KVM has it.
+fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|err| VmmError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            err,
+        })?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        arch::set_tsc_deadline(&mut cpuid);
+    }
+    Ok(cpuid)
+}
+
+/// Device threads (started on activation, from vCPU or VMM threads) come
+/// from a spawner that runs under the device filter.
+fn start_device_spawner() -> Result<(), VmmError> {
+    let prog = crate::seccomp::filter(ThreadKind::Device)?;
+    devices::spawner::start(
+        move || crate::seccomp::apply(ThreadKind::Device, prog.as_ref()),
+        || crate::seccomp::mark_thread(ThreadKind::Device),
+    )
+    .map_err(VmmError::Spawner)
+}
+
+/// Starts the vCPU threads (parked when `paused`).
+fn start(
+    kvm: &Kvm,
+    vm: kvm_ioctls::VmFd,
+    mem: devices::GuestMemoryMmap,
+    config: VmConfig,
+    devices: DeviceManager,
+    vcpus: Vec<Vcpu>,
+    paused: bool,
+) -> Result<Vm, VmmError> {
+    vcpu::install_kick_handler()?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
+    let control = Arc::new(VcpuControl::new(vcpus.len(), msr_list));
+    if paused {
+        control.set_paused();
+    }
+    let sink = Arc::new(VmExitSink::new().map_err(VmmError::EventLoop)?);
+    let pio = Arc::new(devices.pio.clone());
+    let mmio = Arc::new(devices.mmio.clone());
+    let mut threads = VcpuThreads {
+        handles: Vec::new(),
+        control,
+    };
+    // No guest code runs before every thread has its seccomp filter:
+    // the vCPUs wait until this (main) thread has installed its own.
+    let go = Arc::new(Gate::default());
+    let mut result = Ok(());
+    for v in vcpus {
+        let t = v.start(
+            pio.clone(),
+            mmio.clone(),
+            threads.control.clone(),
+            sink.clone(),
+            go.clone(),
+        );
+        match t {
+            Ok(h) => threads.handles.push(h),
+            Err(e) => {
+                result = Err(VmmError::from(e));
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = crate::seccomp::install(ThreadKind::Vmm).map_err(VmmError::from);
+    }
+    if result.is_err() {
+        // The threads that started see the stop flag once let go.
+        threads.control.request_stop();
+    }
+    go.open();
+    result?;
+    Ok(Vm {
+        threads,
+        config,
+        devices,
+        sink,
+        mem,
+        mem_from_file: false,
+        guest_cpuid: Vec::new(),
+        vm,
+    })
+}
