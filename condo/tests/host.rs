@@ -422,6 +422,42 @@ fn the_console_takes_input_and_keeps_output() {
         .assert_one_error_line("guest sh1 is stopped: it has no console");
 }
 
+/// `condo exec` through the guest agent: output, errors and exit status
+/// come back, input goes in, and a guest without a process refuses.
+#[test]
+fn exec_runs_commands_through_the_guest_agent() {
+    let d = Daemon::start("exec", &[]);
+    let a = create_args("x", "echo up", &["--net", "none"]);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let i = a.iter().position(|x| *x == "--cmdline").unwrap();
+    a[i + 1] = "quiet condo.agent=1 condo.end=wait -- \"echo up\"";
+    d.ok(&a);
+    d.wait_console("x", "condo-guest: ready", BOOT);
+    let o = d.run(&["exec", "x", "--", "sh", "-c", "echo hello $((6*7)); echo oops >&2; exit 3"]);
+    assert_eq!(o.code, Some(3), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert_eq!(o.stdout, "hello 42\n");
+    assert_eq!(o.stderr, "oops\n");
+    let mut c = d.cmd(&["exec", "x", "--", "tr", "a-z", "A-Z"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("exec");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through the agent\n")
+        .unwrap();
+    let out = child.wait_with_output().expect("exec output");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH THE AGENT\n");
+    d.run(&["exec", "x", "--", "/nonexistent"])
+        .assert_one_error_line("/nonexistent");
+    d.ok(&["stop", "x", "--timeout", "0"]);
+    d.run(&["exec", "x", "--", "true"])
+        .assert_one_error_line("guest x is stopped: exec needs a running guest");
+}
+
 /// Creates and deletes of booting guests from three clients at once.
 #[test]
 fn concurrent_creates_and_deletes_of_running_guests_stay_consistent() {

@@ -161,6 +161,9 @@ pub fn check(req: &Request) -> Result<Route> {
         Route::DeleteGuest(_) => {
             body_or_default::<DeleteRequest>(req)?;
         }
+        Route::Exec(_) => {
+            body::<crate::model::ExecRequest>(req)?.process()?;
+        }
         Route::GuestUsage(_) | Route::Events | Route::Trace => {
             since(req, 0)?;
         }

@@ -426,7 +426,7 @@ pub fn run(cmd: HostCommand) -> Result<u8> {
             Ok(format!("{n}: deleted"))
         }),
         HostCommand::Console(a) => crate::console::attach(&a.client.socket, &a.name),
-        HostCommand::Exec(a) => crate::console::exec(&a.client.socket, &a.name, &a.command),
+        HostCommand::Exec(a) => crate::exec::run(&a.client.socket, &a.name, &a.command),
         HostCommand::Top(a) => crate::top::run(&a.client.client(), a.interval, a.once),
         HostCommand::Host(a) => host(&a),
         HostCommand::Image(c) => image(c),

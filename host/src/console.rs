@@ -22,7 +22,7 @@ fn connect(sock: &Path) -> Result<std::os::unix::net::UnixStream> {
 
 /// Reads a response head; a non-expected status becomes the daemon's
 /// error message.
-fn expect(r: &mut BufReader<std::os::unix::net::UnixStream>, want: u16) -> Result<()> {
+pub fn expect(r: &mut BufReader<std::os::unix::net::UnixStream>, want: u16) -> Result<()> {
     let (status, len) =
         http::read_response_head(r).map_err(|e| Error::Other(format!("daemon: {e}")))?;
     if status == want {
@@ -143,12 +143,4 @@ pub fn stream(sock: &Path, path: &str) -> Result<u8> {
             }
         }
     }
-}
-
-/// `condo exec NAME -- CMD...`.
-pub fn exec(sock: &Path, name: &str, command: &[String]) -> Result<u8> {
-    let c = crate::client::Client::new(sock);
-    let body = serde_json::json!({ "command": command }).to_string();
-    c.call("POST", &format!("/guests/{name}/exec"), Some(&body))?;
-    Ok(0)
 }

@@ -526,6 +526,46 @@ pub struct DeleteRequest {
     pub keep_disk: Option<bool>,
 }
 
+/// `POST /guests/{name}/exec`: a command for the guest agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Extra environment, `KEY=VALUE` each (after the default PATH).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Working directory (default /).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Run on a pseudo-terminal of `rows` x `cols`.
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+}
+
+impl ExecRequest {
+    /// The agent's process for this request, validated.
+    pub fn process(&self) -> Result<agent::spec::Process, Invalid> {
+        if self.command.is_empty() {
+            return Err(Invalid("exec: give a command".into()));
+        }
+        let mut p = agent::spec::Process::command(self.command.clone());
+        p.env.extend(self.env.iter().cloned());
+        if let Some(c) = &self.cwd {
+            p.cwd = c.clone();
+        }
+        if self.tty {
+            p = p.with_terminal(self.rows.unwrap_or(24), self.cols.unwrap_or(80));
+        }
+        p.validate().map_err(|e| Invalid(format!("exec: {e}")))?;
+        Ok(p)
+    }
+}
+
 /// Parses a size: a number of MiB, or with a suffix K, M, G, T (binary).
 pub fn parse_size_mib(s: &str) -> Result<u64, Invalid> {
     let bad = || Invalid(format!("size {s:?}: expected e.g. 512, 512M, 2G"));
