@@ -138,6 +138,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         n.setup()?;
     }
     m.adopt()?;
+    m.check_kvm();
     let listener = bind(&cfg.socket, cfg.socket_group.as_deref())?;
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic.

@@ -222,6 +222,9 @@ pub struct Manager {
     children: Mutex<Vec<i32>>,
     restart_at: Mutex<HashMap<i64, Instant>>,
     condo_bin: PathBuf,
+    /// `condo kvm-check` passed when the daemon started: the jailed VMMs
+    /// (which cannot see the host's kept verdict) skip the probe.
+    kvm_ok: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -270,7 +273,27 @@ impl Manager {
             children: Mutex::new(Vec::new()),
             restart_at: Mutex::new(HashMap::new()),
             condo_bin,
+            kvm_ok: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Runs `condo kvm-check` once: when this host's KVM can run guests,
+    /// the guests' VMMs skip their own probe (each would otherwise probe
+    /// again: the host's kept verdict is outside their jail). Otherwise
+    /// they probe, and a guest's start fails with the probe's one line.
+    pub fn check_kvm(&self) {
+        let ok = std::process::Command::new(&self.condo_bin)
+            .arg("kvm-check")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            tracing::warn!("condo kvm-check failed: guests will not start on this host's KVM");
+        }
+        self.kvm_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn db(&self) -> MutexGuard<'_, Db> {
@@ -620,6 +643,9 @@ impl Manager {
             "--api-sock".into(),
             "/run/api.sock".into(),
         ]);
+        if self.kvm_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            a.push("--no-kvm-probe".into());
+        }
         if restore.is_some() {
             return a;
         }
