@@ -422,6 +422,55 @@ fn the_console_takes_input_and_keeps_output() {
         .assert_one_error_line("guest sh1 is stopped: it has no console");
 }
 
+/// A guest that keeps crashing is restarted by its policy, with back-off;
+/// a stop ends that. An autostart guest is started by a daemon that
+/// starts.
+#[test]
+fn restart_policy_and_autostart() {
+    let mut d = Daemon::start("policy", &[]);
+    let a = create_args(
+        "crashy",
+        "sleep 1; echo going-down",
+        &["--net", "none", "--restart", "on-failure"],
+    );
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let i = a.iter().position(|x| *x == "--cmdline").unwrap();
+    // The test init panics the kernel when its command is done.
+    a[i + 1] = "quiet condo.end=panic -- \"sleep 1; echo going-down\"";
+    d.ok(&a);
+    d.wait_for("two automatic restarts", BOOT * 2, || {
+        d.guest("crashy")["restarts"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(d.guest("crashy")["exit_status"], 2, "a guest panic");
+    let ev = d.ok(&["events", "--since", "1h", "--no-follow"]);
+    assert!(
+        ev.contains("\"kind\":\"restart-scheduled\",\"detail\":\"in 2 s\""),
+        "{ev}"
+    );
+    d.ok(&["stop", "crashy", "--timeout", "0"]);
+    let r = d.guest("crashy")["restarts"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        d.guest("crashy")["restarts"].as_u64().unwrap(),
+        r,
+        "restarted after a stop"
+    );
+    assert!(matches!(
+        d.state_of("crashy").as_str(),
+        "stopped" | "crashed"
+    ));
+    create(
+        &d,
+        "auto",
+        TICK,
+        &["--net", "none", "--autostart", "--no-start"],
+    );
+    assert_eq!(d.state_of("auto"), "stopped");
+    d.restart();
+    d.wait_for("the autostart", BOOT, || d.state_of("auto") == "running");
+    d.wait_console("auto", "tick 1", BOOT);
+}
+
 /// `condo exec` through the guest agent: output, errors and exit status
 /// come back, input goes in, and a guest without a process refuses.
 #[test]
@@ -433,8 +482,21 @@ fn exec_runs_commands_through_the_guest_agent() {
     a[i + 1] = "quiet condo.agent=1 condo.end=wait -- \"echo up\"";
     d.ok(&a);
     d.wait_console("x", "condo-guest: ready", BOOT);
-    let o = d.run(&["exec", "x", "--", "sh", "-c", "echo hello $((6*7)); echo oops >&2; exit 3"]);
-    assert_eq!(o.code, Some(3), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    let o = d.run(&[
+        "exec",
+        "x",
+        "--",
+        "sh",
+        "-c",
+        "echo hello $((6*7)); echo oops >&2; exit 3",
+    ]);
+    assert_eq!(
+        o.code,
+        Some(3),
+        "stdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
     assert_eq!(o.stdout, "hello 42\n");
     assert_eq!(o.stderr, "oops\n");
     let mut c = d.cmd(&["exec", "x", "--", "tr", "a-z", "A-Z"]);
@@ -449,7 +511,11 @@ fn exec_runs_commands_through_the_guest_agent() {
         .write_all(b"through the agent\n")
         .unwrap();
     let out = child.wait_with_output().expect("exec output");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH THE AGENT\n");
     d.run(&["exec", "x", "--", "/nonexistent"])
         .assert_one_error_line("/nonexistent");

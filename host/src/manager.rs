@@ -572,10 +572,15 @@ impl Manager {
 
     fn start_locked(&self, g: &GuestRow) -> Result<()> {
         self.db().set_starting(g.id, None, None)?;
+        let t0 = Instant::now();
         match self.launch(g) {
             Ok((pid, start)) => {
                 self.db().set_running(g.id, pid, start)?;
-                self.events.emit(&g.name, "started", format!("pid {pid}"));
+                self.events.emit(
+                    &g.name,
+                    "started",
+                    format!("pid {pid} in {} ms", t0.elapsed().as_millis()),
+                );
                 Ok(())
             }
             Err(e) => {
