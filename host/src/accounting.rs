@@ -31,8 +31,14 @@ pub const MINUTE_MS: i64 = 60_000;
 /// Deadline of a VMM's metrics request during sampling.
 const METRICS_TIMEOUT: Duration = Duration::from_millis(300);
 /// The touched guest RAM (a walk of /proc/PID/smaps) is read every this
-/// many samples.
+/// many samples (at least).
 const TOUCHED_EVERY: u64 = 5;
+/// Guests whose VMM metrics one sample asks for (one request each), and
+/// whose smaps one sample walks: with more guests, each is asked every
+/// few samples, spread over the ticks, so that the daemon's own cost per
+/// second stays flat with the number of guests.
+const METRICS_PER_SAMPLE: u64 = 100;
+const SMAPS_PER_SAMPLE: u64 = 20;
 
 /// What the previous sample of a guest read.
 struct Last {
@@ -65,6 +71,12 @@ impl Sampler {
             }
         };
         let now = now_ms();
+        let live = rows
+            .iter()
+            .filter(|g| matches!(g.state, GuestState::Running | GuestState::Paused))
+            .count() as u64;
+        let metrics_every = live.div_ceil(METRICS_PER_SAMPLE).max(1);
+        let touched_every = live.div_ceil(SMAPS_PER_SAMPLE).max(TOUCHED_EVERY);
         let mut raw = Vec::new();
         let mut minutes = Vec::new();
         let mut stats = HashMap::new();
@@ -80,14 +92,20 @@ impl Sampler {
             let cpu_us = m.cgroups.cpu_us(&jid).unwrap_or(0);
             let rss = procfs::rss_bytes(vmm).unwrap_or(0);
             let prev = self.last.get(&g.id).filter(|l| l.vmm_pid == vmm);
-            let touched = if prev.is_none() || self.tick % TOUCHED_EVERY == 0 {
+            let turn = |every: u64| (self.tick + g.id as u64) % every == 0;
+            let touched = if prev.is_none() || turn(touched_every) {
                 guest_touched(vmm, g.spec.memory_mib)
             } else {
                 prev.map_or(0, |l| l.touched)
             };
-            let counters = VmmApi::new(&m.paths.api_sock(g.id))
-                .counters(METRICS_TIMEOUT)
-                .ok()
+            let asked = if prev.is_none() || turn(metrics_every) {
+                VmmApi::new(&m.paths.api_sock(g.id))
+                    .counters(METRICS_TIMEOUT)
+                    .ok()
+            } else {
+                None
+            };
+            let counters = asked
                 .or_else(|| prev.map(|l| l.counters))
                 .unwrap_or_default();
             let mut st = GuestStats {
