@@ -235,13 +235,14 @@ pub fn parse_since(s: &str, now_ms: i64) -> std::result::Result<i64, Invalid> {
     if let Ok(secs) = s.parse::<i64>() {
         return secs.checked_mul(1000).filter(|v| *v >= 0).ok_or_else(bad);
     }
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = n.parse().map_err(|_| bad())?;
+    // The unit is the last character, which may be any character.
+    let unit = s.chars().next_back().ok_or_else(bad)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
     let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
         _ => return Err(bad()),
     };
     let ago = n
@@ -522,7 +523,17 @@ mod tests {
         assert_eq!(parse_since("100", 0).unwrap(), 100_000);
         assert_eq!(parse_since("10m", 3_600_000).unwrap(), 3_000_000);
         assert_eq!(parse_since("2h", 0).unwrap(), 0);
-        for bad in ["", "x", "10y", "-5", "-5m", "99999999999999999999d"] {
+        // "1Ћ" (found by fuzzing): a last character of two bytes.
+        for bad in [
+            "",
+            "x",
+            "10y",
+            "-5",
+            "-5m",
+            "99999999999999999999d",
+            "1Ћ",
+            "Ћ",
+        ] {
             assert!(parse_since(bad, 0).is_err(), "{bad}");
         }
     }

@@ -13,7 +13,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split(' ').nth(19)?.parse().ok()
 }
 
@@ -25,7 +25,9 @@ pub fn is_same(pid: i32, start: u64) -> bool {
     let Some(i) = stat.rfind(')') else {
         return false;
     };
-    let rest = &stat[i + 2..];
+    let Some(rest) = stat.get(i + 2..) else {
+        return false;
+    };
     let mut f = rest.split(' ');
     let state = f.next().unwrap_or("X");
     if state == "Z" || state == "X" {
@@ -138,7 +140,11 @@ pub fn jail_processes(jail_dir: &Path) -> Vec<(i32, String)> {
 /// The parent of `pid`.
 pub fn parent(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+    stat.get(stat.rfind(')')? + 2..)?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Sends `sig` to `pid`; false when it is gone.
