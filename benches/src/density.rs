@@ -75,7 +75,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
             _ => usage(),
         }
     }
-    if o.condo.is_empty() || o.qemu.is_empty() || o.kernel.is_empty() || o.dir.as_os_str().is_empty()
+    if o.condo.is_empty()
+        || o.qemu.is_empty()
+        || o.kernel.is_empty()
+        || o.dir.as_os_str().is_empty()
     {
         usage();
     }
@@ -172,7 +175,10 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&o.dir);
     std::fs::create_dir_all(&o.dir).map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("cores={cores} host_memory_mib={}", meminfo_kib("MemTotal:") / 1024);
+    println!(
+        "cores={cores} host_memory_mib={}",
+        meminfo_kib("MemTotal:") / 1024
+    );
     let (n, rate) = condo(&o, cores)?;
     if n > 0 {
         qemu(&o, n.min(o.qemu_max))?;
@@ -187,7 +193,13 @@ fn condo(o: &Opts, cores: usize) -> Result<(usize, f64), String> {
     let sock = o.dir.join("condo.sock");
     let log = std::fs::File::create(o.dir.join("daemon.log")).map_err(|e| e.to_string())?;
     let daemon = Command::new(&o.condo)
-        .args(["--log-level", "warn", "daemon", "--no-network", "--state-dir"])
+        .args([
+            "--log-level",
+            "warn",
+            "daemon",
+            "--no-network",
+            "--state-dir",
+        ])
         .arg(&state)
         .arg("--listen")
         .arg(&sock)
@@ -216,7 +228,12 @@ fn condo(o: &Opts, cores: usize) -> Result<(usize, f64), String> {
             .unwrap_or(false)
     })?;
     std::thread::sleep(Duration::from_secs(2));
-    let (st, body) = api(&sock, "POST", "/guests/base/snapshot", Some(r#"{"snapshot": "base"}"#))?;
+    let (st, body) = api(
+        &sock,
+        "POST",
+        "/guests/base/snapshot",
+        Some(r#"{"snapshot": "base"}"#),
+    )?;
     if st != 201 {
         return Err(format!("snapshot: {st} {body}"));
     }
@@ -260,7 +277,10 @@ fn condo(o: &Opts, cores: usize) -> Result<(usize, f64), String> {
     }
     let rate = made as f64 / clone_time.as_secs_f64().max(1e-9);
     println!("clones={made} stop_reason={stop_reason}");
-    println!("clone_rate={rate:.2} clone_seconds={:.2} cores={cores}", clone_time.as_secs_f64());
+    println!(
+        "clone_rate={rate:.2} clone_seconds={:.2} cores={cores}",
+        clone_time.as_secs_f64()
+    );
     std::thread::sleep(Duration::from_secs(5));
     // Per-guest memory.
     let (st, list) = api(&sock, "GET", "/guests", None)?;
@@ -320,9 +340,11 @@ fn condo(o: &Opts, cores: usize) -> Result<(usize, f64), String> {
     drop(daemon);
     kill_jails(&state.join("jail"));
     // The memory comes back before QEMU's turn.
-    let _ = wait_for("the guests' memory to come back", Duration::from_secs(120), || {
-        meminfo_kib("MemAvailable:") + 64 * 1024 >= avail0
-    });
+    let _ = wait_for(
+        "the guests' memory to come back",
+        Duration::from_secs(120),
+        || meminfo_kib("MemAvailable:") + 64 * 1024 >= avail0,
+    );
     Ok((running, rate))
 }
 
