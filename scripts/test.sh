@@ -17,6 +17,8 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
 cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test host_cli 2>&1
+step "the planner replaying a real PlanetLab day against CloudSim's figures"
+cargo test -p plan --locked -q --test replay 2>&1
 
 step "fuzzing every guest- and client-reachable parser (short run)"
 bash scripts/fuzz.sh 15

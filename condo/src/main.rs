@@ -46,6 +46,9 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Vmm(VmmCommand),
+    /// Simulate VM consolidation on utilization traces and plan migrations
+    /// (see docs/plan.md).
+    Plan(Box<plan::PlanArgs>),
     /// The host manager: `condo daemon` and the commands that talk to it.
     #[command(flatten)]
     Host(host::cli::HostCommand),
@@ -195,6 +198,14 @@ fn main() -> ExitCode {
         Command::Vmm(VmmCommand::KvmCheck) => kvm_check(),
         Command::Vmm(VmmCommand::Run(args)) => run(*args),
         Command::Vmm(VmmCommand::Jail(j)) => jailed(&j),
+        Command::Plan(a) => match plan::run(&a) {
+            Ok(text) => {
+                use std::io::Write;
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Host(c) => match host::cli::run(c) {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(e),
