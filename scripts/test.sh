@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
-cargo test --workspace --locked -q --lib --bins --test cli --test agent_local 2>&1
+cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test host_cli 2>&1
 step "the planner replaying a real PlanetLab day against CloudSim's figures"
 cargo test -p plan --locked -q --test replay 2>&1
 
@@ -26,12 +26,16 @@ bash scripts/fuzz.sh 15
 step "building the boot tests"
 boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')
+host_bin=$(cargo test -p condo --test host --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "host" and .target.kind == ["test"] and .executable != null) | .executable')
 condo_bin="$BUILD/debug/condo"
 [ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
 # The guest agent's real-guest tests (condo/tests/agent.rs).
 agent_bin=$(cargo test -p condo --test agent --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "agent" and .target.kind == ["test"] and .executable != null) | .executable')
 [ -x "$agent_bin" ] || die "agent test binary not built"
+# The host daemon's real-guest tests (condo/tests/host.rs).
+[ -x "$host_bin" ] || die "host daemon test binary not built"
 
 envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)
 if bash testhost/kvm-ok; then
@@ -39,6 +43,8 @@ if bash testhost/kvm-ok; then
   "$boot_bin" --test-threads=2
   step "guest agent tests on this host's /dev/kvm"
   "$agent_bin" --test-threads=2
+  step "host daemon tests on this host's /dev/kvm"
+  "$host_bin" --test-threads=1
 else
   step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
   bash testhost/build.sh
@@ -88,4 +94,10 @@ else
   # in_test_host runs $boot_bin, here the agent test binary.
   step "guest agent tests, in their own test host"
   boot_bin="$agent_bin" in_test_host
+  # The host daemon's tests (condo/tests/host.rs), in a session of their
+  # own: iproute2's ip (busybox's has no netns) and nft for the managed
+  # network.
+  step "host daemon tests, in their own test host"
+  args+=(--file "$(command -v ip)" --file "$(command -v nft)")
+  boot_bin="$host_bin" in_test_host
 fi

@@ -16,6 +16,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod density;
 mod migration;
 mod snapshot;
 
@@ -51,6 +52,13 @@ fn parse() -> Opts {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("boot") => {}
+        Some("density") => match density::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench density: {e}");
+                std::process::exit(1)
+            }
+        },
         Some("snapshot") => match snapshot::main(args) {
             Ok(()) => std::process::exit(0),
             Err(e) => {
