@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
-cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test oci_cli 2>&1
+cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test host_cli --test oci_cli 2>&1
 step "the planner replaying a real PlanetLab day against CloudSim's figures"
 cargo test -p plan --locked -q --test replay 2>&1
 
@@ -26,12 +26,16 @@ bash scripts/fuzz.sh 15
 step "building the boot tests"
 boot_bin=$(cargo test -p condo --test boot --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "boot" and .executable != null) | .executable')
+host_bin=$(cargo test -p condo --test host --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "host" and .target.kind == ["test"] and .executable != null) | .executable')
 condo_bin="$BUILD/debug/condo"
 [ -x "$boot_bin" ] && [ -x "$condo_bin" ] || die "boot test binary not built"
 # The guest agent's real-guest tests (condo/tests/agent.rs).
 agent_bin=$(cargo test -p condo --test agent --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "agent" and .target.kind == ["test"] and .executable != null) | .executable')
 [ -x "$agent_bin" ] || die "agent test binary not built"
+# The host daemon's real-guest tests (condo/tests/host.rs).
+[ -x "$host_bin" ] || die "host daemon test binary not built"
 # The OCI runtime under podman and containerd (condo/tests/oci_engines.rs).
 oci_bin=$(cargo test -p condo --test oci_engines --locked --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "oci_engines" and .executable != null) | .executable')
@@ -44,6 +48,8 @@ if bash testhost/kvm-ok; then
   "$boot_bin" --test-threads=2
   step "guest agent tests on this host's /dev/kvm"
   "$agent_bin" --test-threads=2
+  step "host daemon tests on this host's /dev/kvm"
+  "$host_bin" --test-threads=1
 else
   step "boot tests inside the nested test host (this /dev/kvm cannot boot Linux)"
   bash testhost/build.sh
@@ -93,6 +99,12 @@ else
   # in_test_host runs $boot_bin, here the agent test binary.
   step "guest agent tests, in their own test host"
   boot_bin="$agent_bin" in_test_host
+  # The host daemon's tests (condo/tests/host.rs), in a session of their
+  # own: iproute2's ip (busybox's has no netns) and nft for the managed
+  # network.
+  step "host daemon tests, in their own test host"
+  args+=(--file "$(command -v ip)" --file "$(command -v nft)")
+  boot_bin="$host_bin" in_test_host
 fi
 
 # The engines run in the test host whatever this host's KVM can do: their

@@ -10,9 +10,14 @@
 //!
 //! Usage: condo-bench boot --condo PATH --qemu PATH --kernel VMLINUX
 //!        --initrd INITRAMFS [--rounds N] [--cpus N] [--memory MiB]
+//!
+//! The other subcommands: `snapshot` ([`snapshot`]) and `migration`
+//! ([`migration`]).
 
 #![allow(clippy::print_stdout)]
 
+mod density;
+mod migration;
 mod snapshot;
 
 use std::io::{BufRead, BufReader};
@@ -37,7 +42,7 @@ struct Sample {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: condo-bench boot --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
+        "usage: condo-bench boot|snapshot|migration --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
          [--rounds N] [--cpus N] [--memory MiB]"
     );
     std::process::exit(2)
@@ -47,10 +52,24 @@ fn parse() -> Opts {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("boot") => {}
+        Some("density") => match density::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench density: {e}");
+                std::process::exit(1)
+            }
+        },
         Some("snapshot") => match snapshot::main(args) {
             Ok(()) => std::process::exit(0),
             Err(e) => {
                 eprintln!("condo-bench snapshot: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("migration") => match migration::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench migration: {e}");
                 std::process::exit(1)
             }
         },

@@ -18,6 +18,7 @@ use vmm::rpc::{RequestHandler, VmRequest};
 use vmm::{RunOptions, VmConfig, VmExit, Vmm};
 
 mod jail;
+mod jail_console;
 mod terminal;
 
 /// Exit status when the guest panicked.
@@ -43,6 +44,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Vmm(VmmCommand),
+    /// Simulate VM consolidation on utilization traces and plan migrations
+    /// (see docs/plan.md).
+    Plan(Box<plan::PlanArgs>),
+    /// The OCI runtime (runc's command line; each container in its own
+    /// microVM). Also run as `condo-runtime ...` (see docs/oci.md).
+    Oci(Box<oci::OciArgs>),
+    /// The host manager: `condo daemon` and the commands that talk to it.
+    #[command(flatten)]
+    Host(host::cli::HostCommand),
+}
+
+/// The VMM's own commands.
+#[derive(Subcommand)]
+enum VmmCommand {
     /// Boot a guest and run it until it powers off.
     Run(Box<RunArgs>),
     /// Check that /dev/kvm can run a standard guest (exit 0 if it can).
@@ -50,12 +67,41 @@ enum Command {
     /// Run `condo run ...` jailed, as Firecracker's jailer does (as root):
     /// `condo jail --id ID --uid U --gid G [--file PATH]... -- run ...`.
     Jail(Box<jail::JailArgs>),
-    /// The OCI runtime (runc's command line; each container in its own
-    /// microVM). Also run as `condo-runtime ...` (see docs/oci.md).
-    Oci(Box<oci::OciArgs>),
-    /// Simulate VM consolidation on utilization traces and plan migrations
-    /// (see docs/plan.md).
-    Plan(Box<plan::PlanArgs>),
+}
+
+/// The command line of `run`, `kvm-check` and `jail` alone: clap builds
+/// every subcommand's arguments before it parses, and a VMM should not
+/// carry the host manager's two dozen (in a release build, about 1 MiB
+/// more resident in every VMM process: the builders' code and the tree).
+#[derive(Parser)]
+#[command(
+    name = "condo",
+    version,
+    about = "condo: a microVM monitor on Linux KVM"
+)]
+struct VmmCli {
+    /// Log level: off, error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "warn", env = "CONDO_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: VmmCommand,
+}
+
+/// Whether the command line runs one of the VMM's own commands (its first
+/// word after the global options).
+fn is_vmm_command(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args.skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--log-level") => {
+                args.next();
+            }
+            Some(s) if s.starts_with("--log-level=") => {}
+            Some(s) => return matches!(s, "run" | "kvm-check" | "jail"),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// A vCPU count, checked as the machine configuration checks it (read
@@ -153,7 +199,15 @@ fn main() -> ExitCode {
         let code = oci::run(oci::cli::RuntimeCli::parse().args);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let cli = match Cli::try_parse() {
+    let cli = if is_vmm_command(std::env::args_os()) {
+        VmmCli::try_parse().map(|c| Cli {
+            log_level: c.log_level,
+            command: Command::Vmm(c.command),
+        })
+    } else {
+        Cli::try_parse()
+    };
+    let cli = match cli {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
@@ -161,9 +215,9 @@ fn main() -> ExitCode {
         return fail(e);
     }
     match cli.command {
-        Command::KvmCheck => kvm_check(),
-        Command::Run(args) => run(*args),
-        Command::Jail(j) => jailed(&j),
+        Command::Vmm(VmmCommand::KvmCheck) => kvm_check(),
+        Command::Vmm(VmmCommand::Run(args)) => run(*args),
+        Command::Vmm(VmmCommand::Jail(j)) => jailed(&j),
         Command::Oci(a) => ExitCode::from(u8::try_from(oci::run(*a)).unwrap_or(1)),
         Command::Plan(a) => match plan::run(&a) {
             Ok(text) => {
@@ -171,6 +225,10 @@ fn main() -> ExitCode {
                 let _ = std::io::stdout().lock().write_all(text.as_bytes());
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        },
+        Command::Host(c) => match host::cli::run(c) {
+            Ok(code) => ExitCode::from(code),
             Err(e) => fail(e),
         },
     }
@@ -199,15 +257,16 @@ fn first_line(e: &clap::Error) -> String {
 /// `condo jail`: checks the inner command, builds the jail, and runs the
 /// VMM in it (in the jailed child; the outer process waits for it).
 fn jailed(j: &jail::JailArgs) -> ExitCode {
-    let inner =
-        match Cli::try_parse_from(std::iter::once("condo".to_owned()).chain(j.command.clone())) {
-            Ok(Cli {
-                command: Command::Run(args),
-                ..
-            }) => args,
-            Ok(_) => return fail("jail: the command to run is `run ...`"),
-            Err(e) => return fail(format!("jail: {}", first_line(&e))),
-        };
+    let inner = match VmmCli::try_parse_from(
+        std::iter::once("condo".to_owned()).chain(j.command.clone()),
+    ) {
+        Ok(VmmCli {
+            command: VmmCommand::Run(args),
+            ..
+        }) => args,
+        Ok(_) => return fail("jail: the command to run is `run ...`"),
+        Err(e) => return fail(format!("jail: {}", first_line(&e))),
+    };
     match jail::enter_jail(j) {
         Ok(None) => run(*inner),
         Ok(Some(status)) => ExitCode::from(status),
@@ -379,5 +438,22 @@ fn exit_status(result: Result<VmExit, vmm::VmmError>) -> ExitCode {
             ExitCode::from(EXIT_GUEST_CRASH)
         }
         Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod vmm_cli_tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_commands_parse_on_their_own() {
+        let v = |a: &[&str]| is_vmm_command(a.iter().map(std::ffi::OsString::from));
+        assert!(v(&["condo", "run", "--kernel", "k"]));
+        assert!(v(&["condo", "--log-level", "debug", "jail"]));
+        assert!(v(&["condo", "--log-level=info", "kvm-check"]));
+        assert!(!v(&["condo", "ls"]));
+        assert!(!v(&["condo", "--log-level", "run", "ls"]));
+        assert!(!v(&["condo", "--help"]));
+        assert!(!v(&["condo"]));
     }
 }
