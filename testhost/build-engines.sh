@@ -130,8 +130,9 @@ mkdir -p /var/lib/containers /var/lib/containerd /run/containerd /run/containers
 mount -t tmpfs -o size=4g tmpfs /var/lib/containers
 mount -t tmpfs -o size=4g tmpfs /var/lib/containerd
 mount -t tmpfs tmpfs /var/tmp
-# Terminals (podman -it, ctr -t, the runtime's console socket).
-mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666,mode=0620 devpts /dev/pts
+# Terminals (podman -it, ctr -t, the runtime's console socket), if the
+# base /init has not mounted them.
+grep -q " /dev/pts " /proc/mounts || { mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666,mode=0620 devpts /dev/pts; }
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 ulimit -n 1024
 containerd --config /etc/containerd/config.toml > /var/log-containerd.txt 2>&1 &
