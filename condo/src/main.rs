@@ -49,6 +49,9 @@ enum Command {
     /// Simulate VM consolidation on utilization traces and plan migrations
     /// (see docs/plan.md).
     Plan(Box<plan::PlanArgs>),
+    /// The OCI runtime (runc's command line; each container in its own
+    /// microVM). Also run as `condo-runtime ...` (see docs/oci.md).
+    Oci(Box<oci::OciArgs>),
     /// The host manager: `condo daemon` and the commands that talk to it.
     #[command(flatten)]
     Host(host::cli::HostCommand),
@@ -126,8 +129,15 @@ struct RunArgs {
     #[arg(long)]
     no_api: bool,
     /// Kernel image: ELF vmlinux (PVH) or bzImage.
-    #[arg(long, required_unless_present_any = ["config_file", "api_sock"])]
+    #[arg(long, required_unless_present_any = ["config_file", "api_sock", "image"])]
     kernel: Option<PathBuf>,
+    /// Run a container image (a local OCI layout or OCI archive) in a VM
+    /// with the OCI runtime's kernel and agent (docs/oci.md); a command
+    /// after `--` replaces the image's cmd.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["config_file", "api_sock", "kernel"])]
+    image: Option<PathBuf>,
+    #[arg(last = true, value_name = "CMD", requires = "image")]
+    image_cmd: Vec<String>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -179,6 +189,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Under the name condo-runtime, condo is the OCI runtime engines call.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("condo-runtime"))
+    {
+        use clap::Parser as _;
+        let code = oci::run(oci::cli::RuntimeCli::parse().args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = if is_vmm_command(std::env::args_os()) {
         VmmCli::try_parse().map(|c| Cli {
             log_level: c.log_level,
@@ -198,6 +218,7 @@ fn main() -> ExitCode {
         Command::Vmm(VmmCommand::KvmCheck) => kvm_check(),
         Command::Vmm(VmmCommand::Run(args)) => run(*args),
         Command::Vmm(VmmCommand::Jail(j)) => jailed(&j),
+        Command::Oci(a) => ExitCode::from(u8::try_from(oci::run(*a)).unwrap_or(1)),
         Command::Plan(a) => match plan::run(&a) {
             Ok(text) => {
                 use std::io::Write;
@@ -323,6 +344,10 @@ fn file_requests(c: VmConfig) -> Vec<VmRequest> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(image) = &args.image {
+        let code = oci::image::run(image, &args.image_cmd, None);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     vmm::seccomp::set_level(if args.no_seccomp {
         0
     } else {
