@@ -20,7 +20,7 @@ condo_bin="$BUILD/release/condo"
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 bash testhost/run --engines --cpus "${TESTHOST_CPUS:-1}" --timeout 3000 \
-  --file "$condo_bin" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
+  --file "$condo_bin" --file "${condo_bin}-vmm" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
   --file "$(command -v mkfs.ext4)" --file "$(command -v debugfs)" --file "$(command -v e2fsck)" \
   --env "CONDO_BIN=$condo_bin" --env "CONDO_GUEST_VMLINUX=$CONDO_GUEST_VMLINUX" \
   --env "CONDO_GUEST_INITRAMFS=$CONDO_GUEST_INITRAMFS" --env "ROUNDS=$rounds" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs condo's OCI runtime for podman and containerd (docs/oci.md):
 #   /usr/local/bin/condo                      the binary (release build)
+#   /usr/local/bin/condo-vmm                  the lean binary each VMM runs as
 #   /usr/local/bin/condo-runtime -> condo     the name engines call
 #   /usr/local/lib/condo/vmlinux              the guest kernel
 #   /usr/local/lib/condo/initramfs.cpio.gz    the guest initramfs, with the agent
@@ -17,6 +18,8 @@ step "building condo (release)"
 cargo build --release --locked -q -p condo
 install -d "$prefix/bin" "$prefix/lib/condo"
 install -m 0755 "$BUILD/release/condo" "$prefix/bin/condo"
+# The lean binary every VMM process runs as (condo execs it when it is beside it).
+install -m 0755 "$BUILD/release/condo-vmm" "$prefix/bin/condo-vmm"
 ln -sf condo "$prefix/bin/condo-runtime"
 install -m 0644 "$CONDO_GUEST_VMLINUX" "$prefix/lib/condo/vmlinux"
 install -m 0644 "$CONDO_GUEST_INITRAMFS" "$prefix/lib/condo/initramfs.cpio.gz"

@@ -55,7 +55,7 @@ else
   bash testhost/build.sh
   # debugfs and e2fsck let the tests read and check the disk images the
   # guests wrote.
-  args=(--file "$condo_bin" --file "$(command -v debugfs)" --file "$(command -v e2fsck)")
+  args=(--file "$condo_bin" --file "${condo_bin}-vmm" --file "$(command -v debugfs)" --file "$(command -v e2fsck)")
   for v in "${envs[@]}"; do
     args+=(--file "${!v}" --env "$v=${!v}")
   done
@@ -112,7 +112,7 @@ fi
 # configuration) is the test host's engine layer (testhost/build-engines.sh).
 step "OCI runtime under podman and containerd, in a test host with the engine layer"
 bash testhost/build-engines.sh
-oci_args=(--engines --timeout 1500 --file "$condo_bin" --file "$(command -v mkfs.ext4)"
+oci_args=(--engines --timeout 1500 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$(command -v mkfs.ext4)"
   --file "$(command -v debugfs)" --file "$(command -v e2fsck)" --env CONDO_OCI_ENGINES=1)
 for v in CONDO_GUEST_VMLINUX CONDO_GUEST_INITRAMFS; do
   oci_args+=(--file "${!v}" --env "$v=${!v}")
