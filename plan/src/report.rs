@@ -154,7 +154,7 @@ pub fn reproduce(data: &Path, threads: usize) -> Result<String, PlanError> {
     let _ = writeln!(
         s,
         "Written by `benches/plan.sh` (`condo plan --reproduce {}`): {} PlanetLab days, {} hosts (HP ProLiant ML110 G4/G5), {} policies, {} worker threads. Load average {} before the runs, {} after (the machine is shared: figures of time are upper bounds).\n",
-        data.display(),
+        shown_data_dir(data),
         days.len(),
         hosts.len(),
         policies.len(),
@@ -476,4 +476,18 @@ pub fn reproduce(data: &Path, threads: usize) -> Result<String, PlanError> {
         }
     }
     Ok(s)
+}
+
+/// How the results file names the trace directory: the repository's
+/// conventional `../shared/data` rather than a path of the machine that
+/// ran it (results files are committed).
+fn shown_data_dir(data: &Path) -> String {
+    if data.ends_with("shared/data") {
+        "../shared/data".to_string()
+    } else {
+        data.file_name().map_or_else(
+            || data.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
 }
