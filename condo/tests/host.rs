@@ -303,6 +303,44 @@ fn guests_reach_each_other_and_the_host_over_the_bridge() {
     d.wait_for("b's second boot", BOOT, || {
         d.console("b").matches("addr-ok").count() == 2
     });
+    // A clone restored from a snapshot takes its own MAC, address and name
+    // in the guest (through its agent), and both answer on the bridge.
+    let a = create_args("s", "echo up", &[]);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let i = a.iter().position(|x| *x == "--cmdline").unwrap();
+    a[i + 1] = "quiet condo.agent=1 condo.end=wait -- \"echo up\"";
+    d.ok(&a);
+    d.wait_console("s", "condo-guest: ready", BOOT);
+    d.ok(&["snapshot", "s", "--as", "s-snap"]);
+    d.ok(&["clone", "s-snap", "t"]);
+    let (s_ip, t_ip) = (
+        d.guest("s")["ip"].as_str().unwrap_or_default().to_string(),
+        d.guest("t")["ip"].as_str().unwrap_or_default().to_string(),
+    );
+    assert_ne!(s_ip, t_ip);
+    let addr = d.ok(&["exec", "t", "--", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(
+        addr.contains(&format!("{t_ip}/")) && !addr.contains(&format!("{s_ip}/")),
+        "the clone's eth0 (it should be {t_ip}):\n{addr}\nevents:\n{}",
+        d.ok(&["events", "--since", "1h", "--no-follow"])
+    );
+    let link = d.ok(&["exec", "t", "--", "ip", "link", "show", "eth0"]);
+    let t_mac = d.guest("t")["mac"].as_str().unwrap_or_default().to_string();
+    assert!(
+        link.contains(&t_mac),
+        "the clone's MAC should be {t_mac}:\n{link}"
+    );
+    assert_eq!(d.ok(&["exec", "t", "--", "hostname"]).trim(), "t");
+    for ip in [&s_ip, &t_ip] {
+        let ok = std::process::Command::new("ping")
+            .args(["-c", "1", "-W", "5", ip])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "the host cannot ping {ip} once the clone runs");
+    }
+    let ev = d.ok(&["events", "--since", "1h", "--no-follow"]);
+    assert!(ev.contains("\"kind\":\"readdressed\""), "{ev}");
 }
 
 #[test]

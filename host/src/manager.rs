@@ -49,6 +49,12 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF_S: u64 = 60;
 /// A guest that ran this long before it ended restarts without back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How long a clone's agent has to take its own address after restore.
+const CLONE_READDRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a guest being snapshotted has to show it has an agent.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The file in a snapshot's directory saying its guest had an agent.
+const AGENT_MARKER: &str = "agent";
 
 /// The state directory's layout.
 #[derive(Debug, Clone)]
@@ -772,8 +778,68 @@ impl Manager {
                 return Err(e);
             }
             self.db().clear_snapshot(id)?;
+            self.readdress_clone(g);
         }
         Ok((pid, start))
+    }
+
+    /// Gives a guest just restored from a snapshot its own MAC, address and
+    /// name inside (they were the source guest's), through its agent. A
+    /// guest without an agent keeps the source's identity: that is said in
+    /// an event, the guest runs all the same.
+    fn readdress_clone(&self, g: &GuestRow) {
+        let (Some(net), Some(ip), Some(mac)) = (&self.net, g.ip, &g.mac) else {
+            return;
+        };
+        let snap_has_agent = g
+            .snapshot
+            .as_deref()
+            .is_some_and(|s| self.paths.snapshot(s).join(AGENT_MARKER).exists());
+        if !g.spec.has_net() {
+            return;
+        }
+        if !snap_has_agent {
+            self.events.emit(
+                &g.name,
+                "readdress-skipped",
+                "the snapshot's guest had no agent: the clone keeps its address inside",
+            );
+            return;
+        }
+        let p = agent::spec::Process::command(net.guest_readdress_command(ip, mac, &g.name));
+        let client = agent::client::Client::vsock(self.paths.vsock(g.id))
+            .with_timeout(CLONE_READDRESS_TIMEOUT);
+        // Just after the restore the guest's vsock transport is being reset
+        // (the VMM tells it its old connections are gone): the first
+        // connections may be closed on it. The command can run twice.
+        let t0 = Instant::now();
+        let r = loop {
+            match client.run(&p) {
+                Err(_) if t0.elapsed() < CLONE_READDRESS_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => break r,
+            }
+        };
+        match r {
+            Ok(out) if out.status.code() == 0 => {
+                self.events
+                    .emit(&g.name, "readdressed", format!("{ip} {mac}"));
+            }
+            Ok(out) => self.events.emit(
+                &g.name,
+                "readdress-failed",
+                format!(
+                    "the guest kept its snapshot's address: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ),
+            Err(e) => self.events.emit(
+                &g.name,
+                "readdress-failed",
+                format!("the guest kept its snapshot's address (no agent answered: {e})"),
+            ),
+        }
     }
 
     /// Removes what a guest's process leaves: its namespace, cgroup and
@@ -1043,10 +1109,24 @@ impl Manager {
         fs::create_dir_all(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
         let api = self.api(id);
         let was_running = g.state == GuestState::Running;
+        // Whether the guest has an agent that can give its clones their
+        // own addresses (`readdress_clone`): asked while it runs.
+        let agent = was_running
+            && self.net.is_some()
+            && g.spec.has_net()
+            && agent::client::Client::vsock(self.paths.vsock(id))
+                .ping(AGENT_PROBE_TIMEOUT)
+                .is_ok();
         if was_running {
             api.pause()?;
         }
-        let r = self.take_snapshot(&g, &api, &tmp);
+        let r = self.take_snapshot(&g, &api, &tmp).and_then(|()| {
+            if agent {
+                let m = tmp.join(AGENT_MARKER);
+                fs::write(&m, b"").map_err(io_err(format!("write {}", m.display())))?;
+            }
+            Ok(())
+        });
         if was_running {
             if let Err(e) = api.resume() {
                 tracing::error!("guest {name}: cannot resume after the snapshot: {e}");

@@ -237,6 +237,32 @@ impl Network {
             .unwrap_or_default()
     }
 
+    /// The guest shell command that gives a clone its own network identity:
+    /// a clone restored from a snapshot runs with the source guest's MAC,
+    /// address and name, which its kernel set at boot from `ip=`. Run
+    /// through the guest agent (busybox's `ip` and `hostname`), then a
+    /// gratuitous ARP where the guest has `arping`, so that the bridge and
+    /// the other guests learn the new pair at once.
+    pub fn guest_readdress_command(
+        &self,
+        ip: std::net::Ipv4Addr,
+        mac: &str,
+        hostname: &str,
+    ) -> Vec<String> {
+        let gw = self.subnet.gateway();
+        let prefix = self.subnet.prefix;
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "set -e; ip link set eth0 down; ip link set eth0 address {mac}; ip link set eth0 up; \
+                 ip addr flush dev eth0; ip addr add {ip}/{prefix} dev eth0; \
+                 ip route replace default via {gw} dev eth0; hostname {hostname}; \
+                 if command -v arping >/dev/null; then arping -q -U -c 1 -I eth0 {ip} || true; fi"
+            ),
+        ]
+    }
+
     /// The kernel's `ip=` argument configuring the guest's eth0.
     pub fn kernel_ip_arg(&self, ip: std::net::Ipv4Addr, hostname: &str) -> String {
         format!(
