@@ -555,6 +555,46 @@ fn exec_runs_commands_through_the_guest_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH THE AGENT\n");
+    // On a terminal: the command gets a pty of the terminal's size, and a
+    // resize of the terminal (SIGWINCH) reaches it.
+    let (master, slave) = open_pty(24, 80);
+    let mut c = d.cmd(&[
+        "exec",
+        "x",
+        "--",
+        "sh",
+        "-c",
+        "stty size; read l; stty size; echo done",
+    ]);
+    let io = |f: &std::fs::File| std::process::Stdio::from(f.try_clone().expect("pty"));
+    c.stdin(io(&slave)).stdout(io(&slave)).stderr(io(&slave));
+    let mut child = common::KillOnDrop(c.spawn().expect("exec on a pty"));
+    drop(slave);
+    let mut seen = String::new();
+    let mut m = master.try_clone().expect("pty");
+    let mut read_until = |needle: &str, seen: &mut String| {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 256];
+        while !seen.contains(needle) {
+            assert!(t0.elapsed() < BOOT, "no {needle:?} on the pty: {seen:?}");
+            match m.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    };
+    read_until("24 80", &mut seen);
+    set_pty_size(&master, 40, 100);
+    // SAFETY: a signal to our own child, still running.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGWINCH) };
+    std::thread::sleep(Duration::from_secs(1));
+    (&master).write_all(b"go\r").expect("pty");
+    read_until("done", &mut seen);
+    assert!(
+        seen.contains("40 100"),
+        "the resize did not reach the command: {seen:?}"
+    );
+    let _ = child.0.wait();
     d.run(&["exec", "x", "--", "/nonexistent"])
         .assert_one_error_line("/nonexistent");
     d.ok(&["stop", "x", "--timeout", "0"]);
@@ -596,4 +636,36 @@ fn concurrent_creates_and_deletes_of_running_guests_stay_consistent() {
         }
     });
     assert_consistent(&d);
+}
+
+/// A new pseudo-terminal pair of `rows` x `cols`: (master, slave).
+fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two new descriptors into m and s; the name and
+    // termios are not asked for, the size is read from ws.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+/// Resizes a pseudo-terminal through its master.
+fn set_pty_size(master: &std::fs::File, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer; the fd is open.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
 }

@@ -143,21 +143,21 @@ pub fn run(sock: &Path, name: &str, command: &[String]) -> Result<u8> {
     crate::console::expect(&mut r, 101)?;
     let _ = r.get_ref().set_read_timeout(None);
     let raw = tty && crossterm::terminal::enable_raw_mode().is_ok();
-    let mut up = s;
+    let up = std::sync::Arc::new(std::sync::Mutex::new(s));
+    if tty {
+        forward_resizes(up.clone());
+    }
     std::thread::spawn(move || {
         let mut i = std::io::stdin();
         let mut buf = vec![0u8; MAX_DATA_CHUNK];
         loop {
             match i.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = up.write_all(&HostMsg::StdinClose.to_frame_bytes());
+                    let _ = send(&up, &HostMsg::StdinClose);
                     break;
                 }
                 Ok(n) => {
-                    if up
-                        .write_all(&HostMsg::Stdin(buf[..n].to_vec()).to_frame_bytes())
-                        .is_err()
-                    {
+                    if send(&up, &HostMsg::Stdin(buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
@@ -194,4 +194,41 @@ pub fn run(sock: &Path, name: &str, command: &[String]) -> Result<u8> {
         let _ = crossterm::terminal::disable_raw_mode();
     }
     result
+}
+
+/// One frame to the daemon on the exec stream shared by the stdin and
+/// resize threads.
+fn send(up: &std::sync::Mutex<UnixStream>, m: &HostMsg) -> std::io::Result<()> {
+    up.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .write_all(&m.to_frame_bytes())
+}
+
+/// Passes the terminal's new size to the process's pty at each SIGWINCH:
+/// the signal is blocked in this thread (and so in the threads it starts
+/// later) and taken by a thread of its own.
+fn forward_resizes(up: std::sync::Arc<std::sync::Mutex<UnixStream>>) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t and SIGWINCH a valid signal; the old
+    // mask is not asked for.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is valid and SIGWINCH is blocked in the threads that
+        // could take it; sigwait writes the signal number into sig.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        let Ok((cols, rows)) = crossterm::terminal::size() else {
+            continue;
+        };
+        if send(&up, &HostMsg::Resize(agent::proto::WinSize { rows, cols })).is_err() {
+            break;
+        }
+    });
 }
