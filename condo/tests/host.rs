@@ -1,7 +1,8 @@
 //! The host daemon with real guests (they need a KVM that boots Linux:
 //! `scripts/test.sh` runs these in the nested test host, in one session):
 //! the whole lifecycle through the CLI, limits enforced, guests reaching
-//! each other and the host over the bridge, a daemon SIGKILLed and started
+//! each other and the host over the bridge (and beyond it through NAT; a clone
+//! with its own address), a daemon SIGKILLed and started
 //! again re-adopting its guests (and cleaning up a create it was killed
 //! in), the console, and concurrent creates and deletes of booting guests.
 //! Each test has a daemon of its own (state directory, socket, bridge,
@@ -264,6 +265,10 @@ fn limits_hold_cpu_and_contain_memory() {
 fn guests_reach_each_other_and_the_host_over_the_bridge() {
     let d = Daemon::start("net", &[]);
     let (a, b, gw) = (d.ip(2), d.ip(3), d.ip(1));
+    // An "uplink": a network namespace behind a veth pair, with no route
+    // back to the guests' subnet, so only NAT gets a guest's packets
+    // answered from there.
+    let outside = Outside::new();
     create(
         &d,
         "a",
@@ -289,6 +294,23 @@ fn guests_reach_each_other_and_the_host_over_the_bridge() {
     ] {
         d.wait_console(g, needle, BOOT);
     }
+    // A guest reaches beyond the host through the daemon's NAT: the
+    // outside sees the host's address, not the guest's.
+    create(
+        &d,
+        "n",
+        &format!(
+            "until echo via-nat | nc -w 5 {} {}; do sleep 1; done; echo nat-ok",
+            Outside::ADDR,
+            Outside::PORT
+        ),
+        &[],
+    );
+    d.wait_console("n", "nat-ok", BOOT);
+    let (peer, got) = outside.received();
+    assert_eq!(got.trim(), "via-nat");
+    assert_eq!(peer, Outside::HOST_ADDR, "not masqueraded");
+    d.ok(&["rm", "--force", "n"]); // room for the clone below (admission)
     // The host reaches the guest too.
     let ok = std::process::Command::new("ping")
         .args(["-c", "1", "-W", "5", &a])
@@ -668,4 +690,91 @@ fn set_pty_size(master: &std::fs::File, rows: u16, cols: u16) {
     // SAFETY: TIOCSWINSZ reads a winsize from the pointer; the fd is open.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+/// A network namespace standing for the world beyond the host: a veth
+/// pair, `HOST_ADDR` on the host's side, `ADDR` inside, and a TCP listener
+/// on `ADDR:PORT` (a thread in that namespace) keeping what it is sent and
+/// from whom.
+struct Outside {
+    ns: String,
+    veth: String,
+    got: std::sync::mpsc::Receiver<(String, String)>,
+    ip: String,
+}
+
+impl Outside {
+    const HOST_ADDR: &'static str = "198.51.100.1";
+    const ADDR: &'static str = "198.51.100.2";
+    const PORT: u16 = 6000;
+
+    fn new() -> Self {
+        let n = std::process::id() % 10000;
+        let (ns, veth, peer) = (format!("ct-out-{n}"), format!("ctu{n}"), format!("cto{n}"));
+        // iproute2's ip, not busybox's (which has no netns).
+        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| {
+                std::fs::canonicalize(p)
+                    .is_ok_and(|c| c.file_name().is_some_and(|n| n != "busybox"))
+            })
+            .expect("iproute2's ip");
+        // Each step through iproute2's ip directly (busybox's sh would run
+        // its own applet for `ip`).
+        for args in [
+            format!("netns add {ns}"),
+            format!("link add {veth} type veth peer name {peer}"),
+            format!("link set {peer} netns {ns}"),
+            format!("addr add {}/24 dev {veth}", Self::HOST_ADDR),
+            format!("link set {veth} up"),
+            format!("-n {ns} addr add {}/24 dev {peer}", Self::ADDR),
+            format!("-n {ns} link set {peer} up"),
+            format!("-n {ns} link set lo up"),
+        ] {
+            let st = std::process::Command::new(ip)
+                .args(args.split_whitespace())
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip {args}");
+        }
+        let (tx, got) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).expect("netns");
+            // SAFETY: setns on an open namespace file; it moves only this
+            // thread into the namespace.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let l = std::net::TcpListener::bind((Self::ADDR, Self::PORT)).expect("listen outside");
+            let (mut c, peer) = l.accept().expect("accept outside");
+            let mut got = String::new();
+            let _ = c.read_to_string(&mut got);
+            let _ = tx.send((peer.ip().to_string(), got));
+        });
+        Self {
+            ns,
+            veth,
+            got,
+            ip: ip.to_string(),
+        }
+    }
+
+    /// The first connection's peer address and what it sent.
+    fn received(&self) -> (String, String) {
+        self.got
+            .recv_timeout(BOOT)
+            .expect("nothing reached the outside")
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.ip)
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = std::process::Command::new(&self.ip)
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
 }
