@@ -283,6 +283,18 @@ impl Manager {
         })
     }
 
+    /// The binary a guest's jail starts as: the lean `condo-vmm` beside
+    /// condo when it is there (the full binary would only exec it: one
+    /// program load fewer per start), else condo itself.
+    fn jail_bin(&self) -> PathBuf {
+        let lean = self.condo_bin.with_file_name("condo-vmm");
+        if lean.is_file() {
+            lean
+        } else {
+            self.condo_bin.clone()
+        }
+    }
+
     /// Runs `condo kvm-check` once: when this host's KVM can run guests,
     /// the guests' VMMs skip their own probe (each would otherwise probe
     /// again: the host's kept verdict is outside their jail). Otherwise
@@ -726,7 +738,7 @@ impl Manager {
         let log2 = log
             .try_clone()
             .map_err(io_err(format!("open {}", log_path.display())))?;
-        let mut cmd = std::process::Command::new(&self.condo_bin);
+        let mut cmd = std::process::Command::new(self.jail_bin());
         cmd.args(&args)
             .env("CONDO_LOG", "warn")
             .stdin(std::process::Stdio::null())
@@ -741,6 +753,7 @@ impl Manager {
             });
         }
         tracing::debug!(guest = %g.name, ?args, "starting jail");
+        let t_spawn = Instant::now();
         let child = cmd
             .spawn()
             .map_err(|e| Error::Other(format!("cannot run {}: {e}", self.condo_bin.display())))?;
@@ -772,13 +785,18 @@ impl Manager {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let answered_ms = t_spawn.elapsed().as_millis() as u64;
         if restore.is_some() {
             if let Err(e) = api.snapshot_load("/vm/snap", "/vm/mem") {
                 procfs::signal(pid, libc::SIGKILL);
                 return Err(e);
             }
+            let restored_ms = t_spawn.elapsed().as_millis() as u64;
             self.db().clear_snapshot(id)?;
             self.readdress_clone(g);
+            tracing::debug!(guest = %g.name, answered_ms, restored_ms, ready_ms = t_spawn.elapsed().as_millis() as u64, "restored");
+        } else {
+            tracing::debug!(guest = %g.name, answered_ms, "VMM answers");
         }
         Ok((pid, start))
     }
