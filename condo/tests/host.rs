@@ -727,3 +727,101 @@ fn a_guest_moves_to_another_daemon_and_keeps_ticking() {
     a.ok(&["rm", "g1"]);
     assert!(a.ok(&["ls"]).lines().count() == 1);
 }
+
+#[test]
+fn plan_apply_moves_guests_between_daemons() {
+    let (a, b, _net, key, to_b) = two_daemons("apply", peer_port(1));
+    create(&a, "p1", TICK, &[]);
+    create(&a, "p2", TICK, &[]);
+    a.wait_console("p1", "tick 1", BOOT);
+    a.wait_console("p2", "tick 1", BOOT);
+    // The utilization trace, at 10 s: two intervals of each guest at least.
+    let mut trace = String::new();
+    a.wait_for("two intervals of usage", BOOT, || {
+        trace = a.ok(&["usage", "export", "--interval", "10", "--since", "10m"]);
+        ["p1,", "p2,"]
+            .iter()
+            .all(|g| trace.lines().filter(|l| l.starts_with(g)).count() >= 2)
+    });
+    // The planner replays 300 s intervals: the guests' minute of life is
+    // relabelled, 10 s to 300 s.
+    let relabelled: String = trace
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').collect();
+            if i == 0 || f.len() != 5 {
+                return format!("{l}\n");
+            }
+            let t: u64 = f[3].parse().expect("time_s");
+            format!("{},{},{},{},{}\n", f[0], f[1], f[2], t * 30, f[4])
+        })
+        .collect();
+    let dir = common::tempdir("apply-plan");
+    let (tf, inv, plan) = (
+        dir.join("trace.csv"),
+        dir.join("hosts.json"),
+        dir.join("plan.json"),
+    );
+    std::fs::write(&tf, relabelled).expect("trace");
+    // p2 to the second daemon first: the planner then empties one host.
+    a.ok(&["migrate", "p2", "--to", &to_b]);
+    let host = |name: &str, daemon: &str| {
+        format!(
+            r#"{{"name": "{name}", "cores": 2, "mips_per_core": 2500, "ram_mb": 4096, "idle_watts": 50, "max_watts": 100, "daemon": "{daemon}"}}"#
+        )
+    };
+    std::fs::write(
+        &inv,
+        format!(
+            r#"{{"hosts": [{}, {}], "placement": {{"p1": "a", "p2": "b"}}}}"#,
+            host("a", &format!("unix:{}", a.sock.display())),
+            host("b", &to_b)
+        ),
+    )
+    .expect("inventory");
+    let plan_args = |c: &mut std::process::Command| {
+        c.args(["plan", "--trace"])
+            .arg(&tf)
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--plan-out")
+            .arg(&plan)
+            .arg("--apply")
+            .arg("--peer-key-file")
+            .arg(&key);
+    };
+    let mut c = common::condo();
+    plan_args(&mut c);
+    let o = common::run(c, Duration::from_secs(600));
+    assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
+    eprintln!("{}", o.stdout);
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).expect("plan")).expect("plan JSON");
+    let moves = p["moves"].as_array().expect("moves");
+    assert_eq!(moves.len(), 1, "{p}");
+    let (g, to) = (
+        moves[0]["guest"].as_str().expect("guest"),
+        moves[0]["to"].as_str().expect("to"),
+    );
+    assert!(
+        o.stdout.contains(&format!("move 1/1: {g} ")),
+        "{}",
+        o.stdout
+    );
+    // Both guests now on one daemon, running and ticking.
+    let d = if to == "a" { &a } else { &b };
+    for n in ["p1", "p2"] {
+        assert_eq!(d.state_of(n), "running", "{n}");
+        let t = last_tick(&d.console(n)).unwrap_or(0);
+        d.wait_for(&format!("{n} ticking"), BOOT, || {
+            last_tick(&d.console(n)) > Some(t)
+        });
+    }
+    // The same plan again is stale: nothing moves, one line says why.
+    let mut c = common::condo();
+    plan_args(&mut c);
+    common::run(c, Duration::from_secs(600)).assert_one_error_line("the plan is stale");
+    assert_consistent(&a);
+    assert_consistent(&b);
+}

@@ -16,11 +16,13 @@
 //!   utilization traces; `events`: the event stream;
 //! - `http`, `api`, `server`, `daemon`: the REST API and the daemon;
 //! - `peer`, `migrate`: daemons reaching each other, and live migration
-//!   of a guest from one to another;
+//!   of a guest from one to another; `apply`: a consolidation plan's
+//!   moves made through the daemons (`condo plan --apply`);
 //! - `client`, `cli`, `console`, `top`, `exec`: the client side.
 
 pub mod accounting;
 pub mod api;
+pub mod apply;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
