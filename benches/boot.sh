@@ -30,7 +30,7 @@ if bash testhost/kvm-ok; then
 else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM, 2 vCPUs), both VMMs in the same L1"
   bash testhost/build.sh
-  bash testhost/run --cpus 2 --file "$condo_bin" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
+  bash testhost/run --cpus 2 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     --timeout 1800 -- "$bench_bin" "${args[@]}" | tee "$tmp"
 fi

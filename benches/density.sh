@@ -30,7 +30,7 @@ else
   mem="${TESTHOST_MEM:-16384}" cpus="${TESTHOST_CPUS:-2}"
   where="inside the nested test host (QEMU TCG L1 with emulated SVM, $cpus CPUs, $mem MiB)"
   bash testhost/build.sh
-  bash testhost/run --mem "$mem" --cpus "$cpus" --timeout 7200 --file "$condo_bin" --file "$bench_bin" \
+  bash testhost/run --mem "$mem" --cpus "$cpus" --timeout 7200 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$bench_bin" \
     --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     -- "$bench_bin" "${args[@]}" --dir /var/density | tee "$out"

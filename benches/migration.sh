@@ -44,7 +44,7 @@ if bash testhost/kvm-ok; then
 else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM, $th_cpus CPU(s), 8 GiB), both VMMs in the same L1"
   bash testhost/build.sh
-  bash testhost/run --cpus "$th_cpus" --mem 8192 --file "$condo_bin" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
+  bash testhost/run --cpus "$th_cpus" --mem 8192 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     --file "$CONDO_GUEST_INITRAMFS" --timeout "$timeout" -- "$bench_bin" "${args[@]}" --dir /var/migbench | tee "$tmp"
 fi

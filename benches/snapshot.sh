@@ -25,7 +25,7 @@ if bash testhost/kvm-ok; then
 else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM)"
   bash testhost/build.sh
-  bash testhost/run --cpus 2 --file "$condo_bin" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
+  bash testhost/run --cpus 2 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     --file "$CONDO_GUEST_INITRAMFS" --timeout 1800 -- "$bench_bin" "${args[@]}" --dir /var/snapbench | tee "$tmp"
 fi

@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 step "unit tests and command-line tests"
-cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test host_cli 2>&1
+cargo test --workspace --locked -q --lib --bins --test cli --test agent_local --test host_cli --test oci_cli 2>&1
 step "the planner replaying a real PlanetLab day against CloudSim's figures"
 cargo test -p plan --locked -q --test replay 2>&1
 
@@ -36,6 +36,11 @@ agent_bin=$(cargo test -p condo --test agent --locked --no-run --message-format=
 [ -x "$agent_bin" ] || die "agent test binary not built"
 # The host daemon's real-guest tests (condo/tests/host.rs).
 [ -x "$host_bin" ] || die "host daemon test binary not built"
+# The OCI runtime under podman and containerd (condo/tests/oci_engines.rs).
+oci_bin=$(cargo test -p condo --test oci_engines --locked --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "oci_engines" and .executable != null) | .executable')
+[ -x "$oci_bin" ] || die "OCI engine test binary not built"
+host_extra=() # more testhost/run options, for one session
 
 envs=(CONDO_GUEST_VMLINUX CONDO_GUEST_BZIMAGE CONDO_GUEST_INITRAMFS CONDO_CLOUD_KERNEL CONDO_CLOUD_INITRAMFS CONDO_GUEST_ROOTFS)
 if bash testhost/kvm-ok; then
@@ -50,7 +55,7 @@ else
   bash testhost/build.sh
   # debugfs and e2fsck let the tests read and check the disk images the
   # guests wrote.
-  args=(--file "$condo_bin" --file "$(command -v debugfs)" --file "$(command -v e2fsck)")
+  args=(--file "$condo_bin" --file "${condo_bin}-vmm" --file "$(command -v debugfs)" --file "$(command -v e2fsck)")
   for v in "${envs[@]}"; do
     args+=(--file "${!v}" --env "$v=${!v}")
   done
@@ -71,7 +76,7 @@ else
       skips=()
       for t in "${passed[@]}"; do skips+=(--skip "$t"); done
       rc=0
-      bash testhost/run --timeout 900 "${args[@]}" -- \
+      bash testhost/run --timeout "${host_timeout:-900}" "${host_extra[@]}" "${args[@]}" -- \
         "$boot_bin" --test-threads=1 --exact "${skips[@]}" "$@" | tee "$log" || rc=$?
       [ "$rc" = 125 ] || break
       # "test NAME ... ok", or "ok" alone after lines the test logged.
@@ -100,4 +105,21 @@ else
   step "host daemon tests, in their own test host"
   args+=(--file "$(command -v ip)" --file "$(command -v nft)")
   boot_bin="$host_bin" in_test_host
+fi
+
+# The engines run in the test host whatever this host's KVM can do: their
+# root (Debian's podman, conmon, runc and containerd with their
+# configuration) is the test host's engine layer (testhost/build-engines.sh).
+step "OCI runtime under podman and containerd, in a test host with the engine layer"
+bash testhost/build-engines.sh
+oci_args=(--engines --timeout 1500 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$(command -v mkfs.ext4)"
+  --file "$(command -v debugfs)" --file "$(command -v e2fsck)" --env CONDO_OCI_ENGINES=1)
+for v in CONDO_GUEST_VMLINUX CONDO_GUEST_INITRAMFS; do
+  oci_args+=(--file "${!v}" --env "$v=${!v}")
+done
+if declare -F in_test_host >/dev/null; then
+  host_extra=(--engines --file "$(command -v mkfs.ext4)" --env CONDO_OCI_ENGINES=1)
+  host_timeout=1500 boot_bin="$oci_bin" in_test_host
+else
+  bash testhost/run "${oci_args[@]}" -- "$oci_bin" --test-threads=1
 fi

@@ -17,6 +17,8 @@ while read -r m; do
 done < /etc/modules-load
 [ -c /dev/kvm ] || echo "testhost: /dev/kvm did not appear" >&2
 [ -f /testhost/env ] && . /testhost/env
+# The optional container-engine layer (testhost/build-engines.sh).
+[ -x /testhost/engines-init ] && /testhost/engines-init
 cd /tmp
 echo "@@testhost-start"
 sh /testhost/cmd

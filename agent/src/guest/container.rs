@@ -357,6 +357,15 @@ fn mount_one(
         }
     } else {
         let kind = m.kind.as_deref().unwrap_or_default();
+        // A type the guest kernel lacks is skipped before its mount point
+        // is made: it may lie under a read-only mount (cgroup under /sys).
+        if !kernel_has_filesystem(kind) {
+            log!(
+                "container setup: skipping mount {name}: the guest kernel has no {kind} filesystem"
+            );
+            report.skipped.push(name.clone());
+            return Ok(());
+        }
         ctx(make_mountpoint(&dest, true), || {
             format!("mount {name}: creating the mount point")
         })?;
@@ -387,6 +396,17 @@ fn mount_one(
         )?;
     }
     Ok(())
+}
+
+/// Whether the guest kernel knows filesystem `kind` (`/proc/filesystems`;
+/// when that cannot be read, the mount is tried and tells).
+fn kernel_has_filesystem(kind: &str) -> bool {
+    match fs::read_to_string("/proc/filesystems") {
+        Ok(list) => list
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(kind)),
+        Err(_) => true,
+    }
 }
 
 /// The device nodes and links a container's `/dev` tmpfs gets, as runc
