@@ -451,15 +451,29 @@ fn migration_requests_are_checked_and_the_peer_port_wants_the_key() {
     let ks = key.to_str().expect("key");
     let d = Daemon::start(
         "peer",
-        &["--no-network", "--peer-listen", &listen, "--peer-key-file", ks],
+        &[
+            "--no-network",
+            "--peer-listen",
+            &listen,
+            "--peer-key-file",
+            ks,
+        ],
     );
     let k = kernel(&d.dir);
     let (st, body) = d.api("POST", "/guests", &spec("a", &k, ""));
     assert_eq!(st, 201, "{body}");
     for (body, status, needle) in [
         (r#"{"to": "nowhere"}"#, 400, "daemon address \"nowhere\""),
-        (r#"{"to": "tcp:h:1", "downtime_ms": 0}"#, 400, "downtime 0 ms"),
-        (r#"{"to": "tcp:h:1", "speed": 1}"#, 400, "unknown field `speed`"),
+        (
+            r#"{"to": "tcp:h:1", "downtime_ms": 0}"#,
+            400,
+            "downtime 0 ms",
+        ),
+        (
+            r#"{"to": "tcp:h:1", "speed": 1}"#,
+            400,
+            "unknown field `speed`",
+        ),
         // A stopped guest does not move.
         (
             &format!(r#"{{"to": "tcp:{listen}"}}"#),
@@ -493,14 +507,28 @@ fn migration_requests_are_checked_and_the_peer_port_wants_the_key() {
     };
     let with_key = "Authorization: Bearer test-cluster-key-0123456789abcdef\r\n";
     assert!(ask("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 401"));
-    assert!(ask("GET / HTTP/1.1\r\nAuthorization: Bearer wrong-key-0123456789\r\nConnection: close\r\n\r\n")
-        .starts_with("HTTP/1.1 401"));
-    let info = ask(&format!("GET / HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"));
-    assert!(info.starts_with("HTTP/1.1 200") && info.contains("condo-daemon"), "{info}");
+    assert!(ask(
+        "GET / HTTP/1.1\r\nAuthorization: Bearer wrong-key-0123456789\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 401"));
+    let info = ask(&format!(
+        "GET / HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+    ));
+    assert!(
+        info.starts_with("HTTP/1.1 200") && info.contains("condo-daemon"),
+        "{info}"
+    );
     for path in ["/guests", "/guests/a/console", "/host"] {
-        let r = ask(&format!("GET {path} HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"));
+        let r = ask(&format!(
+            "GET {path} HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+        ));
         assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
     }
+    // One guest's record is served (plan --apply checks where it is).
+    let r = ask(&format!(
+        "GET /guests/nosuch HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+    ));
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     let r = ask(&format!(
         "DELETE /guests/a HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
     ));

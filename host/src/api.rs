@@ -66,11 +66,13 @@ pub enum Route {
 
 impl Route {
     /// Served on the TCP peer port too (with the cluster key): the
-    /// daemon's name, and the migration routes.
+    /// daemon's name, the migration routes, and one guest's record (which
+    /// `condo plan --apply` reads to find a stale plan before any move).
     pub fn is_peer(&self) -> bool {
         matches!(
             self,
             Route::Info
+                | Route::GetGuest(_)
                 | Route::Migrate(_)
                 | Route::Incoming
                 | Route::MigrationStatus(_)
@@ -380,5 +382,7 @@ mod tests {
         assert!(route("POST", "/migrations").unwrap().is_peer());
         assert!(!route("POST", "/guests").unwrap().is_peer());
         assert!(!route("GET", "/guests/a/console").unwrap().is_peer());
+        assert!(route("GET", "/guests/a").unwrap().is_peer());
+        assert!(!route("GET", "/guests").unwrap().is_peer());
     }
 }
