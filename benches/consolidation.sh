@@ -11,6 +11,7 @@
 #   WINDOW=8 WARMUP=2 benches/consolidation.sh   # a quick trial
 #   WORK=N benches/consolidation.sh     # skip the calibration: N rounds a request
 #   NOTE="..." benches/consolidation.sh # a sentence for the results file
+#   OUT=consolidation-x benches/consolidation.sh  # other result file names
 # KVM's halt polling is off for the run (HALT_POLL_NS=0, restored after; an
 # empty HALT_POLL_NS leaves it as it is): a halted vCPU that polls spends
 # host CPU waiting, which the accounting would charge to an idle guest, and
@@ -46,10 +47,12 @@ else
     -- "$bench_bin" "${args[@]}" --dir /var/consolidation | tee "$out"
 fi
 results=benches/results
+name="${OUT:-consolidation}"
+case "$name" in */* | "") die "OUT is a file name without a directory" ;; esac
 line=$(grep -a '^@@consolidation-result ' "$out" | tail -1 | tr -d '\r') ||
   die "the benchmark printed no result"
-printf '%s\n' "${line#@@consolidation-result }" > "$results/consolidation.json"
-"$bench_bin" consolidation-report --in "$results/consolidation.json" --md "$results/consolidation.md" \
-  --png "$results/consolidation.png" --where "$where" \
-  --note "${NOTE:-}" --command "RATE=$rate TARGET=$target WINDOW=$window WARMUP=$warmup${WORK:+ WORK=$WORK}${halt_poll:+ HALT_POLL_NS=$halt_poll} benches/consolidation.sh"
-cat "$results/consolidation.md"
+printf '%s\n' "${line#@@consolidation-result }" > "$results/$name.json"
+"$bench_bin" consolidation-report --in "$results/$name.json" --md "$results/$name.md" \
+  --png "$results/$name.png" --where "$where" \
+  --note "${NOTE:-}" --command "RATE=$rate TARGET=$target WINDOW=$window WARMUP=$warmup${WORK:+ WORK=$WORK}${halt_poll:+ HALT_POLL_NS=$halt_poll}${OUT:+ OUT=$OUT} benches/consolidation.sh"
+cat "$results/$name.md"
