@@ -11,11 +11,15 @@
 //! Usage: condo-bench boot --condo PATH --qemu PATH --kernel VMLINUX
 //!        --initrd INITRAMFS [--rounds N] [--cpus N] [--memory MiB]
 //!
-//! The other subcommands: `snapshot` ([`snapshot`]) and `migration`
-//! ([`migration`]).
+//! The other subcommands: `snapshot` ([`snapshot`]), `migration`
+//! ([`migration`]), `density` ([`density`]), and `consolidation`
+//! ([`consolidation`]) with its `consolidation-report`
+//! ([`consolidation_report`]).
 
 #![allow(clippy::print_stdout)]
 
+mod consolidation;
+mod consolidation_report;
 mod density;
 mod migration;
 mod snapshot;
@@ -42,7 +46,7 @@ struct Sample {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: condo-bench boot|snapshot|migration --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
+        "usage: condo-bench boot|snapshot|migration|density|consolidation --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
          [--rounds N] [--cpus N] [--memory MiB]"
     );
     std::process::exit(2)
@@ -63,6 +67,20 @@ fn parse() -> Opts {
             Ok(()) => std::process::exit(0),
             Err(e) => {
                 eprintln!("condo-bench snapshot: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("consolidation") => match consolidation::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench consolidation: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("consolidation-report") => match consolidation_report::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench consolidation-report: {e}");
                 std::process::exit(1)
             }
         },

@@ -81,10 +81,16 @@ fn main() -> ExitCode {
         Command::Vmm(c) => vmm_cli::dispatch(c),
         Command::Oci(a) => ExitCode::from(u8::try_from(oci::run(*a)).unwrap_or(1)),
         Command::Plan(a) => match plan::run(&a) {
-            Ok(text) => {
+            Ok(p) => {
                 use std::io::Write;
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
-                ExitCode::SUCCESS
+                let _ = std::io::stdout().lock().write_all(p.text.as_bytes());
+                if !a.apply {
+                    return ExitCode::SUCCESS;
+                }
+                match apply_plan(&a, &p) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
             }
             Err(e) => fail(e),
         },
@@ -93,4 +99,24 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
     }
+}
+
+/// `condo plan --apply`: the plan's moves, made by the hosts' daemons.
+fn apply_plan(a: &plan::PlanArgs, p: &plan::Planned) -> Result<(), host::error::Error> {
+    let key = a
+        .peer_key_file
+        .as_deref()
+        .map(host::peer::PeerKey::load)
+        .transpose()?;
+    let moves: Vec<host::apply::Move> = p
+        .moves
+        .iter()
+        .map(|m| host::apply::Move {
+            order: m.order,
+            guest: m.guest.clone(),
+            from: m.from.clone(),
+            to: m.to.clone(),
+        })
+        .collect();
+    host::apply::apply(&moves, &p.daemons, key, &mut std::io::stdout().lock())
 }

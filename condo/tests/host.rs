@@ -311,7 +311,7 @@ fn guests_reach_each_other_and_the_host_over_the_bridge() {
     assert_eq!(got.trim(), "via-nat");
     assert_eq!(peer, Outside::HOST_ADDR, "not masqueraded");
     d.ok(&["rm", "--force", "n"]); // room for the clone below (admission)
-    // The host reaches the guest too.
+                                   // The host reaches the guest too.
     let ok = std::process::Command::new("ping")
         .args(["-c", "1", "-W", "5", &a])
         .stdout(std::process::Stdio::null())
@@ -777,4 +777,270 @@ impl Drop for Outside {
             .args(["netns", "del", &self.ns])
             .status();
     }
+}
+
+/// Every `tick N` a console shows, in order.
+fn ticks(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+/// A TCP port for a daemon's --peer-listen, different for each test.
+fn peer_port(n: u16) -> u16 {
+    17_000 + (std::process::id() % 4000) as u16 * 2 + n
+}
+
+/// Two daemons on one network (bridges joined, one subnet, the second
+/// handing out .100 to .200 and listening for peers on TCP), with a
+/// cluster key. Returns them, the join, the key file and the second's
+/// peer address.
+fn two_daemons(
+    name: &str,
+    port: u16,
+) -> (
+    Daemon,
+    Daemon,
+    daemon_support::JoinedBridges,
+    std::path::PathBuf,
+    String,
+) {
+    let dir = common::tempdir(&format!("{name}-key"));
+    let key = daemon_support::key_file(&dir);
+    let ks = key.to_str().expect("key path").to_owned();
+    let a = Daemon::start(&format!("{name}-a"), &["--peer-key-file", &ks]);
+    let range = format!("{p}.100-{p}.200", p = a.subnet_prefix);
+    let listen = format!("127.0.0.1:{port}");
+    let b = Daemon::start_sharing(
+        &format!("{name}-b"),
+        &a,
+        &[
+            "--address-range",
+            &range,
+            "--uid-base",
+            "300000",
+            "--peer-listen",
+            &listen,
+            "--peer-key-file",
+            &ks,
+        ],
+    );
+    let net = daemon_support::JoinedBridges::new(&a, &b);
+    (a, b, net, key, format!("tcp:{listen}"))
+}
+
+#[test]
+fn a_guest_moves_to_another_daemon_and_keeps_ticking() {
+    let (a, b, _net, _key, to_b) = two_daemons("mig", peer_port(0));
+    create(&a, "g1", TICK, &[]);
+    a.wait_console("g1", "tick 2", BOOT);
+    let (ip, mac) = {
+        let g = a.guest("g1");
+        (
+            g["ip"].as_str().expect("ip").to_owned(),
+            g["mac"].as_str().expect("mac").to_owned(),
+        )
+    };
+    // Refused by the destination: a guest of that name is there.
+    let args = create_args("g1", TICK, &["--no-start"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    b.ok(&args);
+    a.run(&["migrate", "g1", "--to", &to_b])
+        .assert_one_error_line("already exists here");
+    assert_eq!(a.state_of("g1"), "running");
+    b.ok(&["rm", "g1"]);
+    // Failed half-way: at 1 MiB/s the guest's memory does not go in 2 s.
+    // It runs on where it was, and the destination keeps nothing of it.
+    a.run(&[
+        "migrate",
+        "g1",
+        "--to",
+        &to_b,
+        "--bandwidth",
+        "1",
+        "--timeout",
+        "2",
+    ])
+    .assert_one_error_line("runs here still");
+    assert_eq!(a.state_of("g1"), "running");
+    let t = last_tick(&a.console("g1")).unwrap_or(0);
+    a.wait_for("g1 ticking on after the failed move", BOOT, || {
+        last_tick(&a.console("g1")) > Some(t + 1)
+    });
+    b.wait_for("the destination's slot rolled back", BOOT, || {
+        b.api("GET", "/guests", "").1 == "[]"
+    });
+    assert_consistent(&b);
+    // The peer port wants the cluster key.
+    let mut s = std::net::TcpStream::connect(to_b.trim_start_matches("tcp:")).expect("peer port");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("read");
+    assert_eq!(&head, b"HTTP/1.1 401");
+    // The move.
+    let t_move = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let out = a.ok(&["migrate", "g1", "--to", &to_b]);
+    eprintln!("{}", out.trim());
+    assert!(
+        out.contains("g1: moved to") && out.contains(&format!("running there, {ip}")),
+        "{out}"
+    );
+    assert_eq!(a.state_of("g1"), "moved");
+    assert_eq!(a.guest("g1")["moved_to"], to_b.as_str());
+    let g = b.guest("g1");
+    assert_eq!(g["state"], "running");
+    assert_eq!(
+        (g["ip"].as_str(), g["mac"].as_str()),
+        (Some(ip.as_str()), Some(mac.as_str()))
+    );
+    assert!(b
+        .ok(&["ls"])
+        .lines()
+        .any(|l| l.starts_with("g1 ") && l.contains("running")));
+    // No gap: the destination's ticks follow the source's last (a line cut
+    // by the hand-over may be lost: at most one number).
+    let src = ticks(&a.console("g1"));
+    let last_src = *src.last().expect("ticks on the source");
+    b.wait_for("g1 ticking on the destination", BOOT, || {
+        last_tick(&b.console("g1")) > Some(last_src + 2)
+    });
+    let dst = ticks(&b.console("g1"));
+    assert!(
+        dst[0] == last_src + 1 || dst[0] == last_src + 2,
+        "source ended at tick {last_src}, destination began at {}",
+        dst[0]
+    );
+    assert!(dst.windows(2).all(|w| w[1] == w[0] + 1), "{dst:?}");
+    // Its address went with it: the host reaches it through the network.
+    let pinged = (0..5).any(|_| {
+        std::process::Command::new("ping")
+            .args(["-c", "1", "-W", "3", &ip])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(pinged, "the host cannot ping {ip} after the move");
+    // Its accounting goes on there, history included.
+    let u: serde_json::Value =
+        serde_json::from_str(&b.ok(&["usage", "show", "g1", "--since", "10m"])).expect("usage");
+    let samples = u["samples"].as_array().expect("samples");
+    assert!(
+        samples.iter().any(|s| s["t_ms"].as_i64() < Some(t_move)),
+        "no history from before the move: {u}"
+    );
+    assert!(b
+        .ok(&["events", "--since", "1h", "--no-follow"])
+        .contains("\"kind\":\"migrated-in\""));
+    assert!(a
+        .ok(&["events", "--since", "1h", "--no-follow"])
+        .contains("\"kind\":\"moved\""));
+    assert_consistent(&a);
+    assert_consistent(&b);
+    // The record here keeps the name until it is removed.
+    a.run(&["start", "g1"]).assert_one_error_line("moved to");
+    a.ok(&["rm", "g1"]);
+    assert!(a.ok(&["ls"]).lines().count() == 1);
+}
+
+#[test]
+fn plan_apply_moves_guests_between_daemons() {
+    let (a, b, _net, key, to_b) = two_daemons("apply", peer_port(1));
+    create(&a, "p1", TICK, &[]);
+    create(&a, "p2", TICK, &[]);
+    a.wait_console("p1", "tick 1", BOOT);
+    a.wait_console("p2", "tick 1", BOOT);
+    // The utilization trace, at 10 s: two intervals of each guest at least.
+    let mut trace = String::new();
+    a.wait_for("two intervals of usage", BOOT, || {
+        trace = a.ok(&["usage", "export", "--interval", "10", "--since", "10m"]);
+        ["p1,", "p2,"]
+            .iter()
+            .all(|g| trace.lines().filter(|l| l.starts_with(g)).count() >= 2)
+    });
+    // The planner replays 300 s intervals: the guests' minute of life is
+    // relabelled, 10 s to 300 s.
+    let relabelled: String = trace
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').collect();
+            if i == 0 || f.len() != 5 {
+                return format!("{l}\n");
+            }
+            let t: u64 = f[3].parse().expect("time_s");
+            format!("{},{},{},{},{}\n", f[0], f[1], f[2], t * 30, f[4])
+        })
+        .collect();
+    let dir = common::tempdir("apply-plan");
+    let (tf, inv, plan) = (
+        dir.join("trace.csv"),
+        dir.join("hosts.json"),
+        dir.join("plan.json"),
+    );
+    std::fs::write(&tf, relabelled).expect("trace");
+    // p2 to the second daemon first: the planner then empties one host.
+    a.ok(&["migrate", "p2", "--to", &to_b]);
+    let host = |name: &str, daemon: &str| {
+        format!(
+            r#"{{"name": "{name}", "cores": 2, "mips_per_core": 2500, "ram_mb": 4096, "idle_watts": 50, "max_watts": 100, "daemon": "{daemon}"}}"#
+        )
+    };
+    std::fs::write(
+        &inv,
+        format!(
+            r#"{{"hosts": [{}, {}], "placement": {{"p1": "a", "p2": "b"}}}}"#,
+            host("a", &format!("unix:{}", a.sock.display())),
+            host("b", &to_b)
+        ),
+    )
+    .expect("inventory");
+    let plan_args = |c: &mut std::process::Command| {
+        c.args(["plan", "--trace"])
+            .arg(&tf)
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--plan-out")
+            .arg(&plan)
+            .arg("--apply")
+            .arg("--peer-key-file")
+            .arg(&key);
+    };
+    let mut c = common::condo();
+    plan_args(&mut c);
+    let o = common::run(c, Duration::from_secs(600));
+    assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
+    eprintln!("{}", o.stdout);
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).expect("plan")).expect("plan JSON");
+    let moves = p["moves"].as_array().expect("moves");
+    assert_eq!(moves.len(), 1, "{p}");
+    let (g, to) = (
+        moves[0]["guest"].as_str().expect("guest"),
+        moves[0]["to"].as_str().expect("to"),
+    );
+    assert!(
+        o.stdout.contains(&format!("move 1/1: {g} ")),
+        "{}",
+        o.stdout
+    );
+    // Both guests now on one daemon, running and ticking.
+    let d = if to == "a" { &a } else { &b };
+    for n in ["p1", "p2"] {
+        assert_eq!(d.state_of(n), "running", "{n}");
+        let t = last_tick(&d.console(n)).unwrap_or(0);
+        d.wait_for(&format!("{n} ticking"), BOOT, || {
+            last_tick(&d.console(n)) > Some(t)
+        });
+    }
+    // The same plan again is stale: nothing moves, one line says why.
+    let mut c = common::condo();
+    plan_args(&mut c);
+    common::run(c, Duration::from_secs(600)).assert_one_error_line("the plan is stale");
+    assert_consistent(&a);
+    assert_consistent(&b);
 }

@@ -437,3 +437,132 @@ fn the_trace_has_the_planners_header_and_the_client_explains_a_missing_daemon() 
     run(c, Duration::from_secs(30))
         .assert_one_error_line("cannot reach the condo daemon at /nonexistent/condo.sock");
 }
+
+#[test]
+fn migration_requests_are_checked_and_the_peer_port_wants_the_key() {
+    if !root_or_skip("migration_requests") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let dir = tempdir("peer-key");
+    let key = daemon_support::key_file(&dir);
+    let port = 19_000 + (std::process::id() % 4000) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let ks = key.to_str().expect("key");
+    let d = Daemon::start(
+        "peer",
+        &[
+            "--no-network",
+            "--peer-listen",
+            &listen,
+            "--peer-key-file",
+            ks,
+        ],
+    );
+    let k = kernel(&d.dir);
+    let (st, body) = d.api("POST", "/guests", &spec("a", &k, ""));
+    assert_eq!(st, 201, "{body}");
+    for (body, status, needle) in [
+        (r#"{"to": "nowhere"}"#, 400, "daemon address \"nowhere\""),
+        (
+            r#"{"to": "tcp:h:1", "downtime_ms": 0}"#,
+            400,
+            "downtime 0 ms",
+        ),
+        (
+            r#"{"to": "tcp:h:1", "speed": 1}"#,
+            400,
+            "unknown field `speed`",
+        ),
+        // A stopped guest does not move.
+        (
+            &format!(r#"{{"to": "tcp:{listen}"}}"#),
+            409,
+            "only a running or paused guest can be migrated",
+        ),
+    ] {
+        let (st, b) = d.api("POST", "/guests/a/migrate", body);
+        assert_eq!(st, status, "{body}: {b}");
+        assert!(error_of(&b).contains(needle), "{body}: {b}");
+    }
+    let (st, b) = d.api("POST", "/guests/zz/migrate", r#"{"to": "tcp:h:1"}"#);
+    assert_eq!(st, 404, "{b}");
+    // A slot for a guest whose files this host does not have is refused.
+    let (st, b) = d.api(
+        "POST",
+        "/migrations",
+        r#"{"spec": {"name": "x", "kernel": "/nonexistent/k"}, "source": "t"}"#,
+    );
+    assert_eq!(st, 400, "{b}");
+    assert!(error_of(&b).contains("is not on this host"), "{b}");
+    let (st, _) = d.api("GET", "/migrations/0123", "");
+    assert_eq!(st, 404);
+    // The peer port: the key, then only the migration routes.
+    let ask = |req: &str| {
+        let mut s = std::net::TcpStream::connect(&listen).expect("peer port");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let with_key = "Authorization: Bearer test-cluster-key-0123456789abcdef\r\n";
+    assert!(ask("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 401"));
+    assert!(ask(
+        "GET / HTTP/1.1\r\nAuthorization: Bearer wrong-key-0123456789\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 401"));
+    let info = ask(&format!(
+        "GET / HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+    ));
+    assert!(
+        info.starts_with("HTTP/1.1 200") && info.contains("condo-daemon"),
+        "{info}"
+    );
+    for path in ["/guests", "/guests/a/console", "/host"] {
+        let r = ask(&format!(
+            "GET {path} HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+        ));
+        assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+    }
+    // One guest's record is served (plan --apply checks where it is).
+    let r = ask(&format!(
+        "GET /guests/nosuch HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+    ));
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    let r = ask(&format!(
+        "DELETE /guests/a HTTP/1.1\r\n{with_key}Connection: close\r\n\r\n"
+    ));
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // The client's one line.
+    d.run(&["migrate", "a", "--to", "nowhere"])
+        .assert_one_error_line("daemon address \"nowhere\"");
+    d.run(&["migrate", "a", "--to", &format!("tcp:{listen}")])
+        .assert_one_error_line("only a running or paused guest can be migrated");
+    // A key file others can read is refused, and so is a peer port
+    // without a key.
+    let loose = dir.join("loose.key");
+    std::fs::write(&loose, "0123456789abcdef0123").expect("key");
+    let o = run(
+        {
+            let mut c = condo();
+            c.args(["daemon", "--state-dir"])
+                .arg(dir.join("s2"))
+                .args(["--listen"])
+                .arg(dir.join("s2.sock"))
+                .args(["--no-network", "--peer-key-file"])
+                .arg(&loose);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    o.assert_one_error_line("readable by group or others");
+    let o = run(
+        {
+            let mut c = condo();
+            c.args(["daemon", "--peer-listen", "0.0.0.0:7070", "--no-network"]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    o.assert_one_error_line("--peer-key-file");
+}

@@ -73,17 +73,24 @@ impl Sampler {
         let now = now_ms();
         let live = rows
             .iter()
-            .filter(|g| matches!(g.state, GuestState::Running | GuestState::Paused))
+            .filter(|g| {
+                matches!(
+                    g.state,
+                    GuestState::Running | GuestState::Paused | GuestState::Migrating
+                )
+            })
             .count() as u64;
         let metrics_every = live.div_ceil(METRICS_PER_SAMPLE).max(1);
         let touched_every = live.div_ceil(SMAPS_PER_SAMPLE).max(TOUCHED_EVERY);
         let mut raw = Vec::new();
         let mut minutes = Vec::new();
         let mut stats = HashMap::new();
-        for g in rows
-            .iter()
-            .filter(|g| matches!(g.state, GuestState::Running | GuestState::Paused))
-        {
+        for g in rows.iter().filter(|g| {
+            matches!(
+                g.state,
+                GuestState::Running | GuestState::Paused | GuestState::Migrating
+            )
+        }) {
             let Some(jail) = g.pid else { continue };
             let Some(vmm) = procfs::first_child(jail) else {
                 continue;
@@ -320,8 +327,15 @@ pub const TRACE_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=86400;
 /// seconds since the trace start (a multiple of the interval), `cpu_pct`
 /// the guest's CPU use in % of its vCPUs (0-100), grouped by guest and in
 /// time order. Intervals that are whole minutes use the one-minute
-/// aggregates, others the full-resolution samples.
-pub fn trace(m: &Manager, interval_s: u64, since_ms: i64) -> Result<String> {
+/// aggregates, others the full-resolution samples. With `origin_ms`,
+/// `time_s` counts from it (floored to the interval) and earlier records
+/// are left out: exports of several daemons with one origin line up.
+pub fn trace(
+    m: &Manager,
+    interval_s: u64,
+    since_ms: i64,
+    origin_ms: Option<i64>,
+) -> Result<String> {
     if !TRACE_INTERVAL_S.contains(&interval_s) {
         return Err(Error::invalid(format!(
             "interval {interval_s} s: between {} and {}",
@@ -343,15 +357,25 @@ pub fn trace(m: &Manager, interval_s: u64, since_ms: i64) -> Result<String> {
         if rows.is_empty() {
             continue;
         }
+        let floor = origin_ms.map(|o| o - o.rem_euclid(iv));
         let mut buckets = BTreeMap::new();
         for u in rows {
             let b = u.t_ms - u.t_ms.rem_euclid(iv);
+            if floor.is_some_and(|f| b < f) {
+                continue;
+            }
             *buckets.entry(b).or_insert(0) += u.cpu_us;
+        }
+        if buckets.is_empty() {
+            continue;
         }
         if let Some((&first, _)) = buckets.iter().next() {
             start = start.min(first);
         }
         series.push((name.clone(), *vcpus, *mem, buckets));
+    }
+    if let Some(o) = origin_ms {
+        start = o - o.rem_euclid(iv);
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     for (n, ..) in &series {

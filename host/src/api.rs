@@ -5,6 +5,8 @@
 //! with the status of their kind. Streams (events, the console) are served
 //! by `server.rs`; this module answers everything that is one response.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -14,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::manager::Manager;
 use crate::model::{
-    CloneRequest, DeleteRequest, GuestSpec, ImageSpec, SnapshotRequest, StopRequest,
+    CloneRequest, DeleteRequest, GuestSpec, ImageSpec, IncomingGuest, MigrateRequest,
+    SnapshotRequest, StopRequest, UsageImport,
 };
 
 /// A guest action (`POST /guests/{name}/{action}`).
@@ -50,6 +53,34 @@ pub enum Route {
     ListSnapshots,
     DeleteSnapshot(String),
     CloneSnapshot(String),
+    /// `POST /guests/{name}/migrate`: move it to another daemon.
+    Migrate(String),
+    /// `POST /migrations`: a receiving slot for a guest (daemon to daemon).
+    Incoming,
+    MigrationStatus(String),
+    AbortMigration(String),
+    /// `GET /migrations/{id}/stream` with `Upgrade: migration`.
+    MigrationStream(String),
+    MigrationUsage(String),
+}
+
+impl Route {
+    /// Served on the TCP peer port too (with the cluster key): the
+    /// daemon's name, the migration routes, and one guest's record (which
+    /// `condo plan --apply` reads to find a stale plan before any move).
+    pub fn is_peer(&self) -> bool {
+        matches!(
+            self,
+            Route::Info
+                | Route::GetGuest(_)
+                | Route::Migrate(_)
+                | Route::Incoming
+                | Route::MigrationStatus(_)
+                | Route::AbortMigration(_)
+                | Route::MigrationStream(_)
+                | Route::MigrationUsage(_)
+        )
+    }
 }
 
 /// Maps a method and path to a route; a 404 or 405 otherwise.
@@ -70,6 +101,7 @@ pub fn route(method: &str, path: &str) -> std::result::Result<Route, Response> {
         (["guests", g, "usage"], "GET") => Route::GuestUsage(name(g)),
         (["guests", g, "console"], "GET") => Route::Console(name(g)),
         (["guests", g, "exec"], "POST") => Route::Exec(name(g)),
+        (["guests", g, "migrate"], "POST") => Route::Migrate(name(g)),
         (["guests", g, a], "POST") => {
             let action = match *a {
                 "start" => Action::Start,
@@ -88,6 +120,11 @@ pub fn route(method: &str, path: &str) -> std::result::Result<Route, Response> {
         (["snapshots"], "GET") => Route::ListSnapshots,
         (["snapshots", s], "DELETE") => Route::DeleteSnapshot(name(s)),
         (["snapshots", s, "clone"], "POST") => Route::CloneSnapshot(name(s)),
+        (["migrations"], "POST") => Route::Incoming,
+        (["migrations", i], "GET") => Route::MigrationStatus(name(i)),
+        (["migrations", i], "DELETE") => Route::AbortMigration(name(i)),
+        (["migrations", i, "stream"], "GET") => Route::MigrationStream(name(i)),
+        (["migrations", i, "usage"], "POST") => Route::MigrationUsage(name(i)),
         ([""] | [] | ["host"] | ["metrics"] | ["events"] | ["usage", "trace"], _)
         | (["guests"], _)
         | (["guests", _], _)
@@ -96,7 +133,10 @@ pub fn route(method: &str, path: &str) -> std::result::Result<Route, Response> {
         | (["images", _], _)
         | (["snapshots"], _)
         | (["snapshots", _], _)
-        | (["snapshots", _, "clone"], _) => return Err(not_allowed()),
+        | (["snapshots", _, "clone"], _)
+        | (["migrations"], _)
+        | (["migrations", _], _)
+        | (["migrations", _, "stream" | "usage"], _) => return Err(not_allowed()),
         _ => return Err(Response::error(404, format!("no such resource {path}"))),
     };
     Ok(r)
@@ -164,6 +204,9 @@ pub fn check(req: &Request) -> Result<Route> {
         Route::Exec(_) => {
             body::<crate::model::ExecRequest>(req)?.process()?;
         }
+        Route::Migrate(_) => body::<MigrateRequest>(req)?.validate()?,
+        Route::Incoming => body::<IncomingGuest>(req)?.validate()?,
+        Route::MigrationUsage(_) => body::<UsageImport>(req)?.validate()?,
         Route::GuestUsage(_) | Route::Events | Route::Trace => {
             since(req, 0)?;
         }
@@ -173,11 +216,15 @@ pub fn check(req: &Request) -> Result<Route> {
         i.parse::<u64>()
             .map_err(|_| Error::invalid(format!("interval {i:?}")))?;
     }
+    if let Some(o) = req.param("origin") {
+        o.parse::<u32>()
+            .map_err(|_| Error::invalid(format!("origin {o:?}: Unix seconds")))?;
+    }
     Ok(r)
 }
 
 /// Answers one request (not the streams).
-pub fn handle(m: &Manager, req: &Request) -> Response {
+pub fn handle(m: &Arc<Manager>, req: &Request) -> Response {
     let route = match route(&req.method, &req.path) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -207,7 +254,17 @@ pub fn handle(m: &Manager, req: &Request) -> Response {
                     None => 300,
                 };
                 let since = since(req, 7 * 86_400_000)?;
-                accounting::trace(m, interval, since)
+                let origin = match req.param("origin") {
+                    Some(o) => Some(
+                        o.parse::<i64>()
+                            .ok()
+                            .and_then(|s| s.checked_mul(1000))
+                            .filter(|v| *v >= 0)
+                            .ok_or_else(|| Error::invalid(format!("origin {o:?}: Unix seconds")))?,
+                    ),
+                    None => None,
+                };
+                accounting::trace(m, interval, since, origin)
             })();
             match r {
                 Ok(t) => Response::typed(t, "text/csv"),
@@ -268,7 +325,26 @@ pub fn handle(m: &Manager, req: &Request) -> Response {
             201,
             body::<CloneRequest>(req).and_then(|c| m.clone_snapshot(&s, &c)),
         ),
-        Route::Console(_) | Route::Exec(_) => {
+        Route::Migrate(n) => reply(
+            200,
+            body::<MigrateRequest>(req).and_then(|r| m.migrate_out(&n, &r)),
+        ),
+        Route::Incoming => reply(
+            201,
+            body::<IncomingGuest>(req).and_then(|r| m.prepare_incoming(r)),
+        ),
+        Route::MigrationStatus(i) => reply(200, m.slot_status(&i)),
+        Route::AbortMigration(i) => match m.abort_slot(&i) {
+            Ok(()) => Response::no_content(),
+            Err(e) => Response::error(e.status(), e),
+        },
+        Route::MigrationUsage(i) => {
+            match body::<UsageImport>(req).and_then(|u| m.import_usage(&i, &u)) {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::error(e.status(), e),
+            }
+        }
+        Route::Console(_) | Route::Exec(_) | Route::MigrationStream(_) => {
             Response::error(400, "this resource is a stream: see docs/host-api.yaml")
         }
     }
@@ -294,5 +370,19 @@ mod tests {
             route("POST", "/snapshots/s/clone").unwrap(),
             Route::CloneSnapshot("s".into())
         );
+        assert_eq!(
+            route("POST", "/guests/a/migrate").unwrap(),
+            Route::Migrate("a".into())
+        );
+        assert_eq!(
+            route("GET", "/migrations/ab12/stream").unwrap(),
+            Route::MigrationStream("ab12".into())
+        );
+        assert_eq!(route("PUT", "/migrations/x").unwrap_err().status, 405);
+        assert!(route("POST", "/migrations").unwrap().is_peer());
+        assert!(!route("POST", "/guests").unwrap().is_peer());
+        assert!(!route("GET", "/guests/a/console").unwrap().is_peer());
+        assert!(route("GET", "/guests/a").unwrap().is_peer());
+        assert!(!route("GET", "/guests").unwrap().is_peer());
     }
 }

@@ -1,7 +1,8 @@
 //! The host manager's commands in the `condo` binary: `condo daemon`, and
 //! the client commands that talk to it (`create`, `ls`, `start`, `stop`,
 //! `restart`, `pause`, `resume`, `snapshot`, `snapshots`, `clone`, `rm`,
-//! `console`, `exec`, `top`, `host`, `image`, `usage`, `events`). The
+//! `console`, `exec`, `migrate`, `top`, `host`, `image`, `usage`,
+//! `events`). The
 //! binary flattens [`HostCommand`] into its own subcommands and maps an
 //! error to one `condo: error: ...` line.
 
@@ -15,8 +16,8 @@ use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::manager::{GuestInfo, HostReport};
 use crate::model::{
-    parse_size_mib, CloneRequest, DeleteRequest, GuestSpec, HugePages, ImageSpec, RestartPolicy,
-    SnapshotRequest, StopRequest,
+    parse_size_mib, CloneRequest, DeleteRequest, GuestSpec, HugePages, ImageSpec, MigrateRequest,
+    RestartPolicy, SnapshotRequest, StopRequest,
 };
 
 /// Where the daemon listens (client side).
@@ -181,6 +182,26 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct MigrateArgs {
+    pub name: String,
+    /// The destination daemon: unix:/path/to/condo.sock (its API socket)
+    /// or tcp:HOST:PORT (its --peer-listen port).
+    #[arg(long)]
+    pub to: String,
+    /// The pause the guest may see for the last pass, ms (default 300).
+    #[arg(long)]
+    pub downtime_ms: Option<u64>,
+    /// Give up after this many seconds; the guest stays here (default 3600).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Send at most this many MiB per second.
+    #[arg(long)]
+    pub bandwidth: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+#[derive(Args, Debug)]
 pub struct ListArgs {
     /// JSON instead of a table.
     #[arg(long)]
@@ -252,6 +273,11 @@ pub enum UsageCommand {
         interval: u64,
         #[arg(long, default_value = "7d")]
         since: String,
+        /// Count time_s from this time (Unix seconds; records before it
+        /// are left out): exports of several daemons with one origin line
+        /// up, for the planner.
+        #[arg(long)]
+        origin: Option<u64>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -300,6 +326,9 @@ pub enum HostCommand {
     Console(NameArg),
     /// Run a command in a guest (through its agent).
     Exec(ExecArgs),
+    /// Move a running guest to another daemon while it runs (live
+    /// migration; its disk on storage both see).
+    Migrate(MigrateArgs),
     /// A live view of the guests' and the host's utilization.
     Top(TopArgs),
     /// The host's capacity, commitments and use.
@@ -427,6 +456,7 @@ pub fn run(cmd: HostCommand) -> Result<u8> {
         }),
         HostCommand::Console(a) => crate::console::attach(&a.client.socket, &a.name),
         HostCommand::Exec(a) => crate::exec::run(&a.client.socket, &a.name, &a.command),
+        HostCommand::Migrate(a) => migrate(&a),
         HostCommand::Top(a) => crate::top::run(&a.client.client(), a.interval, a.once),
         HostCommand::Host(a) => host(&a),
         HostCommand::Image(c) => image(c),
@@ -509,6 +539,30 @@ fn create(a: CreateArgs) -> Result<u8> {
         g.name,
         g.state,
         g.ip.map(|i| format!(" {i}")).unwrap_or_default()
+    );
+    Ok(0)
+}
+
+fn migrate(a: &MigrateArgs) -> Result<u8> {
+    let body = MigrateRequest {
+        to: a.to.clone(),
+        downtime_ms: a.downtime_ms,
+        timeout_s: a.timeout,
+        bandwidth_mib_s: a.bandwidth,
+    };
+    body.validate()?;
+    let r: crate::migrate::MigrateReport =
+        a.client
+            .client()
+            .send("POST", &format!("/guests/{}/migrate", a.name), &body)?;
+    let _ = writeln!(
+        out(),
+        "{}: moved to {} in {} ms ({} there{})",
+        r.guest,
+        r.to,
+        r.ms,
+        r.state,
+        r.ip.map(|i| format!(", {i}")).unwrap_or_default()
     );
     Ok(0)
 }
@@ -668,13 +722,14 @@ fn usage(c: UsageCommand) -> Result<u8> {
         UsageCommand::Export {
             interval,
             since,
+            origin,
             client,
         } => {
-            let b = client.client().call(
-                "GET",
-                &format!("/usage/trace?interval={interval}&since={}", encode(&since)),
-                None,
-            )?;
+            let mut path = format!("/usage/trace?interval={interval}&since={}", encode(&since));
+            if let Some(o) = origin {
+                path.push_str(&format!("&origin={o}"));
+            }
+            let b = client.client().call("GET", &path, None)?;
             let _ = out().write_all(b.as_bytes());
             Ok(0)
         }

@@ -35,6 +35,23 @@ pub struct DaemonConfig {
     /// No managed network at all (guests get no interface).
     #[arg(long)]
     pub no_network: bool,
+    /// The addresses this daemon gives its guests, FIRST-LAST inside the
+    /// subnet (default: all of it). Daemons that share a subnet on one
+    /// network (so that guests keep their address when they move between
+    /// them) give each a range of its own.
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub address_range: Option<String>,
+    /// Also listen on this TCP address (HOST:PORT) for other daemons'
+    /// migration requests (and `condo plan --apply`): only the migration
+    /// routes, each authenticated with --peer-key-file. Not encrypted: a
+    /// trusted network only (docs/host.md).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_listen: Option<String>,
+    /// The cluster key (a file, mode 0600, the same on every host): what
+    /// requests on --peer-listen must carry, and what this daemon sends
+    /// when it migrates a guest to a daemon's TCP port.
+    #[arg(long, value_name = "FILE", env = "CONDO_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
     /// Committed guest memory may reach this times the host's memory.
     #[arg(long, default_value_t = 1.0)]
     pub memory_overcommit: f64,
@@ -118,6 +135,37 @@ impl Subnet {
     pub fn guest_hosts(&self) -> std::ops::Range<u32> {
         2..self.size() - 1
     }
+
+    /// Whether `ip` is one a guest may have: inside the subnet, not its
+    /// network, gateway or broadcast address.
+    pub fn holds_guest(&self, ip: Ipv4Addr) -> bool {
+        let n = u32::from(ip).wrapping_sub(u32::from(self.base));
+        self.guest_hosts().contains(&n) && u32::from(ip) >= u32::from(self.base)
+    }
+
+    /// Parses `FIRST-LAST` (two addresses of the subnet a guest may have)
+    /// into host numbers.
+    pub fn range(&self, s: &str) -> Result<std::ops::Range<u32>, Invalid> {
+        let bad = |why: &str| Invalid(format!("--address-range {s:?}: {why}"));
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| bad("expected FIRST-LAST, e.g. 10.151.0.2-10.151.0.127"))?;
+        let a: Ipv4Addr = a.trim().parse().map_err(|_| bad("not IPv4 addresses"))?;
+        let b: Ipv4Addr = b.trim().parse().map_err(|_| bad("not IPv4 addresses"))?;
+        if !self.holds_guest(a) || !self.holds_guest(b) {
+            return Err(bad(&format!(
+                "addresses for guests of {self} (not its network, gateway or broadcast address)"
+            )));
+        }
+        let (a, b) = (
+            u32::from(a) - u32::from(self.base),
+            u32::from(b) - u32::from(self.base),
+        );
+        if a > b {
+            return Err(bad("the first address is after the last"));
+        }
+        Ok(a..b + 1)
+    }
 }
 
 impl std::fmt::Display for Subnet {
@@ -175,7 +223,23 @@ impl DaemonConfig {
         if !(10..=3_600_000).contains(&self.sample_ms) {
             return Err(Invalid("--sample-ms: between 10 and 3600000".into()));
         }
-        Subnet::parse(&self.subnet)
+        if let Some(l) = &self.peer_listen {
+            if self.peer_key_file.is_none() {
+                return Err(Invalid(
+                    "--peer-listen needs --peer-key-file: without a key anyone who reaches the port could run guests here".into(),
+                ));
+            }
+            l.parse::<std::net::SocketAddr>().map_err(|_| {
+                Invalid(format!(
+                    "--peer-listen {l:?}: a numeric HOST:PORT (0.0.0.0:7070, [::]:7070)"
+                ))
+            })?;
+        }
+        let subnet = Subnet::parse(&self.subnet)?;
+        if let Some(r) = &self.address_range {
+            subnet.range(r)?;
+        }
+        Ok(subnet)
     }
 }
 
@@ -190,6 +254,21 @@ mod tests {
         assert_eq!(s.host(258), Ipv4Addr::new(10, 151, 1, 2));
         assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 0, 0));
         assert_eq!(s.guest_hosts(), 2..65535);
+        let s24 = Subnet::parse("10.9.0.0/24").unwrap();
+        assert_eq!(s24.range("10.9.0.2-10.9.0.127").unwrap(), 2..128);
+        assert_eq!(s24.range("10.9.0.200-10.9.0.200").unwrap(), 200..201);
+        for bad in [
+            "10.9.0.1-10.9.0.5",
+            "10.9.0.2-10.9.0.255",
+            "10.9.1.2-10.9.1.5",
+            "10.9.0.9-10.9.0.5",
+            "10.9.0.2",
+            "x-y",
+        ] {
+            assert!(s24.range(bad).is_err(), "{bad}");
+        }
+        assert!(s24.holds_guest(Ipv4Addr::new(10, 9, 0, 254)));
+        assert!(!s24.holds_guest(Ipv4Addr::new(10, 8, 255, 254)));
         for bad in [
             "10.0.0.1/24",
             "10.0.0.0",

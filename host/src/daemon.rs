@@ -140,6 +140,14 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
     m.adopt()?;
     m.check_kvm();
     let listener = bind(&cfg.socket, cfg.socket_group.as_deref())?;
+    let peers = match (&cfg.peer_listen, &m.peer_key) {
+        (Some(addr), Some(key)) => {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(io_err(format!("--peer-listen {addr}")))?;
+            Some((l, key.clone()))
+        }
+        _ => None,
+    };
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
@@ -179,13 +187,25 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
             return Err(Error::Other(format!("cannot start a daemon thread: {e}")));
         }
     }
+    let peer_addr = peers.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    if let Some((l, key)) = peers {
+        let (m5, s5) = (m.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("peers".into())
+            .spawn(move || crate::server::serve_peers(l, m5, key, s5))
+            .map_err(|e| Error::Other(format!("cannot start a daemon thread: {e}")))?;
+        tracing::info!(addr = ?peer_addr, "serving migration requests of peers");
+    }
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("condo daemon stopping; the guests keep running");
     stop.store(true, Ordering::Relaxed);
-    // Wake the accept loop so that it sees `stop`.
+    // Wake the accept loops so that they see `stop`.
     let _ = std::os::unix::net::UnixStream::connect(&cfg.socket);
+    if let Some(a) = peer_addr {
+        let _ = std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1));
+    }
     let _ = fs::remove_file(&cfg.socket);
     Ok(())
 }

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{GuestSpec, GuestState};
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `guests.migration` (live migration between daemons).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS guests (
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS guests (
     snapshot TEXT,
     stop_requested INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
-    started_ms INTEGER
+    started_ms INTEGER,
+    migration TEXT
 );
 CREATE TABLE IF NOT EXISTS images (
     name TEXT PRIMARY KEY,
@@ -106,6 +108,27 @@ pub struct GuestRow {
     pub stop_requested: bool,
     pub created_ms: i64,
     pub started_ms: Option<i64>,
+    /// The live migration this guest is in, or the one that moved it.
+    pub migration: Option<MigrationNote>,
+}
+
+/// What a guest's row remembers of a live migration (JSON in
+/// `guests.migration`): where it went (`migrating`, `moved`), or where it
+/// comes from and whose its disk was (`incoming`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationNote {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The destination's slot (on both sides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The disk's owner before the destination took it (uid, gid), given
+    /// back when the migration fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_owner: Option<(u32, u32)>,
 }
 
 /// A stored image.
@@ -171,6 +194,11 @@ fn guest_from(r: &Row) -> rusqlite::Result<GuestRow> {
         .map(|s| s.parse::<Ipv4Addr>())
         .transpose()
         .map_err(|e| bad_row(&format!("guest {name} ip"), e))?;
+    let migration: Option<String> = r.get("migration")?;
+    let migration = migration
+        .map(|s| serde_json::from_str::<MigrationNote>(&s))
+        .transpose()
+        .map_err(|e| bad_row(&format!("guest {name} migration"), e))?;
     Ok(GuestRow {
         id: r.get("id")?,
         name,
@@ -187,6 +215,7 @@ fn guest_from(r: &Row) -> rusqlite::Result<GuestRow> {
         stop_requested: r.get::<_, i64>("stop_requested")? != 0,
         created_ms: r.get("created_ms")?,
         started_ms: r.get("started_ms")?,
+        migration,
     })
 }
 
@@ -241,6 +270,13 @@ impl Db {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        // Version 1 databases: the table exists without the new column.
+        let has_migration: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('guests') WHERE name = 'migration'")?
+            .exists([])?;
+        if !has_migration {
+            conn.execute_batch("ALTER TABLE guests ADD COLUMN migration TEXT")?;
+        }
         conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
         Ok(Self { conn })
     }
@@ -304,11 +340,12 @@ impl Db {
     }
 
     /// What every guest in the database commits (inside a transaction:
-    /// the admission check and the insert see the same rows).
+    /// the admission check and the insert see the same rows). A guest that
+    /// moved to another daemon commits nothing here.
     pub fn commitments_of(conn: &Connection) -> Result<Commitments> {
         let (guests, vcpus, mem): (i64, f64, f64) = conn.query_row(
             "SELECT COUNT(*), TOTAL(json_extract(spec, '$.vcpus')),
-             TOTAL(json_extract(spec, '$.memory_mib')) FROM guests",
+             TOTAL(json_extract(spec, '$.memory_mib')) FROM guests WHERE state != 'moved'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
@@ -405,6 +442,119 @@ impl Db {
             out.push(Allocation { id, uid, ip, mac });
         }
         Ok(out)
+    }
+
+    /// Inserts a guest arriving from another daemon, in state `incoming`:
+    /// the lowest free uid, but the address and MAC it has (refused when
+    /// another guest here has the address or the name; a record of the
+    /// same guest having moved away is replaced). The caller checked
+    /// admission in the same transaction.
+    pub fn insert_incoming(
+        tx: &Connection,
+        spec: &GuestSpec,
+        pools: &Pools,
+        ip: Option<Ipv4Addr>,
+        mac: Option<&str>,
+        note: &MigrationNote,
+    ) -> Result<Allocation> {
+        let existing: Option<(i64, String)> = tx
+            .prepare_cached("SELECT id, state FROM guests WHERE name = ?1")?
+            .query_row([&spec.name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, state)) = existing {
+            if state != "moved" {
+                return Err(Error::invalid(format!(
+                    "a guest named {:?} already exists here ({state})",
+                    spec.name
+                )));
+            }
+            tx.execute("DELETE FROM guests WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM usage WHERE guest_id = ?1", [id])?;
+            tx.execute("DELETE FROM usage_guests WHERE id = ?1", [id])?;
+        }
+        if let Some(ip) = ip {
+            let holder: Option<String> = tx
+                .prepare_cached("SELECT name FROM guests WHERE ip = ?1")?
+                .query_row([ip.to_string()], |r| r.get(0))
+                .optional()?;
+            if let Some(h) = holder {
+                return Err(Error::invalid(format!(
+                    "address {ip} is taken here by guest {h}"
+                )));
+            }
+        }
+        let mut used: Vec<u32> = {
+            let mut st = tx.prepare_cached("SELECT uid FROM guests")?;
+            let v = st.query_map([], |r| r.get(0))?;
+            v.collect::<rusqlite::Result<_>>()?
+        };
+        used.sort_unstable();
+        let uid = (pools.uid_base..pools.uid_base + pools.uid_count)
+            .find(|u| used.binary_search(u).is_err())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "no free uid left in {}..{} (one per guest)",
+                    pools.uid_base,
+                    pools.uid_base + pools.uid_count
+                ))
+            })?;
+        let spec_json = serde_json::to_string(spec).map_err(|e| Error::Other(e.to_string()))?;
+        let note_json = serde_json::to_string(note).map_err(|e| Error::Other(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO guests (name, spec, state, uid, ip, mac, created_ms, migration)
+             VALUES (?1, ?2, 'incoming', ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            spec.name,
+            spec_json,
+            uid,
+            ip.map(|a| a.to_string()),
+            mac,
+            now_ms(),
+            note_json
+        ])?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO usage_guests (id, name, vcpus, mem_mib) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![id, spec.name, spec.vcpus, spec.memory_mib])?;
+        Ok(Allocation {
+            id,
+            uid,
+            ip,
+            mac: mac.map(str::to_owned),
+        })
+    }
+
+    /// Records a guest's process without changing its state.
+    pub fn set_process(&self, id: i64, pid: i32, pid_start: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE guests SET pid = ?2, pid_start = ?3 WHERE id = ?1")?
+            .execute(params![id, pid, pid_start as i64])?;
+        Ok(())
+    }
+
+    /// Records (or forgets) a guest's migration note.
+    pub fn set_migration(&self, id: i64, note: Option<&MigrationNote>) -> Result<()> {
+        let json = note
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Other(e.to_string()))?;
+        self.conn
+            .prepare_cached("UPDATE guests SET migration = ?2 WHERE id = ?1")?
+            .execute(params![id, json])?;
+        Ok(())
+    }
+
+    /// Records that a guest moved to another daemon: no process here.
+    pub fn set_moved(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE guests SET state = 'moved', pid = NULL, pid_start = NULL,
+                 exit_status = NULL WHERE id = ?1",
+            )?
+            .execute([id])?;
+        Ok(())
     }
 
     pub fn set_state(&self, id: i64, state: GuestState) -> Result<()> {
@@ -591,6 +741,61 @@ impl Db {
         Ok(())
     }
 
+    /// Every record of a guest: (resolution, record), in time order.
+    pub fn usage_all(&self, guest_id: i64) -> Result<Vec<(i64, Usage)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT res_ms, t_ms, dur_ms, cpu_us, rss, touched, disk_rd, disk_wr, net_rx, net_tx
+             FROM usage WHERE guest_id = ?1 ORDER BY res_ms, t_ms",
+        )?;
+        let rows = st.query_map([guest_id], |r| {
+            Ok((
+                r.get(0)?,
+                Usage {
+                    t_ms: r.get(1)?,
+                    dur_ms: r.get(2)?,
+                    cpu_us: r.get(3)?,
+                    rss: r.get(4)?,
+                    touched: r.get(5)?,
+                    disk_rd: r.get(6)?,
+                    disk_wr: r.get(7)?,
+                    net_rx: r.get(8)?,
+                    net_tx: r.get(9)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Forgets a guest's records (its history went with it to another
+    /// daemon).
+    pub fn delete_usage(&mut self, guest_id: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM usage WHERE guest_id = ?1", [guest_id])?;
+        tx.execute("DELETE FROM usage_guests WHERE id = ?1", [guest_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores records from another daemon, keeping any this daemon has at
+    /// the same time.
+    pub fn import_usage(&mut self, guest_id: i64, res_ms: i64, rows: &[Usage]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO usage (guest_id, res_ms, t_ms, dur_ms, cpu_us, rss, touched,
+                 disk_rd, disk_wr, net_rx, net_tx) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for u in rows {
+                st.execute(params![
+                    guest_id, res_ms, u.t_ms, u.dur_ms, u.cpu_us, u.rss, u.touched, u.disk_rd,
+                    u.disk_wr, u.net_rx, u.net_tx
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops records of resolution `res_ms` older than `before_ms`.
     pub fn prune_usage(&self, res_ms: i64, before_ms: i64) -> Result<()> {
         self.conn.execute(
@@ -698,6 +903,98 @@ mod tests {
         let g = db.guest("c").unwrap();
         assert_eq!(g.state, GuestState::Creating);
         assert_eq!(db.commitments().unwrap().memory_mib, 256);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn incoming_guests_keep_their_address_and_replace_a_moved_record() {
+        let (d, mut db) = temp_db("incoming");
+        let pools = Pools {
+            uid_base: 1000,
+            uid_count: 10,
+            net: Some((Subnet::parse("10.9.0.0/24").unwrap(), 2..100)),
+        };
+        let a = db
+            .transaction(|tx| Db::insert_guests(tx, &[spec("a")], &pools, None))
+            .unwrap();
+        let ip = |n| Some(Ipv4Addr::new(10, 9, 0, n));
+        let note = MigrationNote {
+            from: Some("x".into()),
+            ..MigrationNote::default()
+        };
+        // Its own address, even outside this daemon's range.
+        let b = db
+            .transaction(|tx| {
+                Db::insert_incoming(
+                    tx,
+                    &spec("b"),
+                    &pools,
+                    ip(150),
+                    Some("06:00:0a:09:00:96"),
+                    &note,
+                )
+            })
+            .unwrap();
+        let row = db.guest("b").unwrap();
+        assert_eq!(
+            (row.state, row.ip, row.uid),
+            (GuestState::Incoming, ip(150), 1001)
+        );
+        assert_eq!(row.migration, Some(note.clone()));
+        assert_eq!(b.ip, ip(150));
+        // Taken address, taken name: refused.
+        let e = db
+            .transaction(|tx| Db::insert_incoming(tx, &spec("c"), &pools, a[0].ip, None, &note))
+            .unwrap_err();
+        assert!(e.to_string().contains("taken here by guest a"), "{e}");
+        let e = db
+            .transaction(|tx| Db::insert_incoming(tx, &spec("a"), &pools, ip(160), None, &note))
+            .unwrap_err();
+        assert!(e.to_string().contains("already exists here"), "{e}");
+        // A guest that moved away commits nothing, keeps its address, and
+        // is replaced when it comes back.
+        db.set_moved(a[0].id).unwrap();
+        assert_eq!(db.commitments().unwrap().memory_mib, 128);
+        let e = db
+            .transaction(|tx| Db::insert_incoming(tx, &spec("c"), &pools, a[0].ip, None, &note))
+            .unwrap_err();
+        assert!(e.to_string().contains("taken here"), "{e}");
+        db.transaction(|tx| Db::insert_incoming(tx, &spec("a"), &pools, a[0].ip, None, &note))
+            .unwrap();
+        assert_eq!(db.guest("a").unwrap().state, GuestState::Incoming);
+        assert_eq!(db.guests().unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_migration_column() {
+        let (d, db) = temp_db("v1");
+        drop(db);
+        let path = d.join("condo.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE guests; CREATE TABLE guests (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, state TEXT NOT NULL,
+                 uid INTEGER NOT NULL UNIQUE, ip TEXT UNIQUE, mac TEXT, pid INTEGER,
+                 pid_start INTEGER, restarts INTEGER NOT NULL DEFAULT 0, exit_status INTEGER,
+                 snapshot TEXT, stop_requested INTEGER NOT NULL DEFAULT 0,
+                 created_ms INTEGER NOT NULL, started_ms INTEGER); PRAGMA user_version=1;",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        let pools = Pools {
+            uid_base: 1000,
+            uid_count: 10,
+            net: None,
+        };
+        let a = db
+            .transaction(|tx| Db::insert_guests(tx, &[spec("a")], &pools, None))
+            .unwrap();
+        db.set_migration(a[0].id, Some(&MigrationNote::default()))
+            .unwrap();
+        assert!(db.guest("a").unwrap().migration.is_some());
         let _ = std::fs::remove_dir_all(d);
     }
 

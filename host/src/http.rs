@@ -31,6 +31,8 @@ pub struct Request {
     pub close: bool,
     /// `Upgrade:` header (the console stream).
     pub upgrade: Option<String>,
+    /// `Authorization:` header (the peer port's cluster key).
+    pub authorization: Option<String>,
 }
 
 impl Request {
@@ -167,6 +169,7 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
     let mut length = 0usize;
     let mut close = version == "HTTP/1.0";
     let mut upgrade = None;
+    let mut authorization = None;
     loop {
         let Some(h) = read_line(r, &mut budget)? else {
             return Err(HttpError::Bad("truncated request".into()));
@@ -192,6 +195,7 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             }
             "connection" => close = value.eq_ignore_ascii_case("close"),
             "upgrade" => upgrade = Some(value.to_owned()),
+            "authorization" => authorization = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -205,6 +209,7 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
         body,
         close,
         upgrade,
+        authorization,
     })
 }
 
@@ -282,6 +287,8 @@ fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -330,6 +337,18 @@ pub fn write_request(
     body: Option<&str>,
     upgrade: Option<&str>,
 ) -> std::io::Result<()> {
+    write_request_with(s, method, path, body, upgrade, &[])
+}
+
+/// Writes one request with extra headers.
+pub fn write_request_with(
+    s: &mut impl Write,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    upgrade: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<()> {
     let body = body.unwrap_or("");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nContent-Length: {}\r\n",
@@ -337,6 +356,9 @@ pub fn write_request(
     );
     if !body.is_empty() {
         head.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     match upgrade {
         Some(u) => head.push_str(&format!("Connection: Upgrade\r\nUpgrade: {u}\r\n")),
@@ -391,7 +413,19 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
     let mut s = connect(sock, timeout)?;
-    write_request(&mut s, method, path, body, None).map_err(ClientError::Io)?;
+    request_on(&mut s, method, path, body, &[])
+}
+
+/// One request on a connected stream (with extra headers); reads the
+/// whole response.
+pub fn request_on<S: Read + Write>(
+    s: &mut S,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Reply, ClientError> {
+    write_request_with(s, method, path, body, None, headers).map_err(ClientError::Io)?;
     let mut r = BufReader::new(s);
     let (status, length) = read_response_head(&mut r)?;
     let mut body = Vec::new();

@@ -15,10 +15,14 @@
 //! - `vmm`: a guest VMM's API; `accounting`: samples, history, Prometheus,
 //!   utilization traces; `events`: the event stream;
 //! - `http`, `api`, `server`, `daemon`: the REST API and the daemon;
+//! - `peer`, `migrate`: daemons reaching each other, and live migration
+//!   of a guest from one to another; `apply`: a consolidation plan's
+//!   moves made through the daemons (`condo plan --apply`);
 //! - `client`, `cli`, `console`, `top`, `exec`: the client side.
 
 pub mod accounting;
 pub mod api;
+pub mod apply;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
@@ -32,8 +36,10 @@ pub mod events;
 pub mod exec;
 pub mod http;
 pub mod manager;
+pub mod migrate;
 pub mod model;
 pub mod net;
+pub mod peer;
 pub mod procfs;
 pub mod server;
 pub mod top;

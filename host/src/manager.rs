@@ -193,6 +193,9 @@ pub struct GuestInfo {
     #[serde(default)]
     pub stats: Option<GuestStats>,
     pub spec: GuestSpec,
+    /// Where a moved (or migrating) guest went: the destination daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
 }
 
 /// Capacity, commitments and use: `GET /host`.
@@ -223,17 +226,33 @@ pub struct Manager {
     pub events: Events,
     pub host: HostInfo,
     pub stats: Mutex<HashMap<i64, GuestStats>>,
-    locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
+    pub(crate) locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
     /// Jail processes this daemon started (it reaps them).
     children: Mutex<Vec<i32>>,
-    restart_at: Mutex<HashMap<i64, Instant>>,
+    pub(crate) restart_at: Mutex<HashMap<i64, Instant>>,
     condo_bin: PathBuf,
     /// `condo kvm-check` passed when the daemon started: the jailed VMMs
     /// (which cannot see the host's kept verdict) skip the probe.
     kvm_ok: std::sync::atomic::AtomicBool,
+    /// Receiving slots of live migrations into this daemon, by id.
+    pub(crate) slots: Mutex<HashMap<String, Arc<crate::migrate::Slot>>>,
+    /// The cluster key (`--peer-key-file`), sent to other daemons' TCP
+    /// ports and asked of requests on ours.
+    pub peer_key: Option<crate::peer::PeerKey>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// How a guest's VMM starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Boot<'a> {
+    /// From its kernel (and disk).
+    Cold,
+    /// From a snapshot's state and memory (a clone's first start).
+    Restore(&'a Path),
+    /// Empty, to receive the guest of a live migration.
+    Receive,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -257,8 +276,17 @@ impl Manager {
         let net = if cfg.no_network {
             None
         } else {
-            Some(Network::new(&cfg.bridge, subnet, !cfg.no_nat)?)
+            let mut n = Network::new(&cfg.bridge, subnet, !cfg.no_nat)?;
+            if let Some(r) = &cfg.address_range {
+                n.hosts = subnet.range(r)?;
+            }
+            Some(n)
         };
+        let peer_key = cfg
+            .peer_key_file
+            .as_deref()
+            .map(crate::peer::PeerKey::load)
+            .transpose()?;
         let condo_bin = match &cfg.condo_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -280,6 +308,8 @@ impl Manager {
             restart_at: Mutex::new(HashMap::new()),
             condo_bin,
             kvm_ok: std::sync::atomic::AtomicBool::new(false),
+            slots: Mutex::new(HashMap::new()),
+            peer_key,
         })
     }
 
@@ -318,11 +348,11 @@ impl Manager {
         lock(&self.db)
     }
 
-    fn guest_lock(&self, id: i64) -> Arc<Mutex<()>> {
+    pub(crate) fn guest_lock(&self, id: i64) -> Arc<Mutex<()>> {
         lock(&self.locks).entry(id).or_default().clone()
     }
 
-    fn api(&self, id: i64) -> VmmApi {
+    pub(crate) fn api(&self, id: i64) -> VmmApi {
         VmmApi::new(&self.paths.api_sock(id))
     }
 
@@ -351,6 +381,7 @@ impl Manager {
                 None
             },
             spec: g.spec.clone(),
+            moved_to: g.migration.as_ref().and_then(|n| n.to.clone()),
         }
     }
 
@@ -403,7 +434,7 @@ impl Manager {
 
     /// Refuses guests whose vCPUs or memory would take the host's
     /// commitments past its overcommit ratios.
-    fn admit(&self, tx: &rusqlite::Connection, new: &[GuestSpec]) -> Result<()> {
+    pub(crate) fn admit(&self, tx: &rusqlite::Connection, new: &[GuestSpec]) -> Result<()> {
         let c = Db::commitments_of(tx)?;
         let add_cpu: u64 = new.iter().map(|s| u64::from(s.vcpus)).sum();
         let add_mem: u64 = new.iter().map(|s| s.memory_mib).sum();
@@ -435,14 +466,11 @@ impl Manager {
         Ok(())
     }
 
-    fn pools(&self) -> Pools {
+    pub(crate) fn pools(&self) -> Pools {
         Pools {
             uid_base: self.cfg.uid_base,
             uid_count: self.cfg.uid_count,
-            net: self
-                .net
-                .as_ref()
-                .map(|n| (n.subnet, n.subnet.guest_hosts())),
+            net: self.net.as_ref().map(|n| (n.subnet, n.hosts.clone())),
         }
     }
 
@@ -558,10 +586,22 @@ impl Manager {
     }
 
     /// Kills any jail process of guest `id` (found by its command line).
-    fn kill_jail_processes(&self, id: i64) {
+    /// Its VMM (a fork of the jail) dies with the jail, but may take a
+    /// moment to: it is waited for too, so that nothing of the guest runs
+    /// when this returns.
+    pub(crate) fn kill_jail_processes(&self, id: i64) {
         let want = jail_id(id);
-        for (pid, jid) in procfs::jail_processes(&self.paths.jail_base()) {
-            if jid == want {
+        let t0 = Instant::now();
+        loop {
+            let left: Vec<i32> = procfs::jail_processes(&self.paths.jail_base())
+                .into_iter()
+                .filter(|(_, jid)| *jid == want)
+                .map(|(pid, _)| pid)
+                .collect();
+            if left.is_empty() || t0.elapsed() > Duration::from_secs(15) {
+                return;
+            }
+            for pid in left {
                 procfs::signal(pid, libc::SIGKILL);
                 self.wait_gone(pid, None, Duration::from_secs(5));
             }
@@ -578,9 +618,10 @@ impl Manager {
         match g.state {
             GuestState::Stopped | GuestState::Crashed => {}
             s => {
+                check_here(&g)?;
                 return Err(Error::Conflict(format!(
                     "guest {name} is {s}: it can be started when stopped or crashed"
-                )))
+                )));
             }
         }
         lock(&self.restart_at).remove(&id);
@@ -611,7 +652,11 @@ impl Manager {
     }
 
     /// The `condo jail ... -- run ...` arguments of a guest.
-    fn jail_args(&self, g: &GuestRow, netns: Option<&Path>, restore: Option<&Path>) -> Vec<String> {
+    fn jail_args(&self, g: &GuestRow, netns: Option<&Path>, boot: Boot<'_>) -> Vec<String> {
+        let restore = match boot {
+            Boot::Restore(dir) => Some(dir),
+            _ => None,
+        };
         let p = &self.paths;
         let id = g.id;
         let s = &g.spec;
@@ -669,7 +714,7 @@ impl Manager {
         if self.kvm_ok.load(std::sync::atomic::Ordering::Relaxed) {
             a.push("--no-kvm-probe".into());
         }
-        if restore.is_some() {
+        if !matches!(boot, Boot::Cold) {
             return a;
         }
         let ip_arg = match (&self.net, g.ip) {
@@ -706,10 +751,6 @@ impl Manager {
     /// Starts a guest's jail and waits until its VMM answers (and, for a
     /// clone's first start, has restored its snapshot).
     fn launch(&self, g: &GuestRow) -> Result<(i32, u64)> {
-        let id = g.id;
-        let _ = fs::remove_dir_all(self.paths.jail_dir(id));
-        let _ = fs::remove_file(self.paths.exit_file(id));
-        self.cgroups.remove(&jail_id(id));
         let restore = g
             .snapshot
             .as_deref()
@@ -724,11 +765,37 @@ impl Manager {
                 )));
             }
         }
+        let boot = match &restore {
+            Some(r) => Boot::Restore(r),
+            None => Boot::Cold,
+        };
+        let (pid, start) = self.spawn_jail(g, boot)?;
+        if restore.is_some() {
+            let t = Instant::now();
+            if let Err(e) = self.api(g.id).snapshot_load("/vm/snap", "/vm/mem") {
+                procfs::signal(pid, libc::SIGKILL);
+                return Err(e);
+            }
+            let restored_ms = t.elapsed().as_millis() as u64;
+            self.db().clear_snapshot(g.id)?;
+            self.readdress_clone(g);
+            tracing::debug!(guest = %g.name, restored_ms, ready_ms = t.elapsed().as_millis() as u64, "restored");
+        }
+        Ok((pid, start))
+    }
+
+    /// Starts a guest's jail (network namespace first) and waits until its
+    /// VMM answers its API.
+    pub(crate) fn spawn_jail(&self, g: &GuestRow, boot: Boot<'_>) -> Result<(i32, u64)> {
+        let id = g.id;
+        let _ = fs::remove_dir_all(self.paths.jail_dir(id));
+        let _ = fs::remove_file(self.paths.exit_file(id));
+        self.cgroups.remove(&jail_id(id));
         let netns = match (&self.net, g.spec.has_net()) {
             (Some(n), true) => Some(n.attach(id, g.uid)?),
             _ => None,
         };
-        let args = self.jail_args(g, netns.as_deref(), restore.as_deref());
+        let args = self.jail_args(g, netns.as_deref(), boot);
         let log_path = self.paths.vmm_log(id);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -762,7 +829,11 @@ impl Manager {
         drop(child);
         lock(&self.children).push(pid);
         let start = procfs::start_time(pid).unwrap_or(0);
-        self.db().set_starting(id, Some(pid), Some(start))?;
+        if matches!(boot, Boot::Receive) {
+            self.db().set_process(id, pid, start)?;
+        } else {
+            self.db().set_starting(id, Some(pid), Some(start))?;
+        }
         let api = self.api(id);
         let t0 = Instant::now();
         loop {
@@ -785,19 +856,7 @@ impl Manager {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let answered_ms = t_spawn.elapsed().as_millis() as u64;
-        if restore.is_some() {
-            if let Err(e) = api.snapshot_load("/vm/snap", "/vm/mem") {
-                procfs::signal(pid, libc::SIGKILL);
-                return Err(e);
-            }
-            let restored_ms = t_spawn.elapsed().as_millis() as u64;
-            self.db().clear_snapshot(id)?;
-            self.readdress_clone(g);
-            tracing::debug!(guest = %g.name, answered_ms, restored_ms, ready_ms = t_spawn.elapsed().as_millis() as u64, "restored");
-        } else {
-            tracing::debug!(guest = %g.name, answered_ms, "VMM answers");
-        }
+        tracing::debug!(guest = %g.name, answered_ms = t_spawn.elapsed().as_millis() as u64, "VMM answers");
         Ok((pid, start))
     }
 
@@ -862,7 +921,7 @@ impl Manager {
 
     /// Removes what a guest's process leaves: its namespace, cgroup and
     /// jail directory.
-    fn cleanup_process(&self, id: i64) {
+    pub(crate) fn cleanup_process(&self, id: i64) {
         if let Some(n) = &self.net {
             n.detach(id);
         }
@@ -882,7 +941,7 @@ impl Manager {
     }
 
     /// Waits until `pid` (started at `start`, when known) is gone.
-    fn wait_gone(&self, pid: i32, start: Option<u64>, t: Duration) -> bool {
+    pub(crate) fn wait_gone(&self, pid: i32, start: Option<u64>, t: Duration) -> bool {
         let t0 = Instant::now();
         loop {
             self.reap_children();
@@ -902,7 +961,7 @@ impl Manager {
 
     /// Records how a guest whose process is gone ended. Returns the state
     /// it is left in.
-    fn finish(&self, g: &GuestRow) -> Result<GuestState> {
+    pub(crate) fn finish(&self, g: &GuestRow) -> Result<GuestState> {
         self.reap_children();
         let status = fs::read_to_string(self.paths.exit_file(g.id))
             .ok()
@@ -958,6 +1017,7 @@ impl Manager {
         let l = self.guest_lock(id);
         let _g = lock(&l);
         let g = self.db().guest(name)?;
+        check_here(&g)?;
         lock(&self.restart_at).remove(&id);
         self.stop_locked(&g, timeout_s.unwrap_or(self.cfg.stop_timeout_s))?;
         self.get(name)
@@ -1008,6 +1068,7 @@ impl Manager {
         let l = self.guest_lock(id);
         let _g = lock(&l);
         let g = self.db().guest(name)?;
+        check_here(&g)?;
         self.stop_locked(&g, timeout_s.unwrap_or(self.cfg.stop_timeout_s))?;
         let g = self.db().guest(name)?;
         self.start_locked(&g)?;
@@ -1036,6 +1097,7 @@ impl Manager {
             (GuestState::Paused, GuestState::Running, "resumed")
         };
         if g.state != from {
+            check_here(&g)?;
             return Err(Error::Conflict(format!(
                 "guest {name} is {}: only a {from} guest can be {verb}",
                 g.state
@@ -1063,6 +1125,9 @@ impl Manager {
             return Err(Error::Conflict(format!(
                 "guest {name} is being created: delete it once it is"
             )));
+        }
+        if g.state.in_migration() {
+            check_here(&g)?;
         }
         if g.state.has_process() {
             if !req.force {
@@ -1111,6 +1176,7 @@ impl Manager {
         let _g = lock(&l);
         let g = self.db().guest(name)?;
         if !matches!(g.state, GuestState::Running | GuestState::Paused) {
+            check_here(&g)?;
             return Err(Error::Conflict(format!(
                 "guest {name} is {}: only a running or paused guest can be snapshotted",
                 g.state
@@ -1399,7 +1465,16 @@ impl Manager {
             }
         };
         for g in rows {
-            if !g.state.has_process() || g.state == GuestState::Starting {
+            if g.state == GuestState::Migrating {
+                // Only one that no migration of this daemon owns (its lock
+                // is free): the daemon was restarted during the move.
+                self.settle_migrating(&g);
+                continue;
+            }
+            if !g.state.has_process()
+                || g.state == GuestState::Starting
+                || g.state == GuestState::Incoming
+            {
                 continue;
             }
             let alive = match (g.pid, g.pid_start) {
@@ -1489,6 +1564,14 @@ impl Manager {
                     if let Err(e) = self.finish_delete(&g, g.spec.keep_disk) {
                         tracing::error!("guest {}: {e}", g.name);
                     }
+                }
+                GuestState::Incoming => {
+                    let live = self.adopt_incoming(&g);
+                    live_jails.extend(g.pid.filter(|_| live));
+                }
+                GuestState::Migrating if !matches!((g.pid, g.pid_start), (Some(p), Some(st)) if procfs::is_same(p, st)) =>
+                {
+                    self.settle_migrating(&g);
                 }
                 s if s.has_process() => {
                     let alive = matches!((g.pid, g.pid_start), (Some(p), Some(st)) if procfs::is_same(p, st));
@@ -1583,6 +1666,31 @@ impl Manager {
                 }
             }
         }
+    }
+}
+
+/// Refuses an operation on a guest a live migration owns, or that moved
+/// away, with a 409 that says so.
+pub(crate) fn check_here(g: &GuestRow) -> Result<()> {
+    let to = g
+        .migration
+        .as_ref()
+        .and_then(|n| n.to.as_deref())
+        .unwrap_or("another daemon");
+    match g.state {
+        GuestState::Migrating => Err(Error::Conflict(format!(
+            "guest {} is migrating to {to}: wait for the move to end",
+            g.name
+        ))),
+        GuestState::Incoming => Err(Error::Conflict(format!(
+            "guest {} is arriving from another daemon: wait for the move to end",
+            g.name
+        ))),
+        GuestState::Moved => Err(Error::Conflict(format!(
+            "guest {} moved to {to} and runs there (`condo rm {}` forgets it here)",
+            g.name, g.name
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -348,6 +348,13 @@ pub enum GuestState {
     Crashed,
     /// Being deleted: finished by a daemon that finds one at start-up.
     Deleting,
+    /// Running here and being moved to another daemon (live migration).
+    Migrating,
+    /// Arriving from another daemon: an empty VMM waits for the guest.
+    Incoming,
+    /// Moved to another daemon: it runs there. The record keeps its name
+    /// and address reserved (and its console log) until it is deleted.
+    Moved,
 }
 
 impl GuestState {
@@ -361,6 +368,9 @@ impl GuestState {
             Self::Stopping => "stopping",
             Self::Crashed => "crashed",
             Self::Deleting => "deleting",
+            Self::Migrating => "migrating",
+            Self::Incoming => "incoming",
+            Self::Moved => "moved",
         }
     }
 
@@ -374,6 +384,9 @@ impl GuestState {
             "stopping" => Self::Stopping,
             "crashed" => Self::Crashed,
             "deleting" => Self::Deleting,
+            "migrating" => Self::Migrating,
+            "incoming" => Self::Incoming,
+            "moved" => Self::Moved,
             _ => return None,
         })
     }
@@ -382,8 +395,18 @@ impl GuestState {
     pub fn has_process(self) -> bool {
         matches!(
             self,
-            Self::Starting | Self::Running | Self::Paused | Self::Stopping
+            Self::Starting
+                | Self::Running
+                | Self::Paused
+                | Self::Stopping
+                | Self::Migrating
+                | Self::Incoming
         )
+    }
+
+    /// A live migration owns the guest now (out of here, or into here).
+    pub fn in_migration(self) -> bool {
+        matches!(self, Self::Migrating | Self::Incoming)
     }
 }
 
@@ -563,6 +586,183 @@ impl ExecRequest {
         }
         p.validate().map_err(|e| Invalid(format!("exec: {e}")))?;
         Ok(p)
+    }
+}
+
+/// Longest pause a migration may be asked to keep to, ms.
+pub const MAX_DOWNTIME_MS: u64 = 60_000;
+/// Longest a migration may take, seconds.
+pub const MAX_MIGRATION_S: u64 = 86_400;
+
+/// `POST /guests/{name}/migrate`, `condo migrate NAME --to DEST`: move a
+/// running (or paused) guest to another daemon while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The destination daemon: `unix:/path/to/condo.sock` (its API socket)
+    /// or `tcp:HOST:PORT` (its `--peer-listen` port).
+    pub to: String,
+    /// The pause the guest may see for the last pass (default 300 ms;
+    /// the hand-over comes on top, docs/migration.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Give up after this many seconds; the guest stays here (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Send at most this many MiB/s (default: as fast as it goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mib_s: Option<u64>,
+}
+
+impl MigrateRequest {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        crate::peer::PeerAddr::parse(&self.to)?;
+        if let Some(d) = self.downtime_ms {
+            if d == 0 || d > MAX_DOWNTIME_MS {
+                return Err(Invalid(format!(
+                    "downtime {d} ms: between 1 and {MAX_DOWNTIME_MS}"
+                )));
+            }
+        }
+        if let Some(t) = self.timeout_s {
+            if t == 0 || t > MAX_MIGRATION_S {
+                return Err(Invalid(format!(
+                    "timeout {t} s: between 1 and {MAX_MIGRATION_S}"
+                )));
+            }
+        }
+        if let Some(b) = self.bandwidth_mib_s {
+            if b == 0 || b > 1 << 20 {
+                return Err(Invalid(format!(
+                    "bandwidth {b} MiB/s: between 1 and {}",
+                    1 << 20
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `POST /migrations` (daemon to daemon): the source asks the destination
+/// for a receiving slot. The guest keeps its name, specification, MAC and
+/// IPv4 address; its disk stays where it is (storage both daemons see).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingGuest {
+    /// The guest's specification as the source resolved it (kernel and
+    /// initrd paths must exist on the destination too).
+    pub spec: GuestSpec,
+    /// Its address (in the destination's subnet) when it has a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Its writable disk as the source's host sees it: the destination
+    /// hard-links it into its own state directory (same file system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<PathBuf>,
+    /// Where it comes from (for the events), as the source names itself.
+    #[serde(default)]
+    pub source: String,
+    /// How long the source gives the migration, seconds.
+    #[serde(default = "default_migration_s")]
+    pub timeout_s: u64,
+}
+
+fn default_migration_s() -> u64 {
+    3600
+}
+
+/// Checks a MAC address: six pairs of hex digits, unicast.
+pub fn check_mac(s: &str) -> Result<(), Invalid> {
+    let bad = || {
+        Invalid(format!(
+            "MAC address {s:?}: expected six hex pairs like 06:00:0a:97:00:02"
+        ))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad());
+    }
+    match u8::from_str_radix(parts[0], 16) {
+        Ok(b) if b & 1 == 0 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+impl IncomingGuest {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.spec.validate()?;
+        if self.spec.image.is_none() && self.spec.kernel.is_none() {
+            return Err(Invalid("the guest has no kernel".into()));
+        }
+        if let Some(m) = &self.mac {
+            check_mac(m)?;
+        }
+        if self.ip.is_some() != self.mac.is_some() {
+            return Err(Invalid(
+                "give the guest's IP and MAC addresses together".into(),
+            ));
+        }
+        if let Some(d) = &self.disk {
+            if !d.is_absolute() || d.as_os_str().len() > 4096 {
+                return Err(Invalid(format!(
+                    "disk {}: give an absolute path",
+                    d.display()
+                )));
+            }
+        }
+        if self.source.len() > 256 || self.source.chars().any(char::is_control) {
+            return Err(Invalid("source: at most 256 printable characters".into()));
+        }
+        if self.timeout_s == 0 || self.timeout_s > MAX_MIGRATION_S {
+            return Err(Invalid(format!(
+                "timeout {} s: between 1 and {MAX_MIGRATION_S}",
+                self.timeout_s
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Most usage records one `POST /migrations/{id}/usage` carries.
+pub const MAX_USAGE_RECORDS: usize = 1000;
+
+/// `POST /migrations/{id}/usage` (daemon to daemon, after a move): the
+/// guest's usage history, so that its accounting goes on where it runs.
+/// A record is `[t_ms, dur_ms, cpu_us, rss, touched, disk_rd, disk_wr,
+/// net_rx, net_tx]` at resolution `res_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageImport {
+    pub res_ms: i64,
+    pub records: Vec<[i64; 9]>,
+}
+
+impl UsageImport {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !(10..=3_600_000).contains(&self.res_ms) {
+            return Err(Invalid(format!(
+                "res_ms {}: between 10 and 3600000",
+                self.res_ms
+            )));
+        }
+        if self.records.len() > MAX_USAGE_RECORDS {
+            return Err(Invalid(format!(
+                "{} records: at most {MAX_USAGE_RECORDS} a request",
+                self.records.len()
+            )));
+        }
+        for r in &self.records {
+            if r.iter().any(|v| *v < 0) || r[1] == 0 || r[1] > 86_400_000 {
+                return Err(Invalid(format!("usage record {r:?}: out of range")));
+            }
+        }
+        Ok(())
     }
 }
 

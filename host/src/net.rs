@@ -83,6 +83,8 @@ pub struct Network {
     nft: Option<PathBuf>,
     pub bridge: String,
     pub subnet: Subnet,
+    /// Host numbers of the subnet this daemon gives its guests.
+    pub hosts: std::ops::Range<u32>,
     nat: bool,
 }
 
@@ -104,6 +106,7 @@ impl Network {
             nft,
             bridge: bridge.to_owned(),
             subnet,
+            hosts: subnet.guest_hosts(),
             nat,
         })
     }
@@ -284,6 +287,7 @@ mod tests {
             nft: None,
             bridge: "condo0".into(),
             subnet: Subnet::parse("10.151.0.0/16").unwrap(),
+            hosts: 2..65535,
             nat: false,
         };
         assert!(n.veth_name(99_999_999).len() <= 15);

@@ -5,9 +5,16 @@
 //! /guests/{name}/console` with `Upgrade: console` (after a 101, bytes
 //! both ways between the client and the console socket the guest's jail
 //! process holds), and `POST /guests/{name}/exec` (the guest agent's
-//! protocol relayed, see `exec.rs`).
+//! protocol relayed, see `exec.rs`), and `GET /migrations/{id}/stream`
+//! (a live migration's stream relayed to the receiving VMM, see
+//! `migrate.rs`).
+//!
+//! [`serve_peers`] is the optional TCP peer port (`--peer-listen`): the
+//! same requests, but only the migration routes, and each must carry the
+//! cluster key.
 
 use std::io::{BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use std::time::Duration;
 use crate::api::{self, Route};
 use crate::http::{self, HttpError, Response};
 use crate::manager::Manager;
+use crate::peer::{Conn, PeerKey};
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -48,7 +56,7 @@ pub fn serve(listener: UnixListener, m: Arc<Manager>, stop: Arc<AtomicBool>) {
     }
 }
 
-fn connection(s: UnixStream, m: &Manager) {
+fn connection(s: UnixStream, m: &Arc<Manager>) {
     let _ = s.set_read_timeout(Some(IDLE));
     let Ok(mut w) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
@@ -66,6 +74,10 @@ fn connection(s: UnixStream, m: &Manager) {
             Ok(Route::Events) => return events(&req, m, &mut w),
             Ok(Route::Console(name)) => return console(&name, r, w, m),
             Ok(Route::Exec(name)) => return crate::exec::serve(&name, &req, r, w, m),
+            Ok(Route::MigrationStream(id)) => {
+                let (pending, inner) = crate::peer::unbuffer(r);
+                return m.serve_stream(&id, &pending, Conn::Unix(inner));
+            }
             _ => {}
         }
         let resp = api::handle(m, &req);
@@ -73,6 +85,95 @@ fn connection(s: UnixStream, m: &Manager) {
             method = %req.method, path = %req.path, status = resp.status,
             ms = started.elapsed().as_millis() as u64, "request"
         );
+        if resp.write_to(&mut w).is_err() || req.close {
+            return;
+        }
+    }
+}
+
+/// Most connections the peer port serves at once.
+const MAX_PEER_CONNECTIONS: usize = 64;
+
+/// Serves the TCP peer port until `stop` is set: the migration routes
+/// only, each request with the cluster key.
+pub fn serve_peers(listener: TcpListener, m: Arc<Manager>, key: PeerKey, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let key = Arc::new(key);
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Ok(mut s) = conn else { continue };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_PEER_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = Response::error(503, "too many connections").write_to(&mut s);
+            continue;
+        }
+        let (m, active, key) = (m.clone(), active.clone(), key.clone());
+        let spawned = std::thread::Builder::new()
+            .name("peer-conn".into())
+            .spawn(move || {
+                peer_connection(s, &m, &key);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            tracing::error!("cannot start a peer connection thread");
+        }
+    }
+}
+
+fn peer_connection(s: TcpStream, m: &Arc<Manager>, key: &PeerKey) {
+    let _ = s.set_read_timeout(Some(IDLE));
+    let _ = s.set_nodelay(true);
+    let peer = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let Ok(w) = s.try_clone() else { return };
+    let mut w = Conn::Tcp(w);
+    let mut r = BufReader::new(Conn::Tcp(s));
+    loop {
+        let req = match http::read_request(&mut r) {
+            Ok(req) => req,
+            Err(HttpError::Closed) | Err(HttpError::Io(_)) => return,
+            Err(e) => {
+                let _ = Response::error(400, e).write_to(&mut w);
+                return;
+            }
+        };
+        if !key.verify(req.authorization.as_deref()) {
+            tracing::warn!(%peer, path = %req.path, "peer request without the cluster key");
+            let _ = Response::error(401, "this port needs the cluster key (--peer-key-file)")
+                .write_to(&mut w);
+            return;
+        }
+        match api::route(&req.method, &req.path) {
+            Ok(Route::MigrationStream(id)) => {
+                let (pending, inner) = crate::peer::unbuffer(r);
+                return m.serve_stream(&id, &pending, inner);
+            }
+            Ok(route) if route.is_peer() => {}
+            Ok(_) => {
+                let _ = Response::error(
+                    403,
+                    "the peer port serves migration requests only; use the daemon's socket",
+                )
+                .write_to(&mut w);
+                if req.close {
+                    return;
+                }
+                continue;
+            }
+            Err(resp) => {
+                let _ = resp.write_to(&mut w);
+                if req.close {
+                    return;
+                }
+                continue;
+            }
+        }
+        let resp = api::handle(m, &req);
+        tracing::debug!(%peer, method = %req.method, path = %req.path, status = resp.status, "peer request");
         if resp.write_to(&mut w).is_err() || req.close {
             return;
         }

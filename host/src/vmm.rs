@@ -102,6 +102,44 @@ impl VmmApi {
             .map(|_| ())
     }
 
+    /// The VM's state (`GET /`): "Running", "Paused" or "Not started".
+    pub fn instance_state(&self, t: Duration) -> Result<String> {
+        let body = self.call("GET", "/", None, t)?;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_owned))
+            .ok_or_else(|| Error::Other(format!("VMM API GET /: no state in {body:?}")))
+    }
+
+    /// Sends the running guest to `url` (as the VMM sees it); answered
+    /// when the migration is over (`t` bounds the wait).
+    pub fn send_migration(
+        &self,
+        url: &str,
+        downtime_ms: Option<u64>,
+        timeout_s: u64,
+        bandwidth_mib_s: Option<u64>,
+        t: Duration,
+    ) -> Result<()> {
+        let mut body = serde_json::json!({"destination_url": url, "timeout_s": timeout_s});
+        if let Some(d) = downtime_ms {
+            body["downtime_ms"] = d.into();
+        }
+        if let Some(b) = bandwidth_mib_s {
+            body["bandwidth_mib_s"] = b.into();
+        }
+        self.call("PUT", "/migration/send", Some(&body.to_string()), t)
+            .map(|_| ())
+    }
+
+    /// Makes this empty VMM wait for a guest on `url` (as the VMM sees
+    /// it); answered when the guest runs here, or the migration failed.
+    pub fn receive_migration(&self, url: &str, t: Duration) -> Result<()> {
+        let body = serde_json::json!({ "receiver_url": url }).to_string();
+        self.call("PUT", "/migration/receive", Some(&body), t)
+            .map(|_| ())
+    }
+
     /// The block and network byte counters (`GET /metrics`).
     pub fn counters(&self, t: Duration) -> Result<VmmCounters> {
         let text = self.call("GET", "/metrics", None, t)?;

@@ -49,10 +49,14 @@ pub struct PlanArgs {
     /// Draw active hosts and their utilization, before and after, to this PNG.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
-    /// Hand the plan to the host manager (not available yet: writes the
-    /// plan and says so).
-    #[arg(long)]
+    /// Make the plan's moves: each guest live-migrated by its host's
+    /// condo daemon (named in the inventory), in order, stopping at the
+    /// first failure.
+    #[arg(long, requires = "inventory")]
     pub apply: bool,
+    /// The cluster key for daemons reached over TCP (--apply).
+    #[arg(long, value_name = "FILE", env = "CONDO_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
     /// Order of PlanetLab files, which decides the VM types.
     #[arg(long, value_enum, default_value = "reference")]
     pub order: FileOrder,
@@ -92,8 +96,27 @@ pub enum PlanError {
     Write(PathBuf, std::io::Error),
     #[error("{0}")]
     Usage(String),
-    #[error("--apply: handing a plan to the host manager is not implemented yet (the daemon has no migration API); the plan is in {0}")]
-    ApplyNotYet(PathBuf),
+    #[error("--apply: host {0:?} has no daemon in the inventory (\"daemon\": \"unix:/run/condo/condo.sock\" or \"tcp:HOST:PORT\")")]
+    NoDaemon(String),
+}
+
+/// One move of the plan: `guest` from host `from` to host `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedMove {
+    pub order: usize,
+    pub guest: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// What `condo plan` did: the text to print, and for `--apply` the moves
+/// with the daemons of the hosts they involve.
+#[derive(Clone, Debug, Default)]
+pub struct Planned {
+    pub text: String,
+    pub moves: Vec<PlannedMove>,
+    /// Host name -> daemon address, from the inventory.
+    pub daemons: BTreeMap<String, String>,
 }
 
 /// A run of one policy on one workload.
@@ -198,28 +221,28 @@ struct PlanJson<'a> {
     /// Guest -> host after the replay, before the moves below.
     placement: BTreeMap<&'a str, &'a str>,
     /// Moves to make now, in this order.
-    moves: Vec<MoveJson<'a>>,
+    moves: Vec<PlannedMove>,
     /// Guest -> host once the moves are done.
     placement_after: BTreeMap<&'a str, &'a str>,
 }
 
-#[derive(Serialize)]
-struct MoveJson<'a> {
-    order: usize,
-    guest: &'a str,
-    from: &'a str,
-    to: &'a str,
-}
-
-/// Runs `condo plan`.
-pub fn run(args: &PlanArgs) -> Result<String, PlanError> {
+/// Runs `condo plan`. With `--apply` it plans and checks that every host
+/// a move involves names its daemon; making the moves is the host
+/// manager's (the `condo` binary hands them over).
+pub fn run(args: &PlanArgs) -> Result<Planned, PlanError> {
     if let Some(data) = &args.reproduce {
         let text = report::reproduce(data, threads(args))?;
         if let Some(out) = &args.results {
             std::fs::write(out, &text).map_err(|e| PlanError::Write(out.clone(), e))?;
-            return Ok(format!("wrote {}\n", out.display()));
+            return Ok(Planned {
+                text: format!("wrote {}\n", out.display()),
+                ..Planned::default()
+            });
         }
-        return Ok(text);
+        return Ok(Planned {
+            text,
+            ..Planned::default()
+        });
     }
     let Some(path) = &args.trace else {
         return Err(PlanError::Usage("--trace PATH is required".into()));
@@ -239,9 +262,11 @@ pub fn run(args: &PlanArgs) -> Result<String, PlanError> {
         keep_idle_vms: format == Format::Condo,
         ..RunOptions::default()
     };
+    let mut daemons = BTreeMap::new();
     let hosts = match &args.inventory {
         Some(f) => {
             let inv = inventory::load(f)?;
+            daemons.extend(inv.daemons.clone());
             if !inv.placement.is_empty() {
                 let mut fixed = Vec::with_capacity(w.vms.len());
                 for vm in &w.vms {
@@ -279,16 +304,29 @@ pub fn run(args: &PlanArgs) -> Result<String, PlanError> {
     ));
     let first = &results[0];
     let Some(sim) = &first.sim else {
-        return Ok(out);
+        return Ok(Planned {
+            text: out,
+            ..Planned::default()
+        });
     };
+    let name = |v: usize| sim.vms[v].name.as_str();
+    let host = |h: usize| hosts.get(h).map_or("?", |s| s.name.as_str());
+    let last: Vec<&Move> = sim
+        .moves
+        .iter()
+        .filter(|m| m.time_s == sim.moves.last().map_or(-1.0, |l| l.time_s))
+        .collect();
+    let moves: Vec<PlannedMove> = last
+        .iter()
+        .enumerate()
+        .map(|(i, m)| PlannedMove {
+            order: i + 1,
+            guest: name(m.vm).to_owned(),
+            from: host(m.from).to_owned(),
+            to: host(m.to).to_owned(),
+        })
+        .collect();
     if let Some(file) = &args.plan_out {
-        let name = |v: usize| sim.vms[v].name.as_str();
-        let host = |h: usize| hosts.get(h).map_or("?", |s| s.name.as_str());
-        let last: Vec<&Move> = sim
-            .moves
-            .iter()
-            .filter(|m| m.time_s == sim.moves.last().map_or(-1.0, |l| l.time_s))
-            .collect();
         let placement: BTreeMap<&str, &str> = sim
             .placement()
             .iter()
@@ -304,16 +342,7 @@ pub fn run(args: &PlanArgs) -> Result<String, PlanError> {
             trace: path.display().to_string(),
             metrics: &first.metrics,
             placement: before,
-            moves: last
-                .iter()
-                .enumerate()
-                .map(|(i, m)| MoveJson {
-                    order: i + 1,
-                    guest: name(m.vm),
-                    from: host(m.from),
-                    to: host(m.to),
-                })
-                .collect(),
+            moves: moves.clone(),
             placement_after: placement,
         };
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
@@ -336,12 +365,19 @@ pub fn run(args: &PlanArgs) -> Result<String, PlanError> {
         let _ = writeln!(out, "plot: {}", png.display());
     }
     if args.apply {
-        return match &args.plan_out {
-            Some(f) => Err(PlanError::ApplyNotYet(f.clone())),
-            None => Err(PlanError::Usage("--apply needs --plan-out FILE".into())),
-        };
+        for m in &moves {
+            for h in [&m.from, &m.to] {
+                if !daemons.contains_key(h) {
+                    return Err(PlanError::NoDaemon(h.clone()));
+                }
+            }
+        }
     }
-    Ok(out)
+    Ok(Planned {
+        text: out,
+        moves,
+        daemons,
+    })
 }
 
 /// Series for the before/after plot: one VM per host as traced, then each run.

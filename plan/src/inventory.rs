@@ -10,8 +10,10 @@
 //!
 //! A host entry with `count` > 1 stands for that many hosts named
 //! `name0`, `name1`, ...; `power_watts` (11 values, 0 % to 100 % load)
-//! may replace `idle_watts`/`max_watts`. Untrusted input: errors name the
-//! file and, for syntax errors, the line.
+//! may replace `idle_watts`/`max_watts`. A single host may name its condo
+//! daemon (`"daemon": "unix:/run/condo/condo.sock"` or `"tcp:HOST:PORT"`),
+//! which `condo plan --apply` asks to make the moves. Untrusted input:
+//! errors name the file and, for syntax errors, the line.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ struct HostEntry {
     idle_watts: Option<f64>,
     max_watts: Option<f64>,
     power_watts: Option<Vec<f64>>,
+    /// Where the host's condo daemon is reached (for `--apply`).
+    daemon: Option<String>,
 }
 
 fn one() -> u32 {
@@ -58,6 +62,8 @@ pub struct Inventory {
     pub hosts: Vec<HostSpec>,
     /// Guest name -> index into `hosts`.
     pub placement: HashMap<String, usize>,
+    /// Host name -> its daemon's address, for the hosts that name one.
+    pub daemons: HashMap<String, String>,
 }
 
 /// Errors reading an inventory.
@@ -87,7 +93,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
         return Err(bad(format!("{total} hosts; at most {MAX_HOSTS}")));
     }
     let mut hosts = Vec::new();
+    let mut daemons = HashMap::new();
     for h in &f.hosts {
+        if let Some(d) = &h.daemon {
+            if h.count != 1 {
+                return Err(bad(format!(
+                    "host {:?}: a daemon names one host (count 1)",
+                    h.name
+                )));
+            }
+            if d.is_empty()
+                || d.len() > 256
+                || d.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(format!(
+                    "host {:?}: daemon: unix:/path/to/condo.sock or tcp:HOST:PORT",
+                    h.name
+                )));
+            }
+            daemons.insert(h.name.clone(), d.clone());
+        }
         let pos = |x: f64| x.is_finite() && x > 0.0;
         if h.cores == 0 || !pos(h.mips_per_core) || h.ram_mb == 0 || !pos(h.bw_mbps) {
             return Err(bad(format!(
@@ -161,7 +186,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
         })?;
         placement.insert(guest.clone(), *i);
     }
-    Ok(Inventory { hosts, placement })
+    Ok(Inventory {
+        hosts,
+        placement,
+        daemons,
+    })
 }
 
 /// Reads an inventory file.
@@ -188,6 +217,18 @@ mod tests {
         assert_eq!(inv.hosts[2].name, "g5-2");
         assert_eq!(inv.hosts[0].bw_kbps, 1_000_000.0);
         assert_eq!(inv.placement.get("web1"), Some(&2));
+        let inv = parse(
+            Path::new("inv.json"),
+            r#"{"hosts": [{"name": "a", "cores": 2, "mips_per_core": 2660, "ram_mb": 4096,
+                "idle_watts": 93.7, "max_watts": 135, "daemon": "tcp:10.0.0.2:7070"}]}"#,
+        );
+        assert_eq!(
+            inv.map(|i| i.daemons.get("a").cloned())
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("tcp:10.0.0.2:7070")
+        );
     }
 
     fn err(text: &str) -> String {
@@ -209,5 +250,9 @@ mod tests {
             .contains("11 values"));
         assert!(err(r#"{"hosts": [{"name": "a", "cores": 1, "mips_per_core": 1, "ram_mb": 1, "idle_watts": 1, "max_watts": 2}], "placement": {"g": "b"}}"#)
             .contains("unknown host \"b\""));
+        assert!(err(r#"{"hosts": [{"name": "a", "count": 2, "cores": 1, "mips_per_core": 1, "ram_mb": 1, "idle_watts": 1, "max_watts": 2, "daemon": "tcp:h:1"}]}"#)
+            .contains("count 1"));
+        assert!(err(r#"{"hosts": [{"name": "a", "cores": 1, "mips_per_core": 1, "ram_mb": 1, "idle_watts": 1, "max_watts": 2, "daemon": "a b"}]}"#)
+            .contains("daemon"));
     }
 }

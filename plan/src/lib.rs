@@ -15,4 +15,4 @@ pub mod sim;
 pub mod stats;
 pub mod trace;
 
-pub use cli::{run, PlanArgs, PlanError};
+pub use cli::{run, PlanArgs, PlanError, Planned, PlannedMove};

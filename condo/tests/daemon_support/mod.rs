@@ -34,13 +34,31 @@ impl Daemon {
     /// Starts a daemon whose state directory is `state` (default: in the
     /// test's directory).
     pub fn start_at(name: &str, state: Option<&Path>, extra: &[&str]) -> Self {
+        Self::start_with(name, state, None, extra)
+    }
+
+    /// Starts a second daemon on `other`'s subnet (its own bridge and state
+    /// directory): what two hosts of one network are. Give each an
+    /// `--address-range` of its own, and join the bridges
+    /// ([`JoinedBridges`]).
+    pub fn start_sharing(name: &str, other: &Daemon, extra: &[&str]) -> Self {
+        Self::start_with(name, None, Some(other.subnet_prefix.clone()), extra)
+    }
+
+    fn start_with(
+        name: &str,
+        state: Option<&Path>,
+        subnet_prefix: Option<String>,
+        extra: &[&str],
+    ) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 50) * 4;
         let dir = common::tempdir(&format!("daemon-{name}"));
         let mut d = Self {
             state: state.map_or_else(|| dir.join("state"), Path::to_path_buf),
             sock: dir.join("condo.sock"),
             bridge: format!("ct{}", n % 1000),
-            subnet_prefix: format!("10.{}.{}", 200 + n / 250 % 50, n % 250),
+            subnet_prefix: subnet_prefix
+                .unwrap_or_else(|| format!("10.{}.{}", 200 + n / 250 % 50, n % 250)),
             cgroup: format!("condo-test-{}-{n}", std::process::id()),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -264,6 +282,64 @@ impl Daemon {
         v.sort();
         v
     }
+}
+
+/// Two daemons' bridges joined by a veth pair: one network, as the
+/// bridges of two hosts on one switch. Removed on drop.
+pub struct JoinedBridges {
+    veth: String,
+}
+
+/// iproute2's `ip` (busybox's has no veth peers), as the daemon finds it.
+fn iproute2() -> PathBuf {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            std::fs::canonicalize(p).is_ok_and(|c| c.file_name().is_some_and(|n| n != "busybox"))
+        })
+        .unwrap_or_else(|| PathBuf::from("ip"))
+}
+
+impl JoinedBridges {
+    pub fn new(a: &Daemon, b: &Daemon) -> Self {
+        let veth = format!("j{}", a.bridge);
+        let peer = format!("k{}", b.bridge);
+        let ip = |args: &[&str]| {
+            let ok = Command::new(iproute2())
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "ip {args:?} failed");
+        };
+        let _ = Command::new(iproute2())
+            .args(["link", "delete", &veth])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &veth, "master", &a.bridge, "up"]);
+        ip(&["link", "set", &peer, "master", &b.bridge, "up"]);
+        Self { veth }
+    }
+}
+
+impl Drop for JoinedBridges {
+    fn drop(&mut self) {
+        let _ = Command::new(iproute2())
+            .args(["link", "delete", &self.veth])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A cluster key file (mode 0600) in `dir`.
+pub fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("peer.key");
+    std::fs::write(&p, "test-cluster-key-0123456789abcdef\n").expect("key file");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    p
 }
 
 impl Drop for Daemon {
