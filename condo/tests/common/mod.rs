@@ -201,18 +201,29 @@ pub fn api_within(
     body: &str,
     limit: Duration,
 ) -> (u16, String) {
+    try_api_within(sock, method, path, body, limit)
+        .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", sock.display()))
+}
+
+/// Like [`api_within`], with the connection's errors returned (a server
+/// at its connection cap closes new connections at once).
+pub fn try_api_within(
+    sock: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(sock)
-        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(limit))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .expect("send request");
+    )?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
+    s.read_to_string(&mut resp)?;
     let status = resp
         .split(' ')
         .nth(1)
@@ -222,7 +233,7 @@ pub fn api_within(
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Waits (up to 10 s) for a Unix socket to appear.
