@@ -25,10 +25,11 @@ bench_bin="$BUILD/release/condo-bench"
 qemu_bin="$(command -v qemu-system-x86_64)"
 args=(boot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX"
   --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds" --cpus 2 --memory 256)
-files=(--file "$condo_bin")
+files=(--file "$condo_bin" --file "${condo_bin}-vmm")
 if [ -n "${CONDO_B:-}" ]; then
   args+=(--condo-b "$CONDO_B")
   files+=(--file "$CONDO_B")
+  [ ! -e "${CONDO_B}-vmm" ] || files+=(--file "${CONDO_B}-vmm")
 fi
 
 out="${RESULTS:-$ROOT/benches/results/boot.md}"

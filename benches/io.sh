@@ -35,7 +35,7 @@ else
   done_rounds=0
   for attempt in 1 2 3 4; do
     rc=0
-    bash testhost/run --cpus "$testhost_cpus" --timeout 3600 --env "BENCH_DEBUG=${BENCH_DEBUG:-}" --file "$condo_bin" --file "$qemu_bin" --file /usr/share/qemu \
+    bash testhost/run --cpus "$testhost_cpus" --timeout 3600 --env "BENCH_DEBUG=${BENCH_DEBUG:-}" --file "$condo_bin" --file "${condo_bin}-vmm" --file "$qemu_bin" --file /usr/share/qemu \
       --file /usr/share/seabios --file "$CONDO_GUEST_VMLINUX" --file "$CONDO_GUEST_INITRAMFS" \
       --file "$ROOT/benches/io-rounds.sh" \
       -- /bin/sh "$ROOT/benches/io-rounds.sh" "${args[@]}" $((rounds - done_rounds)) /var/bench |

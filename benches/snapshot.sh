@@ -21,10 +21,11 @@ condo_bin="${CONDO_A:-$BUILD/release/condo}"
 bench_bin="$BUILD/release/condo-bench"
 qemu_bin="$(command -v qemu-system-x86_64)"
 args=(snapshot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds")
-files=(--file "$condo_bin")
+files=(--file "$condo_bin" --file "${condo_bin}-vmm")
 if [ -n "${CONDO_B:-}" ]; then
   args+=(--condo-b "$CONDO_B")
   files+=(--file "$CONDO_B")
+  [ ! -e "${CONDO_B}-vmm" ] || files+=(--file "${CONDO_B}-vmm")
 fi
 out="${RESULTS:-$ROOT/benches/results/snapshot.md}"
 tmp=$(mktemp)

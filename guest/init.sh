@@ -10,6 +10,10 @@ if [ -f /etc/modules-load ]; then
     [ -f "/lib/modules/$m.ko" ] && insmod "/lib/modules/$m.ko" 2>/dev/null
   done < /etc/modules-load
 fi
+# condo.agent=1 starts the guest agent (docs/agent.md) beside this init.
+case " $(cat /proc/cmdline) " in
+  *" condo.agent=1 "*) /sbin/condo-agent & ;;
+esac
 echo "condo-guest: ready"
 
 end=poweroff

@@ -25,5 +25,5 @@ if bash testhost/kvm-ok; then
 fi
 step "this /dev/kvm cannot boot Linux: booting inside the nested test host"
 bash testhost/build.sh
-exec bash testhost/run --file "$condo_bin" --file "$CONDO_GUEST_VMLINUX" \
+exec bash testhost/run --file "$condo_bin" --file "${condo_bin}-vmm" --file "$CONDO_GUEST_VMLINUX" \
   --file "$CONDO_GUEST_INITRAMFS" -- "$condo_bin" "${run_args[@]}"

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   qemu-system-x86 busybox-static cpio xz-utils zstd kmod e2fsprogs
   flex bison bc libelf-dev libssl-dev make gcc libc6-dev
-  curl iproute2 socat jq
+  curl iproute2 socat jq nftables
 )
 
 missing=()

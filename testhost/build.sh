@@ -34,6 +34,27 @@ done
 for name in irqbypass kvm kvm-amd tun; do
   [ -f "$work/root/lib/modules/$name.ko" ] && echo "$name" >> "$work/root/etc/modules-load"
 done
+# The host daemon's tests (condo/tests/host.rs): its managed bridge, one
+# veth pair per guest, and NAT through nftables. Dependencies first, as
+# modules.dep lists them.
+declare -A seen=()
+add_mod() { # add_mod PATH (relative to $moddir)
+  local path="$1" d
+  [ -n "${seen[$path]:-}" ] && return 0
+  seen[$path]=1
+  for d in $(grep -E "^$path:" "$moddir/modules.dep" | cut -d: -f2-); do add_mod "$d"; done
+  name=$(basename "$path"); name=${name%%.ko*}
+  case "$path" in
+    *.ko.xz) xz -dc "$moddir/$path" > "$work/root/lib/modules/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$moddir/$path" > "$work/root/lib/modules/$name.ko" ;;
+    *) cp "$moddir/$path" "$work/root/lib/modules/$name.ko" ;;
+  esac
+  echo "$name" >> "$work/root/etc/modules-load"
+}
+for m in bridge veth nft_masq nft_chain_nat nft_ct; do
+  path=$(grep -oE "^[^:]*/$m\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1 | tr -d :)
+  [ -n "$path" ] && add_mod "$path"
+done
 (cd "$work/root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/base.cpio.tmp"
 mv "$out/base.cpio.tmp" "$out/base.cpio"
 echo "$stamp" > "$out/stamp"

@@ -8,6 +8,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup # as a current distribution mounts it (j
 mount -t devtmpfs devtmpfs /dev
 chmod 1777 /tmp # the initramfs root is already writable; --file paths under /tmp stay visible
 mkdir -p /dev/shm /run && mount -t tmpfs tmpfs /dev/shm
+mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts # pseudo-terminals (a jail's console)
+mkdir -p /var && ln -sfn /run /var/run # as on Debian: iproute2 keeps named network namespaces in /var/run/netns
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 ip link set lo up 2>/dev/null
 while read -r m; do
@@ -15,6 +17,8 @@ while read -r m; do
 done < /etc/modules-load
 [ -c /dev/kvm ] || echo "testhost: /dev/kvm did not appear" >&2
 [ -f /testhost/env ] && . /testhost/env
+# The optional container-engine layer (testhost/build-engines.sh).
+[ -x /testhost/engines-init ] && /testhost/engines-init
 cd /tmp
 echo "@@testhost-start"
 sh /testhost/cmd

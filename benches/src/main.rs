@@ -22,10 +22,15 @@
 //!        [--condo-b PATH]
 //! `--condo-b` adds a second condo build to every round (an A/B
 //! comparison of two builds in the same test host).
+//!
+//! The other subcommands: `snapshot` ([`snapshot`]) and `migration`
+//! ([`migration`]).
 
 #![allow(clippy::print_stdout)]
 
+mod density;
 mod kvmstat;
+mod migration;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -67,7 +72,7 @@ struct Phases {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: condo-bench boot --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
+        "usage: condo-bench boot|snapshot|migration --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
          [--rounds N] [--cpus N] [--memory MiB] [--condo-b PATH]"
     );
     std::process::exit(2)
@@ -77,10 +82,24 @@ fn parse() -> Opts {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("boot") => {}
+        Some("density") => match density::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench density: {e}");
+                std::process::exit(1)
+            }
+        },
         Some("snapshot") => match snapshot::main(args) {
             Ok(()) => std::process::exit(0),
             Err(e) => {
                 eprintln!("condo-bench snapshot: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("migration") => match migration::main(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("condo-bench migration: {e}");
                 std::process::exit(1)
             }
         },

@@ -85,8 +85,19 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
 }
 
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    api_within(sock, method, path, body, Duration::from_secs(60))
+}
+
+/// One API request, answered within `limit`: its status and response.
+pub(crate) fn api_within(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> Result<(u16, String), String> {
     let mut s = UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = s.set_read_timeout(Some(limit));
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
@@ -103,7 +114,7 @@ fn api(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String
     Ok((code, resp))
 }
 
-fn expect_204(sock: &Path, method: &str, path: &str, body: &str) -> Result<(), String> {
+pub(crate) fn expect_204(sock: &Path, method: &str, path: &str, body: &str) -> Result<(), String> {
     match api(sock, method, path, body)? {
         (204, _) => Ok(()),
         (_, r) => Err(format!("{method} {path}: {r}")),
@@ -111,8 +122,8 @@ fn expect_204(sock: &Path, method: &str, path: &str, body: &str) -> Result<(), S
 }
 
 /// The guest: a tick on the serial console every 10 ms.
-const TICKER: &str = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.01; done";
-const CMDLINE_BASE: &str = "console=ttyS0 reboot=k panic=1 quiet";
+pub(crate) const TICKER: &str = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.01; done";
+pub(crate) const CMDLINE_BASE: &str = "console=ttyS0 reboot=k panic=1 quiet";
 
 /// A VMM process whose serial lines are timestamped as they arrive, and
 /// whose step lines (condo's, on stderr) are collected.
@@ -219,7 +230,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-fn wait_socket(sock: &Path) -> Result<(), String> {
+pub(crate) fn wait_socket(sock: &Path) -> Result<(), String> {
     let start = Instant::now();
     while UnixStream::connect(sock).is_err() {
         if start.elapsed() > Duration::from_secs(10) {

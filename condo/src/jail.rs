@@ -38,6 +38,27 @@ pub struct JailArgs {
     /// must be readable (disks: writable) by --uid/--gid.
     #[arg(long = "file", value_name = "PATH")]
     files: Vec<PathBuf>,
+    /// A host file or directory bind-mounted at another path inside the
+    /// jail: JAIL_PATH=HOST_PATH (e.g. /vm/disk=/var/lib/condo/guests/7/disk),
+    /// so that every guest sees the same paths. Repeat for more.
+    #[arg(long = "file-at", value_name = "JAIL_PATH=HOST_PATH")]
+    files_at: Vec<String>,
+    /// Hold the VMM's console: its standard input and output become a
+    /// pseudo-terminal that this process keeps, serving it on this Unix
+    /// socket (mode 0600) to any number of clients, each first sent the
+    /// most recent output (64 KiB). The console outlives whoever started
+    /// the jail.
+    #[arg(long, value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// With --console-socket: also append the console output to this file
+    /// (the previous 1 MiB kept as PATH.1).
+    #[arg(long, value_name = "PATH", requires = "console_socket")]
+    console_log: Option<PathBuf>,
+    /// Write the VMM's exit status (a number and a newline) to this file
+    /// when it ends, so that a process that is not the jail's parent can
+    /// learn how the VM ended.
+    #[arg(long, value_name = "PATH")]
+    exit_file: Option<PathBuf>,
     /// Join this network namespace (e.g. /var/run/netns/NAME) for TAPs.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
@@ -132,6 +153,19 @@ fn parse_rlimit(s: &str) -> Result<(libc::__rlimit_resource_t, u64), JailError> 
         "no-file" => Ok((libc::RLIMIT_NOFILE, v)),
         "fsize" => Ok((libc::RLIMIT_FSIZE, v)),
         _ => Err(bad()),
+    }
+}
+
+/// `JAIL_PATH=HOST_PATH` of `--file-at`: the jail path is absolute and
+/// has no '='; the host path is the rest.
+fn parse_file_at(s: &str) -> Result<(PathBuf, PathBuf), JailError> {
+    match s.split_once('=') {
+        Some((at, src)) if at.starts_with('/') && !src.is_empty() => {
+            Ok((PathBuf::from(at), PathBuf::from(src)))
+        }
+        _ => Err(JailError::Invalid(format!(
+            "--file-at {s:?}: expected JAIL_PATH=HOST_PATH with an absolute JAIL_PATH"
+        ))),
     }
 }
 
@@ -266,6 +300,11 @@ fn plan(a: &JailArgs) -> Result<Plan, JailError> {
     for f in &a.files {
         fs::metadata(f).map_err(os(format!("--file {}", f.display())))?;
         files.push((f.clone(), inside(&root, f)?));
+    }
+    for spec in &a.files_at {
+        let (at, src) = parse_file_at(spec)?;
+        fs::metadata(&src).map_err(os(format!("--file-at {}", src.display())))?;
+        files.push((src, inside(&root, &at)?));
     }
     let settings = a
         .cgroups
@@ -569,6 +608,13 @@ fn set_handler(sig: libc::c_int, h: extern "C" fn(libc::c_int)) {
 pub fn enter_jail(a: &JailArgs) -> Result<Option<u8>, JailError> {
     let p = plan(a)?;
     prepare_root(&p)?;
+    let console = match &a.console_socket {
+        Some(sock) => Some(
+            crate::jail_console::Console::open(sock, a.console_log.as_deref())
+                .map_err(os(format!("console {}", sock.display())))?,
+        ),
+        None => None,
+    };
     let netns = match &p.netns {
         Some(n) => Some(fs::File::open(n).map_err(os(format!("open {}", n.display())))?),
         None => None,
@@ -595,6 +641,10 @@ pub fn enter_jail(a: &JailArgs) -> Result<Option<u8>, JailError> {
             for s in FORWARDED {
                 set_handler(s, exit_now);
             }
+            if let Some(c) = &console {
+                c.attach_child()
+                    .map_err(os("attach the VMM to its console"))?;
+            }
             if let Some(f) = &netns {
                 use std::os::fd::AsRawFd;
                 check(
@@ -604,6 +654,10 @@ pub fn enter_jail(a: &JailArgs) -> Result<Option<u8>, JailError> {
             }
             check(libc::unshare(flags), "unshare namespaces")?;
             enter(&p)?;
+            // enter() closed every descriptor above 2: these must not be
+            // closed again.
+            std::mem::forget(console);
+            std::mem::forget(netns);
             return Ok(None);
         }
         drop(netns);
@@ -612,9 +666,14 @@ pub fn enter_jail(a: &JailArgs) -> Result<Option<u8>, JailError> {
             set_handler(s, forward);
         }
         let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0 {
-            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                return Err(os("wait for the VMM")(io::Error::last_os_error()));
+        if let Some(c) = console {
+            // Serves the console until the VMM has ended (and reaps it).
+            status = c.serve(pid).map_err(os("console"))?;
+        } else {
+            while libc::waitpid(pid, &mut status, 0) < 0 {
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    return Err(os("wait for the VMM")(io::Error::last_os_error()));
+                }
             }
         }
         // An exited task leaves its cgroup a moment after it is reaped.
@@ -626,12 +685,23 @@ pub fn enter_jail(a: &JailArgs) -> Result<Option<u8>, JailError> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
-        Ok(Some(if libc::WIFEXITED(status) {
+        let code = if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status) as u8
         } else {
             128 + libc::WTERMSIG(status) as u8
-        }))
+        };
+        if let Some(f) = &a.exit_file {
+            write_exit_file(f, code).map_err(os(format!("exit file {}", f.display())))?;
+        }
+        Ok(Some(code))
     }
+}
+
+/// Writes `code` to `path` whole or not at all (a temporary file renamed).
+fn write_exit_file(path: &Path, code: u8) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{code}\n"))?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -665,5 +735,12 @@ mod tests {
         );
         assert!(parse_rlimit("cores=1").is_err());
         assert!(parse_rlimit("no-file=x").is_err());
+        assert_eq!(
+            parse_file_at("/vm/disk=/var/lib/d=1").unwrap(),
+            (PathBuf::from("/vm/disk"), PathBuf::from("/var/lib/d=1"))
+        );
+        assert!(parse_file_at("vm/disk=/x").is_err());
+        assert!(parse_file_at("/vm/disk=").is_err());
+        assert!(parse_file_at("/vm/disk").is_err());
     }
 }

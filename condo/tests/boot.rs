@@ -1297,14 +1297,12 @@ fn every_thread_runs_under_its_seccomp_filter() {
         assert_eq!(status, 200);
         let threads = thread_seccomp(vm.child.id());
         let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
-        for want in [
-            "condo",
-            "vcpu0",
-            "api",
-            "virtio-blk",
-            "virtio-rng",
-            "virtio-vsock",
-        ] {
+        // The main thread: condo, or condo-vmm where that is installed.
+        assert!(
+            names.iter().any(|n| n.starts_with("condo")),
+            "no main thread in {names:?}"
+        );
+        for want in ["vcpu0", "api", "virtio-blk", "virtio-rng", "virtio-vsock"] {
             assert!(names.contains(&want), "no {want} thread in {threads:?}");
         }
         for (name, mode, filters) in &threads {

@@ -287,7 +287,12 @@ impl Vcpu {
                 self.fd.set_kvm_immediate_exit(1);
                 let _ = self.fd.run();
                 self.fd.set_kvm_immediate_exit(0);
-                let state = self.save_state(&control.msr_list);
+                // A brief hold (migration's throttle) needs no state.
+                let state = if control.keep_state.load(Ordering::Acquire) {
+                    self.save_state(&control.msr_list)
+                } else {
+                    Err(VcpuStateError::NotStopped(id))
+                };
                 control.park(&self.fd, id, state);
                 continue;
             }
@@ -378,6 +383,8 @@ pub struct VcpuControl {
     msr_list: Vec<u32>,
     /// Each vCPU's state, saved when it last parked.
     states: Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
+    /// Parking saves the state (a pause), or not (a brief hold).
+    keep_state: AtomicBool,
 }
 
 impl VcpuControl {
@@ -386,6 +393,7 @@ impl VcpuControl {
         Self {
             msr_list,
             states: Mutex::new(vec![None; count]),
+            keep_state: AtomicBool::new(true),
             ..Self::default()
         }
     }
@@ -434,8 +442,21 @@ impl VcpuControl {
     }
 
     /// Pauses: returns once all `count` threads, kicked by `kick`, are
-    /// parked; false if they did not all park within a second.
+    /// parked with their state saved; false if they did not all park
+    /// within a second.
     pub fn pause(&self, count: usize, kick: impl Fn()) -> bool {
+        self.keep_state.store(true, Ordering::Release);
+        self.park_all(count, kick)
+    }
+
+    /// Like [`VcpuControl::pause`], without saving the vCPUs' state: a
+    /// brief hold that only keeps the guest from running.
+    pub fn hold(&self, count: usize, kick: impl Fn()) -> bool {
+        self.keep_state.store(false, Ordering::Release);
+        self.park_all(count, kick)
+    }
+
+    fn park_all(&self, count: usize, kick: impl Fn()) -> bool {
         self.paused.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut n = lock(&self.parked);

@@ -139,6 +139,28 @@ impl Vm {
         }
     }
 
+    /// Keeps the vCPUs from running until [`Vm::resume`], without saving
+    /// their state (live migration's auto-converge).
+    pub fn hold(&mut self) -> Result<(), VmmError> {
+        let live = self
+            .threads
+            .handles
+            .iter()
+            .filter(|h| !h.is_finished())
+            .count();
+        if self.threads.control.hold(live, || self.threads.kick_all()) {
+            Ok(())
+        } else {
+            self.threads.control.resume();
+            Err(VmmError::PauseTimeout)
+        }
+    }
+
+    /// Lets held vCPUs run again.
+    pub fn resume_held(&mut self) {
+        self.threads.control.resume();
+    }
+
     /// Resumes paused vCPUs.
     pub fn resume(&mut self) {
         crate::metrics::METRICS.vmm.resume_count.inc();

@@ -123,6 +123,14 @@ pub struct Hello {
     pub cpuid: Vec<kvm_cpuid_entry2>,
 }
 
+/// The source lets go: the destination runs the guest (or keeps it
+/// paused, as the user had it on the source).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Go {
+    pub resume: bool,
+}
+
 /// A reason, for `Refuse` and `Failed`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

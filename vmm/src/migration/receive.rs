@@ -58,9 +58,12 @@ pub fn receive(url: &str, ahead: crate::builder::Ahead) -> Result<Vm, MigrationE
     };
     write_json(&mut stream, Kind::Ready, &serde_json::json!({}))?;
     // Until Go, the guest is the source's: without it, it never runs here.
-    expect(&mut stream, &[Kind::Go])?;
+    let (kind, body) = expect(&mut stream, &[Kind::Go])?;
+    let go: protocol::Go = parse(kind, &body)?;
     let mut vm = vm;
-    vm.resume();
+    if go.resume {
+        vm.resume();
+    }
     vm.announce();
     // Running is the last word: if it cannot be said, the source may take
     // the guest back, so it must not run here too.

@@ -63,20 +63,22 @@ fn connect(url: &Url, timeout: Duration) -> Result<Stream, MigrationError> {
 struct Throttle {
     pct: u32,
     max: u32,
+    /// Never hold the vCPUs (they are paused already).
+    off: bool,
 }
 
 impl Throttle {
     /// After `busy` of sending, keeps the vCPUs out for `pct`% of the
     /// time; returns how long that took (not time spent sending).
     fn apply(&mut self, vm: &mut Vm, busy: Duration) -> Duration {
-        if self.pct == 0 {
+        if self.pct == 0 || self.off {
             return Duration::ZERO;
         }
         let t = Instant::now();
         let off = busy.mul_f64(f64::from(self.pct) / f64::from(100 - self.pct));
-        if vm.pause().is_ok() {
+        if vm.hold().is_ok() {
             std::thread::sleep(off.min(Duration::from_millis(500)));
-            vm.resume();
+            vm.resume_held();
         }
         t.elapsed()
     }
@@ -235,6 +237,7 @@ pub fn send(vm: &mut Vm, p: &SendMigration) -> Result<SendReport, MigrationError
     out.set_write_timeout(Some(Duration::from_secs(p.timeout_s.clamp(1, 60))))?;
 
     let state_now = vm.machine_state();
+    let hello_at = Instant::now();
     write_json(
         &mut out,
         Kind::Hello,
@@ -252,10 +255,14 @@ pub fn send(vm: &mut Vm, p: &SendMigration) -> Result<SendReport, MigrationError
             parse::<Reason>(kind, &body)?.reason,
         ));
     }
+    // The hand-over costs at least two round trips (State -> Ready, Go ->
+    // Running) on top of the last pass; this one (the destination
+    // allocating the guest's memory in between) bounds them from above.
+    let round_trip = hello_at.elapsed();
 
     let tracking_before = vm.config.machine_config.track_dirty_pages;
     vm.set_dirty_tracking(true)?;
-    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline);
+    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline, round_trip);
     if !tracking_before {
         if let Err(e) = vm.set_dirty_tracking(false) {
             tracing::warn!("migration: cannot stop dirty page tracking: {e}");
@@ -270,9 +277,22 @@ fn precopy_and_hand_over(
     p: &SendMigration,
     start: Instant,
     deadline: Instant,
+    round_trip: Duration,
 ) -> Result<SendReport, MigrationError> {
+    // What the last pass's memory may take: the allowed pause less the
+    // hand-over's two round trips, but at least a quarter of it (the
+    // state and the destination's rebuild come on top: see
+    // docs/migration.md).
+    let downtime = p.downtime_ms as f64;
+    let memory_budget_ms = (downtime - 2.0 * round_trip.as_secs_f64() * 1000.0).max(downtime / 4.0);
     let mut writer = MemoryWriter::default();
-    let mut throttle = Throttle { pct: 0, max: 0 };
+    // A guest the user paused stays paused, here or there.
+    let was_paused = vm.is_paused();
+    let mut throttle = Throttle {
+        pct: 0,
+        max: 0,
+        off: was_paused,
+    };
     let mut pacer = Pacer {
         limit: p.bandwidth_mib_s.map(|m| m.saturating_mul(1 << 20)),
         start,
@@ -301,7 +321,7 @@ fn precopy_and_hand_over(
     loop {
         let bytes = pending.len() as u64 * PAGE;
         let estimate_ms = bytes as f64 / rate * 1000.0;
-        if estimate_ms <= p.downtime_ms as f64 {
+        if estimate_ms <= memory_budget_ms {
             break;
         }
         if passes > MAX_PASSES {
@@ -346,9 +366,11 @@ fn precopy_and_hand_over(
 
     // Stop and copy.
     let paused_at = Instant::now();
-    vm.pause()?;
+    if !was_paused {
+        vm.pause()?;
+    }
     vm.devices.quiesce();
-    let r = stop_and_copy(vm, &mut pass, pending, paused_at);
+    let r = stop_and_copy(vm, &mut pass, pending, paused_at, was_paused);
     match r {
         Ok(mut report) => {
             report.passes = passes + 1;
@@ -364,7 +386,9 @@ fn precopy_and_hand_over(
                 tracing::error!("migration: cannot take the devices back: {a}");
             }
             vm.devices.resume();
-            vm.resume();
+            if !was_paused {
+                vm.resume();
+            }
             Err(e)
         }
     }
@@ -376,6 +400,7 @@ fn stop_and_copy(
     pass: &mut Pass<'_>,
     mut pending: Vec<u64>,
     paused_at: Instant,
+    was_paused: bool,
 ) -> Result<SendReport, MigrationError> {
     pass.throttle.pct = 0;
     let more = dirty_pages(vm, &vm.dirty_log()?);
@@ -396,7 +421,13 @@ fn stop_and_copy(
             parse::<Reason>(kind, &body)?.reason,
         ));
     }
-    write_frame(pass.out, Kind::Go, b"{}")?;
+    write_json(
+        pass.out,
+        Kind::Go,
+        &protocol::Go {
+            resume: !was_paused,
+        },
+    )?;
     pass.out.flush()?;
     let (kind, body) = expect(pass.out, &[Kind::Running, Kind::Failed])?;
     if kind == Kind::Failed {

@@ -1,0 +1,351 @@
+//! Small statistics the policies need, with the arithmetic of the library
+//! CloudSim 3.0.3 used (Apache commons-math 3: `SimpleRegression`,
+//! `Percentile` in its default "legacy" estimation) so that thresholds
+//! computed from the same numbers come out the same, bit for bit where it
+//! matters: linear regression, median, MAD, IQR, quantiles, and R^2 of a
+//! multiple regression (for the MC selection policy).
+
+// Index loops on purpose: matrix code reads best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
+/// Intercept and slope of an ordinary least-squares line through
+/// (1, y0), (2, y1), ..., updated one point at a time as commons-math's
+/// `SimpleRegression` does. `None` with fewer than 3 points or no spread.
+pub fn linear_fit(y: &[f64]) -> Option<(f64, f64)> {
+    let (mut n, mut xbar, mut ybar) = (0.0f64, 0.0, 0.0);
+    let (mut sxx, mut sxy, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0);
+    for (i, &yi) in y.iter().enumerate() {
+        let x = (i + 1) as f64;
+        if n == 0.0 {
+            xbar = x;
+            ybar = yi;
+        } else {
+            let fact1 = 1.0 + n;
+            let fact2 = n / (1.0 + n);
+            let dx = x - xbar;
+            let dy = yi - ybar;
+            sxx += dx * dx * fact2;
+            sxy += dx * dy * fact2;
+            xbar += dx / fact1;
+            ybar += dy / fact1;
+        }
+        sx += x;
+        sy += yi;
+        n += 1.0;
+    }
+    if n < 3.0 || sxx.abs() < 10.0 * f64::MIN_POSITIVE {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let intercept = (sy - slope * sx) / n;
+    Some((intercept, slope))
+}
+
+/// commons-math `Percentile.evaluate(values, p)` (legacy estimation), p in
+/// (0, 100].
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n == 1 {
+        return values[0];
+    }
+    let mut s = values.to_vec();
+    let pos = p * (n as f64 + 1.0) / 100.0;
+    let fpos = pos.floor();
+    let ipos = fpos as usize;
+    let dif = pos - fpos;
+    if pos < 1.0 {
+        return nth(&mut s, 0);
+    }
+    if pos >= n as f64 {
+        return nth(&mut s, n - 1);
+    }
+    let lower = nth(&mut s, ipos - 1);
+    let upper = nth(&mut s, ipos);
+    lower + dif * (upper - lower)
+}
+
+/// The `k`-th smallest value (order statistics are unique, so selection
+/// gives what sorting would).
+fn nth(s: &mut [f64], k: usize) -> f64 {
+    *s.select_nth_unstable_by(k, f64::total_cmp).1
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// Median absolute deviation (CloudSim's `MathUtil.mad`).
+pub fn mad(data: &[f64]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let m = median(data);
+    let dev: Vec<f64> = data.iter().map(|x| (m - x).abs()).collect();
+    median(&dev)
+}
+
+/// Interquartile range as CloudSim's `MathUtil.iqr` computes it.
+pub fn iqr(data: &[f64]) -> f64 {
+    let mut s = data.to_vec();
+    let n = s.len() as f64;
+    let q1 = ((0.25 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+    let q3 = ((0.75 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+    if q3 >= s.len() || q1 >= s.len() {
+        return 0.0;
+    }
+    nth(&mut s, q3) - nth(&mut s, q1)
+}
+
+/// Length of `data` without its trailing zeros, as CloudSim's
+/// `countNonZeroBeginning` counts it (an all-zero array counts 1).
+pub fn count_non_zero_beginning(data: &[f64]) -> usize {
+    let mut i = data.len() as isize - 1;
+    while i >= 0 {
+        let v = data[i as usize];
+        i -= 1;
+        if v != 0.0 {
+            break;
+        }
+    }
+    (i + 2) as usize
+}
+
+/// Coefficient of determination of the least-squares fit of `y` on the
+/// rows of `xs` plus an intercept. `None` when there are not more
+/// observations than parameters (Flanagan's `Regression` refuses), and NaN
+/// when the system is singular or `y` is constant.
+pub fn r_squared(xs: &[&[f64]], y: &[f64]) -> Option<f64> {
+    let m = y.len();
+    let p = xs.len() + 1;
+    if m <= p {
+        return None;
+    }
+    // Normal equations A b = c with A = X'X.
+    let col = |j: usize, i: usize| if j == 0 { 1.0 } else { xs[j - 1][i] };
+    let mut a = vec![vec![0.0; p + 1]; p];
+    for r in 0..p {
+        for c in 0..p {
+            a[r][c] = (0..m).map(|i| col(r, i) * col(c, i)).sum();
+        }
+        a[r][p] = (0..m).map(|i| col(r, i) * y[i]).sum();
+    }
+    for k in 0..p {
+        let piv = (k..p)
+            .max_by(|&i, &j| a[i][k].abs().total_cmp(&a[j][k].abs()))
+            .unwrap_or(k);
+        a.swap(k, piv);
+        if a[k][k].abs() < 1e-12 {
+            return Some(f64::NAN);
+        }
+        for r in 0..p {
+            if r != k {
+                let f = a[r][k] / a[k][k];
+                for c in k..=p {
+                    a[r][c] -= f * a[k][c];
+                }
+            }
+        }
+    }
+    let b: Vec<f64> = (0..p).map(|k| a[k][p] / a[k][k]).collect();
+    let mean = y.iter().sum::<f64>() / m as f64;
+    let (mut ssr, mut sst) = (0.0, 0.0);
+    for i in 0..m {
+        let pred: f64 = (0..p).map(|j| b[j] * col(j, i)).sum();
+        ssr += (y[i] - pred).powi(2);
+        sst += (y[i] - mean).powi(2);
+    }
+    Some(1.0 - ssr / sst)
+}
+
+/// R^2 of regressing each row of `rows` on all the others (plus an
+/// intercept), as [`r_squared`] would give row by row, from one Gram
+/// matrix. `None` when there are not more observations than parameters.
+pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
+    let n = rows.len();
+    let m = rows.iter().map(Vec::len).min().unwrap_or(0);
+    if m <= n {
+        return None;
+    }
+    // Gram matrix of [1, row_0, ..., row_{n-1}].
+    let col = |j: usize, k: usize| if j == 0 { 1.0 } else { rows[j - 1][k] };
+    let mut g = vec![vec![0.0; n + 1]; n + 1];
+    for a in 0..=n {
+        for b in a..=n {
+            let v: f64 = (0..m).map(|k| col(a, k) * col(b, k)).sum();
+            g[a][b] = v;
+            g[b][a] = v;
+        }
+    }
+    // One inversion of the Gram matrix gives every regression at once:
+    // the residual sum of squares of column j on all the others is
+    // 1 / (G^-1)_jj. Singular matrices take the slow path below.
+    if let Some(inv) = invert(&g) {
+        let out: Vec<f64> = (0..n)
+            .map(|i| {
+                let yy = g[i + 1][i + 1];
+                let sum_y = g[0][i + 1];
+                let sst = yy - sum_y * sum_y / m as f64;
+                1.0 - (1.0 / inv[i + 1][i + 1]) / sst
+            })
+            .collect();
+        if out.iter().all(|r| r.is_finite()) {
+            return Some(out);
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let idx: Vec<usize> = (0..=n).filter(|&j| j != i + 1).collect();
+        let p = idx.len();
+        let mut a = vec![vec![0.0; p + 1]; p];
+        for (r, &ir) in idx.iter().enumerate() {
+            for (c, &ic) in idx.iter().enumerate() {
+                a[r][c] = g[ir][ic];
+            }
+            a[r][p] = g[ir][i + 1];
+        }
+        let mut singular = false;
+        for k in 0..p {
+            let piv = (k..p)
+                .max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))
+                .unwrap_or(k);
+            a.swap(k, piv);
+            if a[k][k].abs() < 1e-12 {
+                singular = true;
+                break;
+            }
+            for r in 0..p {
+                if r != k {
+                    let f = a[r][k] / a[k][k];
+                    if f != 0.0 {
+                        for c in k..=p {
+                            a[r][c] -= f * a[k][c];
+                        }
+                    }
+                }
+            }
+        }
+        if singular {
+            out.push(f64::NAN);
+            continue;
+        }
+        // SSR = y'y - b'c at the least-squares solution.
+        let yy = g[i + 1][i + 1];
+        let bc: f64 = (0..p).map(|k| a[k][p] / a[k][k] * g[idx[k]][i + 1]).sum();
+        let sum_y = g[0][i + 1];
+        let sst = yy - sum_y * sum_y / m as f64;
+        out.push(1.0 - (yy - bc) / sst);
+    }
+    Some(out)
+}
+
+/// Inverse of a small symmetric matrix by Gauss-Jordan with partial
+/// pivoting; `None` when it is (nearly) singular.
+fn invert(g: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let p = g.len();
+    let mut a: Vec<Vec<f64>> = g
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let mut v = row.clone();
+            v.extend((0..p).map(|c| if c == r { 1.0 } else { 0.0 }));
+            v
+        })
+        .collect();
+    let scale = g
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r[i].abs())
+        .fold(0.0, f64::max)
+        .max(1.0);
+    for k in 0..p {
+        let piv = (k..p).max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))?;
+        a.swap(k, piv);
+        if a[k][k].abs() < 1e-10 * scale {
+            return None;
+        }
+        let d = a[k][k];
+        for c in 0..2 * p {
+            a[k][c] /= d;
+        }
+        for r in 0..p {
+            if r != k {
+                let f = a[r][k];
+                if f != 0.0 {
+                    for c in 0..2 * p {
+                        a[r][c] -= f * a[k][c];
+                    }
+                }
+            }
+        }
+    }
+    Some(a.into_iter().map(|row| row[p..].to_vec()).collect())
+}
+
+/// Pearson correlation of two equally long series (0 when either is flat).
+pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let ma = a[..n].iter().sum::<f64>() / n as f64;
+    let mb = b[..n].iter().sum::<f64>() / n as f64;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        sab += (a[i] - ma) * (b[i] - mb);
+        saa += (a[i] - ma).powi(2);
+        sbb += (b[i] - mb).powi(2);
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_on_a_line() {
+        let (a, b) = linear_fit(&[1.0, 2.0, 3.0, 4.0]).unwrap_or_default();
+        assert!((a - 0.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
+        assert_eq!(linear_fit(&[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn robust_statistics() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(mad(&[1.0, 1.0, 2.0, 2.0, 4.0, 6.0, 9.0]), 1.0);
+        // n = 7: q1 = round(2) - 1 = 1, q3 = round(6) - 1 = 5.
+        assert_eq!(iqr(&[7.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), 4.0);
+        assert_eq!(count_non_zero_beginning(&[1.0, 2.0, 0.0, 0.0]), 2);
+        assert_eq!(count_non_zero_beginning(&[0.0, 0.0]), 1);
+    }
+
+    #[test]
+    fn r_squared_of_exact_fit_is_one() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let y = [3.0, 5.0, 7.0, 9.0, 11.0];
+        let r = r_squared(&[&x], &y).unwrap_or_default();
+        assert!((r - 1.0).abs() < 1e-9);
+        assert_eq!(r_squared(&[&x[..2]], &y[..2]), None);
+    }
+
+    #[test]
+    fn gram_r_squared_matches_direct() {
+        let a = vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0, 8.0];
+        let b = vec![2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 7.0];
+        let c = vec![0.5, 0.1, 0.9, 0.4, 0.7, 0.2, 0.3];
+        let rows = vec![a.clone(), b.clone(), c.clone()];
+        let each = r_squared_each(&rows).unwrap_or_default();
+        let direct = r_squared(&[&b, &c], &a).unwrap_or_default();
+        assert!((each[0] - direct).abs() < 1e-9, "{} {}", each[0], direct);
+        let direct = r_squared(&[&a, &b], &c).unwrap_or_default();
+        assert!((each[2] - direct).abs() < 1e-9);
+    }
+}
