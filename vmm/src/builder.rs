@@ -315,12 +315,7 @@ fn assemble(
             state,
             memory: Memory::File(path),
             ..
-        } => {
-            let mem = snapshot::memory::map_memory(path, &state.memory)?;
-            // Detached: it ends by itself, holding the mapping till then.
-            drop(snapshot::memory::start_read_ahead(&mem, path));
-            (mem, true)
-        }
+        } => (snapshot::memory::map_memory(path, &state.memory)?, true),
         Source::Restore {
             state,
             memory: Memory::Ready(mem),
