@@ -3,8 +3,12 @@
 # restore-to-answer latency (restore request to the guest's next tick on
 # its serial console) for 128 MiB and 2 GiB guests, ROUNDS restores each
 # (default 5, medians), and the resident memory of an idle VMM waiting for
-# a restore; to benches/results/snapshot.md. Runs directly where /dev/kvm
-# can boot Linux, otherwise in the nested test host.
+# a restore; to benches/results/snapshot.md, with where condo's load goes
+# (its steps), KVM's statistics and exit census for both. condo restores
+# with the host's kept KVM probe verdict, with a fresh probe and with
+# --no-kvm-probe. Runs directly where /dev/kvm can boot Linux, otherwise
+# in the nested test host. CONDO_B=PATH adds a second condo build (A/B;
+# CONDO_A=PATH replaces this tree's build); RESULTS=FILE writes elsewhere.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -13,10 +17,17 @@ rounds="${ROUNDS:-5}"
 bash scripts/install-deps.sh
 eval "$(bash guest/build.sh)"
 cargo build --release --locked -q -p condo -p condo-bench
-condo_bin="$BUILD/release/condo"
+condo_bin="${CONDO_A:-$BUILD/release/condo}"
 bench_bin="$BUILD/release/condo-bench"
 qemu_bin="$(command -v qemu-system-x86_64)"
 args=(snapshot --condo "$condo_bin" --qemu "$qemu_bin" --kernel "$CONDO_GUEST_VMLINUX" --initrd "$CONDO_GUEST_INITRAMFS" --rounds "$rounds")
+files=(--file "$condo_bin" --file "${condo_bin}-vmm")
+if [ -n "${CONDO_B:-}" ]; then
+  args+=(--condo-b "$CONDO_B")
+  files+=(--file "$CONDO_B")
+  [ ! -e "${CONDO_B}-vmm" ] || files+=(--file "${CONDO_B}-vmm")
+fi
+out="${RESULTS:-$ROOT/benches/results/snapshot.md}"
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 if bash testhost/kvm-ok; then
@@ -25,20 +36,21 @@ if bash testhost/kvm-ok; then
 else
   where="inside the nested test host (QEMU TCG L1 with emulated SVM)"
   bash testhost/build.sh
-  bash testhost/run --cpus 2 --file "$condo_bin" --file "${condo_bin}-vmm" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
+  bash testhost/run --cpus 2 "${files[@]}" --file "$bench_bin" --file "$CONDO_GUEST_VMLINUX" \
     --file "$qemu_bin" --file /usr/share/qemu --file /usr/share/seabios \
     --file "$CONDO_GUEST_INITRAMFS" --timeout 1800 -- "$bench_bin" "${args[@]}" --dir /var/snapbench | tee "$tmp"
 fi
-field() { sed -n "s/.*vmm=$1 mem_mib=$2 .*$3=\([0-9.]*\).*/\1/p" "$tmp"; }
+field() { sed -n "s/.*vmm=$1 mem_mib=$2 .*$3=\([0-9.]*\).*/\1/p" "$tmp" | head -1; }
 ratio() { awk -v c="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", c / q; else print "-" }'; }
 {
   echo "# Snapshot benchmark"
   echo
-  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/snapshot.sh\` ($rounds restores per size and VMM, medians)"
+  echo "Measured $(date -u +%Y-%m-%d) $where, with \`benches/snapshot.sh\` ($rounds restores per size and way, medians)"
   echo "(condo $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $("$qemu_bin" --version | head -1))."
   echo "Guest: minimal 6.1 kernel + busybox, 2 vCPUs, printing a tick on its serial console every 10 ms."
-  echo "condo: \`PUT /snapshot/create\` of a paused VM; restore = a fresh \`condo run --no-kvm-probe --api-sock\` and \`PUT /snapshot/load\` with \`resume_vm\`."
+  echo "condo: \`PUT /snapshot/create\` of a paused VM; restore = a fresh \`condo run --api-sock\` and \`PUT /snapshot/load\` with \`resume_vm\`."
   echo "QEMU (\`microvm\`): QMP \`stop\` + \`migrate\` to a file (\`exec:cat\`); restore = a fresh \`-incoming defer\` process, \`migrate-incoming\`, then \`cont\` when it is in."
+  echo "Each restoring VMM has finished starting (its CPU time stopped growing) before the request, as one kept waiting for a restore has."
   echo "Answer = the restored guest's first tick, timed from the restore request. Ratio = condo / QEMU (lower is better)."
   echo
   echo "| guest memory | create condo | create QEMU | ratio | restore to answer condo | restore to answer QEMU | ratio |"
@@ -49,7 +61,19 @@ ratio() { awk -v c="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", c / q; else
     echo "| $m MiB | $cc ms | $qc ms | $(ratio "$cc" "$qc") | $ca ms | $qa ms | $(ratio "$ca" "$qa") |"
   done
   echo
-  echo "condo's load request itself: $(field condo 128 load_ms) ms (128 MiB), $(field condo 2048 load_ms) ms (2 GiB)."
-  echo "Idle VMM waiting for a restore: condo $(field condo 128 idle_rss_kib) KiB resident (API server), QEMU $(field qemu 128 idle_rss_kib) KiB (\`-incoming defer\`, 128 MiB guest)."
-} > benches/results/snapshot.md
-cat benches/results/snapshot.md
+  echo "The load request, answered (ms):"
+  echo
+  echo "| guest memory | condo, kept probe verdict | condo, fresh probe | condo, --no-kvm-probe | QEMU (migrate-incoming + cont) |"
+  echo "|---|---|---|---|---|"
+  for m in 128 2048; do
+    echo "| $m MiB | $(field condo $m load_ms) | $(field 'condo (fresh probe)' $m load_ms) | $(field 'condo (--no-kvm-probe)' $m load_ms) | $(field qemu $m load_ms) |"
+  done
+  echo
+  echo "Idle VMM waiting for a restore: condo $(field condo 128 idle_rss_kib) KiB resident (API server, VM prepared), QEMU $(field qemu 128 idle_rss_kib) KiB (\`-incoming defer\`, 128 MiB guest)."
+  sed -n '/^###/,$p' "$tmp" | grep -v '^snapshot '
+  echo
+  echo "Lines:"
+  echo
+  grep '^snapshot ' "$tmp" | sed 's/^/    /'
+} > "$out"
+cat "$out"

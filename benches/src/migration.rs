@@ -49,7 +49,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::snapshot::{api_within, expect_204, median, wait_socket, CMDLINE_BASE, TICKER};
+use crate::median;
+use crate::snapshot::{api_within, expect_204, wait_socket, CMDLINE_BASE, TICKER};
 
 /// QEMU's `max-bandwidth` for an uncapped migration: 1 TiB/s.
 const UNCAPPED: u64 = 1 << 40;

@@ -1,6 +1,7 @@
 //! `condo-bench snapshot`: snapshot create time, restore-to-answer latency
 //! for a small and a large guest, and the memory an idle VMM waiting for a
-//! restore costs; condo and QEMU side by side.
+//! restore costs; condo and QEMU side by side, with where condo's restore
+//! goes.
 //!
 //! The guest prints a tick on its serial console every 10 ms. For each
 //! memory size a base VM boots and is paused and snapshotted (create time
@@ -9,17 +10,31 @@
 //! condo: `PUT /snapshot/load` with `resume_vm` on a `condo run --api-sock`.
 //! QEMU: `stop` + `migrate` to a file (`exec:cat`) over QMP, then a fresh
 //! `-incoming defer` process, `migrate-incoming` and `cont` once the state
-//! is in. condo maps guest memory lazily, so its restore
-//! should not grow with the guest's size.
+//! is in. Each restoring VMM is left to finish its own start-up (its CPU
+//! time stops growing) before the request, as a VMM kept waiting for a
+//! restore would have; QEMU is ready when its QMP socket answers.
+//!
+//! condo restores three ways: with the host's kept KVM probe verdict (what
+//! every run after the first does), with the verdict removed first (so the
+//! probe runs), and with `--no-kvm-probe`. Its log line of steps
+//! (`vmm::timing`, `--log-level info`) splits the load; KVM's statistics
+//! (debugfs) are read at the first tick, and one census round per VMM
+//! counts exits by reason from the request to the first tick.
+//! `--condo-b PATH` restores with a second condo build too (A/B); each
+//! build restores snapshots it made itself.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::kvmstat;
+
 struct Opts {
     condo: String,
+    condo_b: Option<String>,
     qemu: String,
     kernel: String,
     initrd: String,
@@ -29,7 +44,8 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: condo-bench snapshot --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS --dir DIR [--rounds N]"
+        "usage: condo-bench snapshot --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
+         --dir DIR [--rounds N] [--condo-b PATH]"
     );
     std::process::exit(2)
 }
@@ -37,6 +53,7 @@ fn usage() -> ! {
 fn parse(mut args: impl Iterator<Item = String>) -> Opts {
     let mut o = Opts {
         condo: String::new(),
+        condo_b: None,
         qemu: String::new(),
         kernel: String::new(),
         initrd: String::new(),
@@ -47,6 +64,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
         let v = args.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--condo" => o.condo = v,
+            "--condo-b" => o.condo_b = Some(v),
             "--qemu" => o.qemu = v,
             "--kernel" => o.kernel = v,
             "--initrd" => o.initrd = v,
@@ -107,21 +125,27 @@ pub(crate) fn expect_204(sock: &Path, method: &str, path: &str, body: &str) -> R
 pub(crate) const TICKER: &str = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.01; done";
 pub(crate) const CMDLINE_BASE: &str = "console=ttyS0 reboot=k panic=1 quiet";
 
-/// A VMM process whose serial lines are timestamped as they arrive.
+/// A VMM process whose serial lines are timestamped as they arrive, and
+/// whose step lines (condo's, on stderr) are collected.
 struct Vmm {
     child: Child,
     lines: std::sync::mpsc::Receiver<(Instant, String)>,
+    steps: std::sync::mpsc::Receiver<crate::StepsLine>,
+    /// KVM's VMs before this VMM started.
+    vms_before: Vec<PathBuf>,
 }
 
 impl Vmm {
     fn spawn(mut cmd: Command) -> Result<Self, String> {
+        let vms_before = kvmstat::vms();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
         let out = child.stdout.take().ok_or("no stdout")?;
+        let err = child.stderr.take().ok_or("no stderr")?;
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -131,7 +155,21 @@ impl Vmm {
                 }
             }
         });
-        Ok(Self { child, lines })
+        let (stx, steps) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Some(s) = crate::parse_steps(&line) {
+                    let _ = stx.send(s);
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            steps,
+            vms_before,
+        })
     }
 
     /// When the next tick line arrives.
@@ -147,19 +185,49 @@ impl Vmm {
         }
     }
 
+    /// Waits until the process has finished starting up: its CPU time has
+    /// not grown for 60 ms (at most 10 s).
+    fn wait_idle(&self) {
+        let pid = self.child.id();
+        let mut last = cpu_ticks(pid);
+        let mut quiet = 0;
+        let start = Instant::now();
+        while quiet < 3 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = cpu_ticks(pid);
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+        }
+    }
+
     fn stop(mut self) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
+                std::thread::sleep(crate::SETTLE);
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        std::thread::sleep(crate::SETTLE);
     }
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // After the command name's closing parenthesis: state is field 3,
+    // utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
 }
 
 pub(crate) fn wait_socket(sock: &Path) -> Result<(), String> {
@@ -173,12 +241,14 @@ pub(crate) fn wait_socket(sock: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn condo_api(o: &Opts, sock: &Path) -> Result<Vmm, String> {
+/// A condo API server (with its steps logged), `extra` flags added.
+fn condo_api(bin: &str, sock: &Path, extra: &[&str]) -> Result<Vmm, String> {
     let _ = std::fs::remove_file(sock);
-    let mut c = Command::new(&o.condo);
-    // The KVM probe checks the host, not the restore: it is left out of
-    // the timing.
-    c.args(["run", "--no-kvm-probe", "--api-sock"]).arg(sock);
+    let mut c = Command::new(bin);
+    c.args(["--log-level", "info", "run"])
+        .args(extra)
+        .arg("--api-sock")
+        .arg(sock);
     let vm = Vmm::spawn(c)?;
     wait_socket(sock)?;
     Ok(vm)
@@ -255,26 +325,50 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// condo: create time, medians of load-request and load-to-tick times,
-/// and the idle API server's RSS.
-fn condo_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
-    let snap = o.dir.join(format!("vm{mem_mib}.snap"));
-    let mem = o.dir.join(format!("vm{mem_mib}.mem"));
+/// One restore's figures.
+#[derive(Default)]
+struct Restore {
+    load_ms: f64,
+    answer_ms: f64,
+    steps: Vec<(String, u64)>,
+    stats: BTreeMap<String, u64>,
+}
+
+/// One way of restoring, and what its rounds measured.
+struct Variant {
+    name: String,
+    bin: String,
+    flags: Vec<&'static str>,
+    /// Remove the host's kept probe verdict before each restore.
+    forget_verdict: bool,
+    restores: Vec<Restore>,
+}
+
+/// Where condo keeps the probe's verdict (as `vmm::probe` chooses it for
+/// root without `CONDO_RUNTIME_DIR`).
+fn verdict_path() -> PathBuf {
+    std::env::var_os("CONDO_RUNTIME_DIR")
+        .map_or_else(|| PathBuf::from("/run/condo"), PathBuf::from)
+        .join("kvm-probe")
+}
+
+/// A condo snapshot of a ticking guest of `mem_mib` made by `bin` in
+/// `dir`: (state, memory, create ms, the idle API server's RSS).
+fn condo_snapshot(
+    o: &Opts,
+    bin: &str,
+    tag: &str,
+    mem_mib: u64,
+) -> Result<(PathBuf, PathBuf, f64, u64), String> {
+    let snap = o.dir.join(format!("{tag}{mem_mib}.snap"));
+    let mem = o.dir.join(format!("{tag}{mem_mib}.mem"));
     let sock = o.dir.join("base.sock");
-    let base = condo_api(o, &sock)?;
+    let base = condo_api(bin, &sock, &[])?;
+    base.wait_idle();
     let api_rss = rss_kib(base.child.id());
     let boot = format!(
         r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{CMDLINE_BASE} -- \"{TICKER}\""}}"#,
@@ -308,28 +402,51 @@ fn condo_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
     )?;
     let create_ms = ms(t.elapsed());
     base.stop();
+    Ok((snap, mem, create_ms, api_rss))
+}
+
+/// One condo restore of `snap`/`mem` as `v` asks, with a census when
+/// `census` is given.
+fn condo_restore(
+    o: &Opts,
+    v: &Variant,
+    snap: &Path,
+    mem: &Path,
+    census: Option<&mut Option<kvmstat::CensusResult>>,
+) -> Result<Restore, String> {
     let load = format!(
         r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
         snap.display(),
         mem.display()
     );
-    let (mut loads, mut answers) = (Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
-        let sock = o.dir.join("r.sock");
-        let vm = condo_api(o, &sock)?;
-        let t0 = Instant::now();
-        expect_204(&sock, "PUT", "/snapshot/load", &load)?;
-        loads.push(ms(t0.elapsed()));
-        let t2 = vm.next_tick(Duration::from_secs(30))?;
-        answers.push(ms(t2 - t0));
-        vm.stop();
+    if v.forget_verdict {
+        let _ = std::fs::remove_file(verdict_path());
     }
-    let _ = std::fs::remove_file(&mem);
-    Ok(format!(
-        "snapshot vmm=condo mem_mib={mem_mib} create_ms={create_ms:.1} load_ms={:.1} answer_ms={:.1} idle_rss_kib={api_rss}",
-        median(loads),
-        median(answers)
-    ))
+    let sock = o.dir.join("r.sock");
+    let vm = condo_api(&v.bin, &sock, &v.flags)?;
+    vm.wait_idle();
+    let counting = census.as_ref().and_then(|_| kvmstat::Census::start());
+    let t0 = Instant::now();
+    expect_204(&sock, "PUT", "/snapshot/load", &load)?;
+    let load_ms = ms(t0.elapsed());
+    let t2 = vm.next_tick(Duration::from_secs(30))?;
+    let counted = counting.map(kvmstat::Census::finish);
+    let stats = kvmstat::vm_stats(&vm.vms_before);
+    let steps = vm
+        .steps
+        .recv_timeout(Duration::from_secs(1))
+        .map(|s| s.steps)
+        .unwrap_or_default();
+    if let (Some(slot), Some(c)) = (census, counted) {
+        *slot = Some(c);
+    }
+    vm.stop();
+    Ok(Restore {
+        load_ms,
+        answer_ms: ms(t2 - t0),
+        steps,
+        stats,
+    })
 }
 
 /// Polls QMP until the migration (out or in) has completed.
@@ -346,8 +463,8 @@ fn wait_migration(q: &mut Qmp) -> Result<(), String> {
     }
 }
 
-/// QEMU: the same figures through QMP and file migration.
-fn qemu_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
+/// QEMU: a snapshot of the same guest: (state file, create ms).
+fn qemu_snapshot(o: &Opts, mem_mib: u64) -> Result<(PathBuf, f64), String> {
     let state = o.dir.join(format!("q{mem_mib}.mig"));
     let _ = std::fs::remove_file(&state);
     let qmp = o.dir.join("qmp.sock");
@@ -365,45 +482,257 @@ fn qemu_size(o: &Opts, mem_mib: u64) -> Result<String, String> {
     let create_ms = ms(t.elapsed());
     let _ = q.cmd(r#"{"execute": "quit"}"#);
     base.stop();
-    let (mut loads, mut answers, mut idle) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..o.rounds {
-        let vm = qemu(o, mem_mib, &qmp, true)?;
-        let mut q = Qmp::connect(&qmp)?;
-        idle = rss_kib(vm.child.id());
-        let t0 = Instant::now();
-        q.cmd(&format!(
-            r#"{{"execute": "migrate-incoming", "arguments": {{"uri": "exec:cat {}"}}}}"#,
-            state.display()
-        ))?;
-        // The state was saved from a stopped VM, so it arrives stopped:
-        // resume it once it is in (condo's `resume_vm`).
-        wait_migration(&mut q)?;
-        q.cmd(r#"{"execute": "cont"}"#)?;
-        loads.push(ms(t0.elapsed()));
-        let t2 = vm.next_tick(Duration::from_secs(60)).map_err(|e| {
-            let st = q.cmd(r#"{"execute": "query-status"}"#).unwrap_or_default();
-            let mig = q.cmd(r#"{"execute": "query-migrate"}"#).unwrap_or_default();
-            format!("QEMU restore: {e}; status {st} migration {mig}")
-        })?;
-        answers.push(ms(t2 - t0));
-        let _ = q.cmd(r#"{"execute": "quit"}"#);
-        vm.stop();
+    Ok((state, create_ms))
+}
+
+/// One QEMU restore of `state`: its figures and the idle RSS before it.
+fn qemu_restore(
+    o: &Opts,
+    mem_mib: u64,
+    state: &Path,
+    census: Option<&mut Option<kvmstat::CensusResult>>,
+) -> Result<(Restore, u64), String> {
+    let qmp = o.dir.join("qmp.sock");
+    let vm = qemu(o, mem_mib, &qmp, true)?;
+    let mut q = Qmp::connect(&qmp)?;
+    vm.wait_idle();
+    let idle = rss_kib(vm.child.id());
+    let counting = census.as_ref().and_then(|_| kvmstat::Census::start());
+    let t0 = Instant::now();
+    q.cmd(&format!(
+        r#"{{"execute": "migrate-incoming", "arguments": {{"uri": "exec:cat {}"}}}}"#,
+        state.display()
+    ))?;
+    // The state was saved from a stopped VM, so it arrives stopped:
+    // resume it once it is in (condo's `resume_vm`).
+    wait_migration(&mut q)?;
+    q.cmd(r#"{"execute": "cont"}"#)?;
+    let load_ms = ms(t0.elapsed());
+    let t2 = vm.next_tick(Duration::from_secs(60)).map_err(|e| {
+        let st = q.cmd(r#"{"execute": "query-status"}"#).unwrap_or_default();
+        let mig = q.cmd(r#"{"execute": "query-migrate"}"#).unwrap_or_default();
+        format!("QEMU restore: {e}; status {st} migration {mig}")
+    })?;
+    let counted = counting.map(kvmstat::Census::finish);
+    let stats = kvmstat::vm_stats(&vm.vms_before);
+    if let (Some(slot), Some(c)) = (census, counted) {
+        *slot = Some(c);
     }
-    let _ = std::fs::remove_file(&state);
-    Ok(format!(
-        "snapshot vmm=qemu mem_mib={mem_mib} create_ms={create_ms:.1} load_ms={:.1} answer_ms={:.1} idle_rss_kib={idle}",
-        median(loads),
-        median(answers)
+    let _ = q.cmd(r#"{"execute": "quit"}"#);
+    vm.stop();
+    Ok((
+        Restore {
+            load_ms,
+            answer_ms: ms(t2 - t0),
+            steps: Vec::new(),
+            stats,
+        },
+        idle,
     ))
 }
 
-/// Runs the benchmark; prints one line per VMM and guest size.
+fn med(v: &[Restore], f: impl Fn(&Restore) -> Option<f64>) -> f64 {
+    crate::median(v.iter().filter_map(f).collect())
+}
+
+/// Everything measured for one guest size.
+fn one_size(o: &Opts, mem_mib: u64, kvm: bool) -> Result<(), String> {
+    // condo builds: (name, binary, tag of their snapshot files).
+    let mut builds = vec![("condo", o.condo.clone(), "c")];
+    if let Some(b) = &o.condo_b {
+        builds.push(("condo-b", b.clone(), "b"));
+    }
+    let mut snaps = Vec::new();
+    let mut variants = Vec::new();
+    for (name, bin, tag) in &builds {
+        let (snap, mem, create_ms, rss) = condo_snapshot(o, bin, tag, mem_mib)?;
+        println!(
+            "snapshot vmm={name} mem_mib={mem_mib} create_ms={create_ms:.1} idle_rss_kib={rss}"
+        );
+        snaps.push((snap, mem));
+        let all = [
+            ("", vec![], false),
+            (" (fresh probe)", vec![], true),
+            (" (--no-kvm-probe)", vec!["--no-kvm-probe"], false),
+        ];
+        for (suffix, flags, forget) in all {
+            // The second build only restores the usual way.
+            if *name == "condo-b" && !suffix.is_empty() {
+                continue;
+            }
+            variants.push((
+                snaps.len() - 1,
+                Variant {
+                    name: format!("{name}{suffix}"),
+                    bin: bin.clone(),
+                    flags,
+                    forget_verdict: forget,
+                    restores: Vec::new(),
+                },
+            ));
+        }
+    }
+    let (qstate, qcreate) = qemu_snapshot(o, mem_mib)?;
+    println!("snapshot vmm=qemu mem_mib={mem_mib} create_ms={qcreate:.1}");
+    let mut qemu_restores = Vec::new();
+    let mut qemu_idle = 0;
+    // Alternating: every way once per round, QEMU's turn moving along.
+    for round in 0..o.rounds {
+        let n = variants.len() + 1;
+        for k in 0..n {
+            let i = (k + round) % n;
+            if i == variants.len() {
+                let (r, idle) = qemu_restore(o, mem_mib, &qstate, None)?;
+                qemu_idle = idle;
+                qemu_restores.push(r);
+            } else {
+                let (s, v) = &variants[i];
+                let (snap, mem) = &snaps[*s];
+                let r = condo_restore(o, v, snap, mem, None)?;
+                variants[i].1.restores.push(r);
+            }
+        }
+    }
+    for (_, v) in &variants {
+        println!(
+            "snapshot vmm={} mem_mib={mem_mib} load_ms={:.1} answer_ms={:.1}",
+            v.name,
+            med(&v.restores, |r| Some(r.load_ms)),
+            med(&v.restores, |r| Some(r.answer_ms))
+        );
+    }
+    println!(
+        "snapshot vmm=qemu mem_mib={mem_mib} load_ms={:.1} answer_ms={:.1} idle_rss_kib={qemu_idle}",
+        med(&qemu_restores, |r| Some(r.load_ms)),
+        med(&qemu_restores, |r| Some(r.answer_ms))
+    );
+    print_steps(mem_mib, &variants);
+    print_stats(mem_mib, &variants, &qemu_restores);
+    // A census round each, for the smaller guest.
+    if kvm && mem_mib <= 128 {
+        let mut censuses = Vec::new();
+        for (s, v) in variants.iter().filter(|(_, v)| !v.name.contains('(')) {
+            let (snap, mem) = &snaps[*s];
+            let mut c = None;
+            condo_restore(o, v, snap, mem, Some(&mut c))?;
+            if let Some(c) = c {
+                censuses.push((v.name.as_str(), c));
+            }
+        }
+        let mut c = None;
+        qemu_restore(o, mem_mib, &qstate, Some(&mut c))?;
+        if let Some(c) = c {
+            censuses.push(("qemu", c));
+        }
+        crate::print_census(
+            &censuses,
+            &format!("Restore request to first tick, {mem_mib} MiB"),
+        );
+    }
+    for (snap, mem) in &snaps {
+        let _ = std::fs::remove_file(snap);
+        let _ = std::fs::remove_file(mem);
+    }
+    let _ = std::fs::remove_file(&qstate);
+    Ok(())
+}
+
+/// condo's load steps (medians, ms), one column per way of restoring.
+fn print_steps(mem_mib: u64, variants: &[(usize, Variant)]) {
+    let mut names: Vec<String> = Vec::new();
+    for (_, v) in variants {
+        for r in &v.restores {
+            for (n, _) in &r.steps {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        return;
+    }
+    println!();
+    println!("### Where condo's load goes, {mem_mib} MiB (medians, ms)");
+    println!();
+    let cols: Vec<&str> = variants.iter().map(|(_, v)| v.name.as_str()).collect();
+    println!("| step | {} |", cols.join(" | "));
+    println!("|---|{}", "---|".repeat(cols.len()));
+    for n in &names {
+        let cells: Vec<String> = variants
+            .iter()
+            .map(|(_, v)| {
+                let m = med(&v.restores, |r| {
+                    r.steps
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, us)| *us as f64 / 1000.0)
+                });
+                format!("{m:.1}")
+            })
+            .collect();
+        println!("| VMM: {n} | {} |", cells.join(" | "));
+    }
+    let row = |label: &str, f: &dyn Fn(&Restore) -> f64| {
+        let cells: Vec<String> = variants
+            .iter()
+            .map(|(_, v)| format!("{:.1}", med(&v.restores, |r| Some(f(r)))))
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    row("VMM, all steps", &|r| {
+        r.steps.iter().map(|s| s.1).sum::<u64>() as f64 / 1000.0
+    });
+    row("load request, answered", &|r| r.load_ms);
+    row("first tick", &|r| r.answer_ms);
+}
+
+/// KVM's statistics at the first tick (medians).
+fn print_stats(mem_mib: u64, variants: &[(usize, Variant)], qemu: &[Restore]) {
+    let mut cols: Vec<(&str, &[Restore])> = variants
+        .iter()
+        .filter(|(_, v)| !v.name.contains('('))
+        .map(|(_, v)| (v.name.as_str(), v.restores.as_slice()))
+        .collect();
+    cols.push(("qemu", qemu));
+    if cols
+        .iter()
+        .all(|(_, r)| r.iter().all(|r| r.stats.is_empty()))
+    {
+        return;
+    }
+    println!();
+    println!(
+        "### KVM's statistics from the restore to the first tick, {mem_mib} MiB (debugfs, medians)"
+    );
+    println!();
+    let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    println!("| statistic | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(names.len()));
+    for stat in kvmstat::STATS {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(_, r)| format!("{:.0}", med(r, |x| x.stats.get(*stat).map(|n| *n as f64))))
+            .collect();
+        println!("| {stat} | {} |", cells.join(" | "));
+    }
+}
+
+/// Runs the benchmark; prints one line per VMM, way and guest size, then
+/// the tables.
 pub fn main(args: impl Iterator<Item = String>) -> Result<(), String> {
     let o = parse(args);
     std::fs::create_dir_all(&o.dir).map_err(|e| e.to_string())?;
+    let kvm = kvmstat::available();
+    for condo in std::iter::once(&o.condo).chain(&o.condo_b) {
+        let _ = Command::new(condo)
+            .arg("kvm-check")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     for mem in [128, 2048] {
-        println!("{}", condo_size(&o, mem)?);
-        println!("{}", qemu_size(&o, mem)?);
+        one_size(&o, mem, kvm)?;
     }
     Ok(())
 }

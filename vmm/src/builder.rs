@@ -4,14 +4,20 @@
 //! devices (each from its [`VirtioDeviceState`], made from the
 //! configuration at boot), vCPUs (fresh at the kernel's entry, or as
 //! saved), then the vCPU threads under their seccomp filters.
+//!
+//! What needs no configuration can be done ahead ([`Ahead`]): opening KVM
+//! with the probe's verdict, the VM with its interrupt controllers and
+//! PIT, and what KVM offers vCPUs, on a thread of its own while the VMM
+//! waits for its first request. Each step is timed ([`Steps`]).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use devices::virtio::persist::VsockState;
 use devices::virtio::persist::{BalloonState, BlockState, NetState, RngState, VirtioDeviceState};
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestAddress;
 
 use crate::arch::{self, AcpiConfig};
@@ -19,9 +25,15 @@ use crate::config::{MacAddr, VmConfig};
 use crate::device_manager::DeviceManager;
 use crate::seccomp::ThreadKind;
 use crate::snapshot::{self, MicrovmState, SnapshotError};
+use crate::timing::Steps;
 use crate::vcpu::{self, Gate, Vcpu, VcpuControl, VmExitSink};
 use crate::vm::{VcpuThreads, Vm, VmmError};
 use crate::{loader, memory, probe};
+
+/// Stack of the thread that prepares a VM ahead: small, as every thread's
+/// here, so that it is never a transparent huge page (a 2 MiB stack can
+/// be one, and stays resident).
+const HELPER_STACK: usize = 256 << 10;
 
 // Just below the 4 GiB boundary, clear of the MMIO gap's devices, as
 // Firecracker places it.
@@ -66,6 +78,77 @@ fn kvm(skip_probe: bool) -> Result<Kvm, VmmError> {
     Ok(kvm)
 }
 
+/// What a VM is built on that needs no configuration: the VM (on a KVM
+/// that was checked) with its interrupt controllers and PIT, what KVM
+/// offers a vCPU's CPUID and the MSRs a vCPU's state holds.
+pub struct Prepared {
+    vm: VmFd,
+    supported: CpuId,
+    msr_list: Vec<u32>,
+}
+
+impl Prepared {
+    fn new(skip_probe: bool) -> Result<Self, VmmError> {
+        let kvm = kvm(skip_probe)?;
+        let vm = create_vm(&kvm)?;
+        let supported = supported_cpuid(&kvm)?;
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
+        Ok(Self {
+            vm,
+            supported,
+            msr_list,
+        })
+    }
+}
+
+/// A [`Prepared`] VM being made ahead, or to be made when needed.
+pub struct Ahead(AheadState);
+
+enum AheadState {
+    Started(JoinHandle<Result<Prepared, VmmError>>),
+    Later { skip_probe: bool },
+}
+
+impl Ahead {
+    /// Starts preparing a VM on a thread of its own (checking KVM unless
+    /// `skip_probe`), compiling the seccomp filters first. The thread runs
+    /// no guest code and has ended before any vCPU runs (the builder joins
+    /// it), so it needs no filter of its own.
+    pub fn start(skip_probe: bool) -> Self {
+        let t = std::thread::Builder::new()
+            .name("vm-ahead".into())
+            .stack_size(HELPER_STACK)
+            .spawn(move || {
+                crate::seccomp::compile_ahead();
+                Prepared::new(skip_probe)
+            });
+        match t {
+            Ok(h) => Self(AheadState::Started(h)),
+            Err(_) => Self::later(skip_probe),
+        }
+    }
+
+    /// Prepares the VM only when the builder asks for it.
+    pub fn later(skip_probe: bool) -> Self {
+        Self(AheadState::Later { skip_probe })
+    }
+
+    /// The prepared VM (waiting for it if it is still being made).
+    fn take(self) -> Result<Prepared, VmmError> {
+        match self.0 {
+            AheadState::Started(h) => h.join().unwrap_or_else(|_| {
+                Err(VmmError::EventLoop(std::io::Error::other(
+                    "the thread preparing the VM failed",
+                )))
+            }),
+            AheadState::Later { skip_probe } => Prepared::new(skip_probe),
+        }
+    }
+}
+
 /// Where a VM comes from.
 enum Source<'a> {
     /// A fresh boot.
@@ -87,15 +170,20 @@ pub enum Memory<'a> {
 }
 
 impl Vm {
-    /// Builds the VM `config` describes and starts its vCPUs.
-    pub fn boot(config: &VmConfig, skip_probe: bool) -> Result<Self, VmmError> {
+    /// Builds the VM `config` describes (on `ahead`) and starts its vCPUs.
+    pub fn boot(config: &VmConfig, ahead: Ahead) -> Result<Self, VmmError> {
+        let mut steps = Steps::start("boot");
         // Bad paths and wrong files are reported before any KVM work.
-        loader::sniff_kernel(&config.boot_source.kernel_image_path)?;
-        if let Some(initrd) = &config.boot_source.initrd_path {
+        let b = &config.boot_source;
+        loader::sniff_kernel(&b.kernel_image_path)?;
+        if let Some(initrd) = &b.initrd_path {
             loader::check_initrd(initrd)?;
         }
-        let kvm = kvm(skip_probe)?;
-        let vm = assemble(&kvm, config.clone(), Source::Boot)?;
+        steps.step("files");
+        let prepared = ahead.take()?;
+        steps.step("kvm_vm");
+        let vm = assemble(prepared, config.clone(), Source::Boot, &mut steps)?;
+        steps.log();
         tracing::info!(
             vcpus = config.machine_config.vcpu_count,
             mem_mib = config.machine_config.mem_size_mib,
@@ -115,38 +203,47 @@ impl Vm {
         mem_path: &Path,
         resume: bool,
         track_dirty: bool,
-        skip_probe: bool,
+        ahead: Ahead,
     ) -> Result<Self, VmmError> {
         crate::metrics::METRICS.vmm.snapshot_load_count.inc();
+        let mut steps = Steps::start("restore");
         let state = snapshot::read(snapshot_path)?;
-        Self::from_state(
+        steps.step("state");
+        let vm = Self::from_state(
             &state,
             Memory::File(mem_path),
             resume,
             track_dirty,
-            skip_probe,
-        )
+            ahead,
+            &mut steps,
+        )?;
+        steps.log();
+        Ok(vm)
     }
 
-    /// Rebuilds a VM from `state` with its guest memory.
+    /// Rebuilds a VM from `state` with its guest memory, on `ahead`,
+    /// timing its steps in `steps`.
     pub fn from_state(
         state: &MicrovmState,
         memory: Memory<'_>,
         resume: bool,
         track_dirty: bool,
-        skip_probe: bool,
+        ahead: Ahead,
+        steps: &mut Steps,
     ) -> Result<Self, VmmError> {
         let mut config = state.config()?;
         config.machine_config.track_dirty_pages |= track_dirty;
-        let kvm = kvm(skip_probe)?;
+        let prepared = ahead.take()?;
+        steps.step("kvm_vm");
         let vm = assemble(
-            &kvm,
+            prepared,
             config,
             Source::Restore {
                 state,
                 memory,
                 paused: !resume,
             },
+            steps,
         )?;
         tracing::info!(paused = !resume, "snapshot restored");
         Ok(vm)
@@ -197,11 +294,21 @@ fn device_states(config: &VmConfig) -> Vec<VirtioDeviceState> {
     v
 }
 
-/// The one build sequence of boot and restore.
-fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmError> {
+/// The one build sequence of boot and restore, on a VM prepared ahead;
+/// each step is timed in `steps`.
+fn assemble(
+    prepared: Prepared,
+    config: VmConfig,
+    source: Source<'_>,
+    steps: &mut Steps,
+) -> Result<Vm, VmmError> {
     let kvm_err = |what| move |err| VmmError::Kvm { what, err };
+    let Prepared {
+        vm,
+        supported,
+        msr_list,
+    } = prepared;
     let m = &config.machine_config;
-    let vm = create_vm(kvm)?;
     let (mem, from_file) = match &source {
         Source::Boot => (memory::create(m.mem_bytes(), m.huge_pages)?, false),
         Source::Restore {
@@ -224,6 +331,7 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
         }
     };
     memory::register(&vm, &mem, m.track_dirty_pages)?;
+    steps.step("memory");
     if let Source::Restore { state, .. } = &source {
         for chip in &state.vm.irqchips {
             vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
@@ -233,9 +341,9 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
         let mut clock = state.vm.clock;
         clock.flags = 0;
         vm.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))?;
+        steps.step("vm_state");
     }
 
-    start_device_spawner()?;
     let serial = match &source {
         Source::Boot => None,
         Source::Restore { state, .. } => Some(&state.serial),
@@ -243,36 +351,44 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
     let mut devices = DeviceManager::new(&vm, serial)?;
     match &source {
         Source::Boot => {
-            for d in device_states(&config) {
+            let virtio = device_states(&config);
+            if !virtio.is_empty() {
+                start_device_spawner()?;
+            }
+            for d in virtio {
                 devices.add_virtio(&vm, &mem, &d, None)?;
             }
         }
         Source::Restore { state, .. } => {
+            if !state.devices.is_empty() {
+                start_device_spawner()?;
+            }
             for t in &state.devices {
                 devices.add_virtio(&vm, &mem, &t.device, Some(t))?;
             }
         }
     }
+    steps.step("devices");
 
-    let supported = supported_cpuid(kvm)?;
     let count = m.vcpu_count;
     let mut vcpus = Vec::with_capacity(count.into());
-    match &source {
+    let paused = matches!(source, Source::Restore { paused: true, .. });
+    let restored = matches!(source, Source::Restore { .. });
+    let guest_cpuid = match source {
         Source::Boot => {
             let c = &config;
-            let kernel = loader::load_kernel(&mem, &c.boot_source.kernel_image_path)?;
-            let initrd = match &c.boot_source.initrd_path {
+            let b = &c.boot_source;
+            let kernel = loader::load_kernel(&mem, &b.kernel_image_path)?;
+            steps.step("kernel");
+            let initrd = match &b.initrd_path {
                 Some(p) => Some(loader::load_initrd(&mem, p)?),
                 None => None,
             };
+            steps.step("initrd");
             // Devices are described in the DSDT; a guest booted without
             // ACPI finds them on its command line instead (both at once
             // would probe twice).
-            let no_acpi = c
-                .boot_source
-                .cmdline()
-                .split_whitespace()
-                .any(|w| w == "acpi=off");
+            let no_acpi = b.cmdline().split_whitespace().any(|w| w == "acpi=off");
             let extra = if no_acpi {
                 devices.virtio_cmdline_args()
             } else {
@@ -294,41 +410,33 @@ fn assemble(kvm: &Kvm, config: VmConfig, source: Source<'_>) -> Result<Vm, VmmEr
                 rsdp,
                 kernel.setup_header,
             )?;
+            steps.step("tables");
             for id in 0..count {
-                vcpus.push(Vcpu::new(
-                    &vm,
-                    id,
-                    count,
-                    &supported,
-                    &mem,
-                    kernel.entry,
-                    kernel.protocol,
-                )?);
+                let v = Vcpu::new(&vm, id, count, &supported)?;
+                v.set_boot_registers(&mem, kernel.entry, kernel.protocol)?;
+                vcpus.push(v);
             }
+            steps.step("vcpus");
+            let mut c = supported.clone();
+            arch::filter_cpuid(&mut c, 0, count)?;
+            c.as_slice().to_vec()
         }
         Source::Restore { state, .. } => {
             for (id, st) in state.vcpus.iter().enumerate() {
                 vcpus.push(Vcpu::restore(&vm, id as u8, &supported, st)?);
             }
+            steps.step("vcpus");
+            state
+                .vcpus
+                .first()
+                .map(|v| v.cpuid.clone())
+                .unwrap_or_default()
         }
-    }
-    let guest_cpuid = match &source {
-        Source::Boot => {
-            let mut c = supported.clone();
-            arch::filter_cpuid(&mut c, 0, count)?;
-            c.as_slice().to_vec()
-        }
-        Source::Restore { state, .. } => state
-            .vcpus
-            .first()
-            .map(|v| v.cpuid.clone())
-            .unwrap_or_default(),
     };
-    let paused = matches!(source, Source::Restore { paused: true, .. });
-    let restored = !matches!(source, Source::Boot);
-    let vm = start(kvm, vm, mem, config, devices, vcpus, paused)?;
+    let vm = start(vm, mem, config, devices, vcpus, msr_list, paused, steps)?;
     if restored {
         vm.devices.first_look();
+        steps.step("first_look");
     }
     Ok(Vm {
         mem_from_file: from_file,
@@ -376,7 +484,8 @@ fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VmmError> {
 }
 
 /// Device threads (started on activation, from vCPU or VMM threads) come
-/// from a spawner that runs under the device filter.
+/// from a spawner that runs under the device filter; started only for a
+/// VM with virtio devices.
 fn start_device_spawner() -> Result<(), VmmError> {
     let prog = crate::seccomp::filter(ThreadKind::Device)?;
     devices::spawner::start(
@@ -386,21 +495,20 @@ fn start_device_spawner() -> Result<(), VmmError> {
     .map_err(VmmError::Spawner)
 }
 
-/// Starts the vCPU threads (parked when `paused`).
+/// Starts the vCPU threads (parked when `paused`); returns once they are
+/// in KVM_RUN.
+#[allow(clippy::too_many_arguments)]
 fn start(
-    kvm: &Kvm,
-    vm: kvm_ioctls::VmFd,
+    vm: VmFd,
     mem: devices::GuestMemoryMmap,
     config: VmConfig,
     devices: DeviceManager,
     vcpus: Vec<Vcpu>,
+    msr_list: Vec<u32>,
     paused: bool,
+    steps: &mut Steps,
 ) -> Result<Vm, VmmError> {
     vcpu::install_kick_handler()?;
-    let msr_list = kvm
-        .get_msr_index_list()
-        .map(|l| l.as_slice().to_vec())
-        .unwrap_or_default();
     let control = Arc::new(VcpuControl::new(vcpus.len(), msr_list));
     if paused {
         control.set_paused();
@@ -439,8 +547,16 @@ fn start(
         // The threads that started see the stop flag once let go.
         threads.control.request_stop();
     }
+    steps.step("threads");
     go.open();
     result?;
+    // The guest runs once its vCPUs are in KVM_RUN: the request that
+    // started it is answered then, not before.
+    let count = threads.handles.len();
+    match go.wait_passed(count, std::time::Duration::from_secs(1)) {
+        Some(at) => steps.step_at("first_run", at),
+        None => tracing::warn!("the vCPU threads took over a second to start"),
+    }
     Ok(Vm {
         threads,
         config,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::builder::Ahead;
 use crate::config::{BalloonConfig, MachineConfigUpdate, VmConfig};
 use crate::rpc::{
     BalloonStatistics, Inbox, InstanceInfo, InstanceState, RequestHandler, SnapshotType, VmError,
@@ -37,6 +38,8 @@ pub struct RunOptions {
 pub struct Vmm {
     opts: RunOptions,
     state: State,
+    /// The VM being prepared ahead, until a boot or restore takes it.
+    ahead: Option<Ahead>,
     /// The guest has moved to another VMM: this one ends.
     migrated: bool,
 }
@@ -63,6 +66,7 @@ impl Vmm {
     pub fn new(opts: RunOptions) -> Self {
         Self {
             opts,
+            ahead: None,
             state: State::Configuring {
                 config: Box::default(),
                 has_boot_source: false,
@@ -80,6 +84,12 @@ impl Vmm {
     /// Serves `inbox` until the guest ends: the requests that configure and
     /// start it (unless it runs already), then the event loop.
     pub fn run(mut self, inbox: Option<&Inbox>) -> Result<VmExit, VmmError> {
+        if !self.is_running() && inbox.is_some() {
+            // While it waits for the requests that start the guest, the
+            // VMM prepares what any guest needs: the VM with its interrupt
+            // controllers, and the threads' seccomp filters.
+            self.ahead = Some(Ahead::start(self.opts.skip_probe));
+        }
         while !self.is_running() {
             let Some(inbox) = inbox else {
                 return Err(crate::config::ConfigError::NoKernel.into());
@@ -249,21 +259,24 @@ impl Vmm {
                 .map(VmResponse::Balloon)
                 .ok_or(VmError::NoBalloon),
             VmRequest::InstanceStart if !*has_boot_source => Err(VmError::NoBootSource),
-            VmRequest::InstanceStart => match Vm::boot(config, self.opts.skip_probe) {
-                Ok(vm) => {
-                    self.state = State::Running(Box::new(vm));
-                    Ok(VmResponse::Empty)
+            VmRequest::InstanceStart => {
+                match Vm::boot(config, take_ahead(&mut self.ahead, &self.opts)) {
+                    Ok(vm) => {
+                        self.state = State::Running(Box::new(vm));
+                        Ok(VmResponse::Empty)
+                    }
+                    Err(e) => {
+                        tracing::info!("InstanceStart failed: {e}");
+                        Err(e.into())
+                    }
                 }
-                Err(e) => {
-                    tracing::info!("InstanceStart failed: {e}");
-                    Err(e.into())
-                }
-            },
+            }
             VmRequest::LoadSnapshot(_) | VmRequest::ReceiveMigration(_) if *configured => {
                 Err(VmError::LoadAfterConfig)
             }
             VmRequest::ReceiveMigration(r) => {
-                match crate::migration::receive::receive(&r.receiver_url, self.opts.skip_probe) {
+                let ahead = take_ahead(&mut self.ahead, &self.opts);
+                match crate::migration::receive::receive(&r.receiver_url, ahead) {
                     Ok(vm) => {
                         tracing::info!("migration: the guest runs here now");
                         self.state = State::Running(Box::new(vm));
@@ -284,7 +297,7 @@ impl Vmm {
                     mem,
                     l.resume_vm.unwrap_or(false),
                     track,
-                    self.opts.skip_probe,
+                    take_ahead(&mut self.ahead, &self.opts),
                 ) {
                     Ok(vm) => {
                         self.state = State::Running(Box::new(vm));
@@ -467,6 +480,13 @@ impl Vmm {
             }
         }
     }
+}
+
+/// The VM prepared ahead, or one to prepare now.
+fn take_ahead(ahead: &mut Option<Ahead>, opts: &RunOptions) -> Ahead {
+    ahead
+        .take()
+        .unwrap_or_else(|| Ahead::later(opts.skip_probe))
 }
 
 /// Requests every state answers the same way: the logger and metrics.

@@ -32,6 +32,7 @@ pub mod rpc;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
+pub mod timing;
 mod vcpu;
 pub mod vm;
 

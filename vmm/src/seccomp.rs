@@ -21,7 +21,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
@@ -93,8 +93,35 @@ thread_local! {
 }
 
 /// The compiled filter for `kind` at the current level; None at level 0.
+/// Each kind is compiled once per process (see [`compile_ahead`]).
 pub fn filter(kind: ThreadKind) -> Result<Option<BpfProgram>, SeccompError> {
-    filter_at(kind, level())
+    let level = level();
+    let (at, built) = COMPILED[kind as usize].get_or_init(|| {
+        let r = filter_at(kind, level).map_err(|e| e.to_string());
+        (level, r)
+    });
+    if *at != level {
+        // The level changed after the filter was compiled (tests do).
+        return filter_at(kind, level);
+    }
+    built
+        .clone()
+        .map_err(|e| SeccompError::Build(kind.name(), e))
+}
+
+/// Each kind's compiled filter, with the level it was compiled at.
+#[allow(clippy::type_complexity)]
+static COMPILED: [OnceLock<(u8, Result<Option<BpfProgram>, String>)>; 4] =
+    [const { OnceLock::new() }; 4];
+
+/// Compiles the filters of the threads a VM starts (vCPUs, devices, the
+/// VMM thread) now, so that building the VM later does not wait for them
+/// (compiling one costs about as much as creating a vCPU). Call it once
+/// the level is set.
+pub fn compile_ahead() {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Vmm] {
+        let _ = filter(kind);
+    }
 }
 
 fn filter_at(kind: ThreadKind, level: u8) -> Result<Option<BpfProgram>, SeccompError> {

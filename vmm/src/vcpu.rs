@@ -76,24 +76,50 @@ pub enum VmExit {
     Migrated,
 }
 
-/// Holds vCPU threads back from their first KVM_RUN until opened.
+/// Holds vCPU threads back from their first KVM_RUN until opened, and
+/// tells the opener when they have all gone through.
 #[derive(Default)]
 pub struct Gate {
-    open: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
+    open: Mutex<bool>,
+    cv: Condvar,
+    /// How many threads went through, and when the last one did.
+    passed: Mutex<(usize, Option<Instant>)>,
+    passed_cv: Condvar,
 }
 
 impl Gate {
+    /// Called by a vCPU thread: returns once the gate is open, the
+    /// thread's next step being its first KVM_RUN.
     pub fn wait(&self) {
         let mut open = lock(&self.open);
         while !*open {
             open = wait(&self.cv, open);
         }
+        drop(open);
+        let mut p = lock(&self.passed);
+        p.0 += 1;
+        p.1 = Some(Instant::now());
+        self.passed_cv.notify_all();
     }
 
     pub fn open(&self) {
         *lock(&self.open) = true;
         self.cv.notify_all();
+    }
+
+    /// Waits (at most `limit`) until `count` threads went through; when the
+    /// last of them did, or None if they did not all go in time.
+    pub fn wait_passed(&self, count: usize, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        let mut p = lock(&self.passed);
+        while p.0 < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            p = wait_timeout(&self.passed_cv, p, left);
+        }
+        p.1
     }
 }
 
@@ -121,17 +147,9 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` and sets it up to enter the kernel at `entry`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vm: &VmFd,
-        id: u8,
-        count: u8,
-        supported_cpuid: &CpuId,
-        mem: &GuestMemoryMmap,
-        entry: GuestAddress,
-        protocol: BootProtocol,
-    ) -> Result<Self, VcpuError> {
+    /// Creates vCPU `id` of `count` with its CPUID, MSRs, FPU and local
+    /// APIC; [`Vcpu::set_boot_registers`] then points it at the kernel.
+    pub fn new(vm: &VmFd, id: u8, count: u8, supported_cpuid: &CpuId) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|err| VcpuError::Create { id, err })?;
@@ -141,14 +159,24 @@ impl Vcpu {
         fd.set_cpuid2(&cpuid)
             .map_err(|e| cfg(format!("KVM_SET_CPUID2: {e}")))?;
         arch::setup_msrs(&fd).map_err(|e| cfg(e.to_string()))?;
-        arch::setup_regs(&fd, entry.0, protocol).map_err(|e| cfg(e.to_string()))?;
         arch::setup_fpu(&fd).map_err(|e| cfg(e.to_string()))?;
-        arch::setup_sregs(mem, &fd, protocol).map_err(|e| cfg(e.to_string()))?;
         arch::set_lint(&fd).map_err(|e| cfg(e.to_string()))?;
         Ok(Self { id, fd })
     }
 
-    /// Starts the vCPU on its own thread.
+    /// Sets the registers to enter the kernel at `entry` with `protocol`
+    /// (writing the GDT and, for the Linux protocol, page tables to `mem`).
+    pub fn set_boot_registers(
+        &self,
+        mem: &GuestMemoryMmap,
+        entry: GuestAddress,
+        protocol: BootProtocol,
+    ) -> Result<(), VcpuError> {
+        let cfg = |what: String| VcpuError::Configure { id: self.id, what };
+        arch::setup_regs(&self.fd, entry.0, protocol).map_err(|e| cfg(e.to_string()))?;
+        arch::setup_sregs(mem, &self.fd, protocol).map_err(|e| cfg(e.to_string()))
+    }
+
     /// Recreates vCPU `id` of a snapshot: CPUID as at boot, then every
     /// register, the local APIC and pending events as they were saved.
     pub fn restore(

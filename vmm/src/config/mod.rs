@@ -279,8 +279,12 @@ impl VmConfig {
     }
 
     /// The kernel command line the guest gets: the configured one, with
-    /// `root=` for the root disk and `extra` (kernel parameters, put before
-    /// ` -- ` where init's arguments start).
+    /// `root=` for the root disk, `pci=off` unless it says otherwise, and
+    /// `extra` (kernel parameters, put before ` -- ` where init's
+    /// arguments start). condo shows the guest no PCI bus, yet Linux looks
+    /// for one through ports 0xcf8 to 0xcff (its early quirks scan all of
+    /// bus 0) unless told: some 230 exits of a boot's 4,600
+    /// (benches/results/boot.md).
     pub fn kernel_cmdline(&self, extra: &str) -> String {
         let mut add = String::new();
         if let Some((i, d)) = self
@@ -293,8 +297,15 @@ impl VmConfig {
             let mode = if d.is_read_only { "ro" } else { "rw" };
             add = format!(" root=/dev/vd{letter} {mode}");
         }
-        add.push_str(extra);
         let c = self.boot_source.cmdline();
+        let kernel_args = c.split(" -- ").next().unwrap_or(c);
+        if !kernel_args
+            .split_whitespace()
+            .any(|w| w.starts_with("pci="))
+        {
+            add.push_str(" pci=off");
+        }
+        add.push_str(extra);
         match c.find(" -- ") {
             Some(i) => format!("{}{add}{}", &c[..i], &c[i..]),
             None => format!("{c}{add}"),

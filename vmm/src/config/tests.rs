@@ -157,7 +157,7 @@ fn drives_and_disk_specs() {
     assert!(c.entropy.is_some());
     assert_eq!(
         c.kernel_cmdline(""),
-        format!("{DEFAULT_CMDLINE} root=/dev/vda rw")
+        format!("{DEFAULT_CMDLINE} root=/dev/vda rw pci=off")
     );
 
     let d = Drive::from_spec("path=/x.img,readonly=on,id=abc", 0).unwrap();
@@ -259,7 +259,17 @@ fn machine_and_command_line_ranges() {
         Err(ConfigError::CmdlineInvalid)
     ));
     c.set_boot_source(boot("console=ttyS0 -- echo hi")).unwrap();
-    assert_eq!(c.kernel_cmdline(" x=1"), "console=ttyS0 x=1 -- echo hi");
+    assert_eq!(
+        c.kernel_cmdline(" x=1"),
+        "console=ttyS0 pci=off x=1 -- echo hi"
+    );
+    // A guest told otherwise keeps its word; init's arguments are not
+    // kernel parameters.
+    c.set_boot_source(boot("console=ttyS0 pci=nomsi -- pci=x"))
+        .unwrap();
+    assert_eq!(c.kernel_cmdline(""), "console=ttyS0 pci=nomsi -- pci=x");
+    c.set_boot_source(boot("console=ttyS0 -- pci=x")).unwrap();
+    assert_eq!(c.kernel_cmdline(""), "console=ttyS0 pci=off -- pci=x");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::vm::Vm;
 
 /// Waits for the source on `url` and takes the guest it sends; returns
 /// the VM running it.
-pub fn receive(url: &str, skip_probe: bool) -> Result<Vm, MigrationError> {
+pub fn receive(url: &str, ahead: crate::builder::Ahead) -> Result<Vm, MigrationError> {
     let url: Url = url.parse()?;
     let mut stream = accept(&url)?;
     // A source that goes quiet for this long is gone.
@@ -38,8 +38,13 @@ pub fn receive(url: &str, skip_probe: bool) -> Result<Vm, MigrationError> {
             Ok(mem)
         },
     )?;
-    let vm = match Vm::from_state(&state, Memory::Ready(mem), false, false, skip_probe) {
-        Ok(vm) => vm,
+    let mut steps = crate::timing::Steps::start("migration");
+    let built = Vm::from_state(&state, Memory::Ready(mem), false, false, ahead, &mut steps);
+    let vm = match built {
+        Ok(vm) => {
+            steps.log();
+            vm
+        }
         Err(e) => {
             let _ = write_json(
                 &mut stream,
