@@ -699,7 +699,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<(), String> {
     if o.work.is_none() {
         let c0 = now_unix_ms();
         let mut seen: Vec<(f64, f64)> = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..8 {
             let t0 = now_unix_ms();
             run_load(
                 &mut clients[..1],
@@ -714,7 +714,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<(), String> {
                 o.rate
             );
             calibration.push(json!({"work": work, "cpu_pct": pct}));
-            if (pct - o.target_pct).abs() <= 0.06 * o.target_pct {
+            if (pct - o.target_pct).abs() <= 0.03 * o.target_pct {
                 break;
             }
             seen.push((work as f64, pct));

@@ -374,11 +374,20 @@ fn markdown(r: &Value, o: &Opts) -> String {
          did: the load generator, which a real deployment runs on other machines, the daemon, \
          and the interrupts of the network path (bridge and taps), which Linux charges to no \
          task. The table splits the difference; what it leaves is under the samplers' noise. \
-         A guest's own CPU for the same requests tends to be lower together than alone; \
-         likely because a vCPU that finds its next request waiting halts and wakes less \
-         often, and in the nested test host a halt and a wake-up (VM exits through emulated \
-         SVM) are a large part of a request's cost: the calibration shows it, the CPU is far \
-         from proportional to the rounds of work.\n"
+         The three guests took {:.1} % of the host CPU together by the accounting against \
+         {:.1} % for the sum of their solo figures: {}. In the nested test host a halt and a \
+         wake-up (VM exits through emulated SVM) are a large part of a request's cost (the \
+         calibration shows it: the CPU is far from proportional to the rounds of work), and \
+         a machine shared with other jobs changes the emulation's speed between the phases.\n",
+        ta,
+        3.0 * solo_acct,
+        if (ta - 3.0 * solo_acct).abs() <= 0.05 * 3.0 * solo_acct {
+            "their costs add up, within 5 %"
+        } else if ta < 3.0 * solo_acct {
+            "each guest cost less together than alone"
+        } else {
+            "each guest cost more together than alone"
+        }
     );
     if let Some(cal) = r["calibration"].as_array().filter(|v| !v.is_empty()) {
         let steps: Vec<String> = cal
