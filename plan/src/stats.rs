@@ -51,20 +51,40 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     if n == 1 {
         return values[0];
     }
-    let mut s = values.to_vec();
+    with_copy(values, |s| percentile_of(s, p))
+}
+
+/// [`percentile`] of `s`, which it reorders.
+fn percentile_of(s: &mut [f64], p: f64) -> f64 {
+    let n = s.len();
     let pos = p * (n as f64 + 1.0) / 100.0;
     let fpos = pos.floor();
     let ipos = fpos as usize;
     let dif = pos - fpos;
     if pos < 1.0 {
-        return nth(&mut s, 0);
+        return nth(s, 0);
     }
     if pos >= n as f64 {
-        return nth(&mut s, n - 1);
+        return nth(s, n - 1);
     }
-    let lower = nth(&mut s, ipos - 1);
-    let upper = nth(&mut s, ipos);
+    let lower = nth(s, ipos - 1);
+    let upper = nth(s, ipos);
     lower + dif * (upper - lower)
+}
+
+/// Runs `f` on a scratch copy of `values`, on the stack when it is as
+/// short as a utilization history (the policies call this in their inner
+/// loops).
+fn with_copy<R>(values: &[f64], f: impl FnOnce(&mut [f64]) -> R) -> R {
+    const STACK: usize = 64;
+    if values.len() <= STACK {
+        let mut buf = [0.0; STACK];
+        let s = &mut buf[..values.len()];
+        s.copy_from_slice(values);
+        f(s)
+    } else {
+        f(&mut values.to_vec())
+    }
 }
 
 /// The `k`-th smallest value (order statistics are unique, so selection
@@ -83,20 +103,23 @@ pub fn mad(data: &[f64]) -> f64 {
         return 0.0;
     }
     let m = median(data);
-    let dev: Vec<f64> = data.iter().map(|x| (m - x).abs()).collect();
-    median(&dev)
+    with_copy(data, |dev| {
+        for x in dev.iter_mut() {
+            *x = (m - *x).abs();
+        }
+        median(dev)
+    })
 }
 
 /// Interquartile range as CloudSim's `MathUtil.iqr` computes it.
 pub fn iqr(data: &[f64]) -> f64 {
-    let mut s = data.to_vec();
-    let n = s.len() as f64;
+    let n = data.len() as f64;
     let q1 = ((0.25 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
     let q3 = ((0.75 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
-    if q3 >= s.len() || q1 >= s.len() {
+    if q3 >= data.len() || q1 >= data.len() {
         return 0.0;
     }
-    nth(&mut s, q3) - nth(&mut s, q1)
+    with_copy(data, |s| nth(s, q3) - nth(s, q1))
 }
 
 /// Length of `data` without its trailing zeros, as CloudSim's
