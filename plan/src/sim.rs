@@ -98,6 +98,9 @@ pub struct Host {
     /// MIPS used at the last update (migrating VMs counted at full).
     pub util_mips: f64,
     pub prev_util_mips: f64,
+    /// [`Host::power`] at `util_mips`, kept with it: PABFD asks for it once
+    /// per host weighed.
+    power_now: Option<f64>,
     entry: Option<HostEntry>,
     active_time: f64,
     violation_time: f64,
@@ -118,7 +121,7 @@ impl Host {
 
     /// Power now, from the last update.
     pub fn power(&self) -> Option<f64> {
-        self.spec.power.power(self.utilization())
+        self.power_now
     }
 }
 
@@ -330,6 +333,7 @@ impl Sim {
                 bw_free: s.bw_kbps,
                 util_mips: 0.0,
                 prev_util_mips: 0.0,
+                power_now: s.power.power(0.0),
                 entry: None,
                 active_time: 0.0,
                 violation_time: 0.0,
@@ -550,7 +554,7 @@ impl Sim {
         let mut sum = 0.0;
         for &v in &host.vms {
             let capped = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
-            let out = host.sched_out.binary_search(&v).is_ok();
+            let out = self.vms[v].out_hosts != 0 && host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let a = match (over, out, inn) {
                 (true, true, _) => (capped * scale * 0.9).floor(),
@@ -692,10 +696,11 @@ impl Sim {
             }
             vm.req = u * vm.mips;
             vm.sched_req = vm.req;
-        }
-        for i in 0..n {
-            let v = self.hosts[h].vms[i];
-            self.note_out(h, v);
+            // note_out's own early return, without the call (it touches
+            // nothing but this VM's entry in the host's list).
+            if vm.in_migration || (vm.out_hosts != 0 && !self.hosts[h].sched_out.is_empty()) {
+                self.note_out(h, v);
+            }
         }
         let host = &self.hosts[h];
         // Scheduler allocation: proportional scaling (floored) when the
@@ -725,7 +730,8 @@ impl Sim {
         for &v in &host.vms {
             let vm = &self.vms[v];
             let capped = vm.capped(vm.req, host.pe_mips);
-            let out = host.sched_out.binary_search(&v).is_ok();
+            // A VM in no host's list is not in this one's.
+            let out = vm.out_hosts != 0 && host.sched_out.binary_search(&v).is_ok();
             let inn = host.sched_in.contains(&v);
             let mut alloc = if over {
                 if out {
@@ -760,6 +766,7 @@ impl Sim {
         let host = &mut self.hosts[h];
         host.prev_util_mips = host_prev;
         host.util_mips = util_mips;
+        host.power_now = host.spec.power.power(host.utilization());
         // Membership changes only for a host without VMs whose load did.
         if host.vms.is_empty() && (host_prev != 0.0) != (util_mips != 0.0) {
             self.touch(h);
