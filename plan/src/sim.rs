@@ -90,7 +90,9 @@ pub struct Host {
     pub vms: Vec<usize>,
     pub migrating_in: Vec<usize>,
     sched_in: Vec<usize>,
-    sched_out: Vec<usize>,
+    /// Number of VMs the scheduler lists as migrating out (the list itself
+    /// is [`Sim::out_bits`]).
+    sched_out_len: usize,
     /// MIPS the scheduler still has free.
     pub available: f64,
     ram_free: f64,
@@ -258,6 +260,11 @@ pub struct Sim {
     occupied: Vec<usize>,
     n_classes: usize,
     scratch: Vec<(usize, f64, f64, bool)>,
+    /// The schedulers' lists of migrating-out VMs as one bit per VM and
+    /// host (bit `v * hosts + h`): CloudSim never forgets a VM that migrated
+    /// out until it runs on the host again, so the lists grow long, and
+    /// every host update asks of each of its VMs whether it is listed.
+    out_bits: Vec<u64>,
 }
 
 impl Sim {
@@ -327,7 +334,7 @@ impl Sim {
                 vms: Vec::new(),
                 migrating_in: Vec::new(),
                 sched_in: Vec::new(),
-                sched_out: Vec::new(),
+                sched_out_len: 0,
                 available: s.total_mips(),
                 ram_free: s.ram_mb as f64,
                 bw_free: s.bw_kbps,
@@ -340,6 +347,7 @@ impl Sim {
             })
             .collect::<Vec<Host>>();
         let n_hosts = hosts.len();
+        let n_vms = vms.len();
         let n_classes = classes.len();
         Ok(Sim {
             interval: w.interval_s,
@@ -361,6 +369,7 @@ impl Sim {
             occupied: Vec::new(),
             n_classes,
             scratch: Vec::new(),
+            out_bits: vec![0; (n_vms * n_hosts).div_ceil(64)],
         })
     }
 
@@ -554,7 +563,7 @@ impl Sim {
         let mut sum = 0.0;
         for &v in &host.vms {
             let capped = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
-            let out = self.vms[v].out_hosts != 0 && host.sched_out.binary_search(&v).is_ok();
+            let out = self.vms[v].out_hosts != 0 && self.is_out(h, v);
             let inn = host.sched_in.contains(&v);
             let a = match (over, out, inn) {
                 (true, true, _) => (capped * scale * 0.9).floor(),
@@ -576,22 +585,31 @@ impl Sim {
     fn note_out(&mut self, h: usize, v: usize) {
         let inm = self.vms[v].in_migration;
         let host = &mut self.hosts[h];
-        if !inm && (host.sched_out.is_empty() || self.vms[v].out_hosts == 0) {
+        if !inm && (host.sched_out_len == 0 || self.vms[v].out_hosts == 0) {
             return;
         }
-        // sched_out is kept sorted: it only grows (CloudSim never forgets a
-        // VM that migrated out until it runs on the host again).
-        match host.sched_out.binary_search(&v) {
-            Err(i) if inm && !host.sched_in.contains(&v) => {
-                host.sched_out.insert(i, v);
-                self.vms[v].out_hosts += 1;
-            }
-            Ok(i) if !inm => {
-                host.sched_out.remove(i);
-                self.vms[v].out_hosts -= 1;
-            }
-            _ => {}
+        let listed = self.is_out(h, v);
+        let host = &mut self.hosts[h];
+        if !listed && inm && !host.sched_in.contains(&v) {
+            host.sched_out_len += 1;
+            self.vms[v].out_hosts += 1;
+            self.flip_out(h, v);
+        } else if listed && !inm {
+            host.sched_out_len -= 1;
+            self.vms[v].out_hosts -= 1;
+            self.flip_out(h, v);
         }
+    }
+
+    /// Whether host `h`'s scheduler lists `v` as migrating out.
+    fn is_out(&self, h: usize, v: usize) -> bool {
+        let i = v * self.hosts.len() + h;
+        self.out_bits[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn flip_out(&mut self, h: usize, v: usize) {
+        let i = v * self.hosts.len() + h;
+        self.out_bits[i / 64] ^= 1 << (i % 64);
     }
 
     /// `Host.isSuitableForVm` after creation (RAM and bandwidth requests
@@ -698,7 +716,7 @@ impl Sim {
             vm.sched_req = vm.req;
             // note_out's own early return, without the call (it touches
             // nothing but this VM's entry in the host's list).
-            if vm.in_migration || (vm.out_hosts != 0 && !self.hosts[h].sched_out.is_empty()) {
+            if vm.in_migration || (vm.out_hosts != 0 && self.hosts[h].sched_out_len != 0) {
                 self.note_out(h, v);
             }
         }
@@ -731,7 +749,7 @@ impl Sim {
             let vm = &self.vms[v];
             let capped = vm.capped(vm.req, host.pe_mips);
             // A VM in no host's list is not in this one's.
-            let out = vm.out_hosts != 0 && host.sched_out.binary_search(&v).is_ok();
+            let out = vm.out_hosts != 0 && self.is_out(h, v);
             let inn = host.sched_in.contains(&v);
             let mut alloc = if over {
                 if out {
