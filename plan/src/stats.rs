@@ -192,12 +192,29 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
     if m <= n {
         return None;
     }
-    // Gram matrix of [1, row_0, ..., row_{n-1}].
-    let col = |j: usize, k: usize| if j == 0 { 1.0 } else { rows[j - 1][k] };
-    let mut g = vec![vec![0.0; n + 1]; n + 1];
-    for a in 0..=n {
-        for b in a..=n {
-            let v: f64 = (0..m).map(|k| col(a, k) * col(b, k)).sum();
+    // Gram matrix of [1, row_0, ..., row_{n-1}]: each entry the sum over
+    // k of the products in order, as `Iterator::sum` adds them (from its
+    // own starting value), the n + 1 - a sums of row a side by side.
+    let q = n + 1;
+    let mut x = vec![1.0; m * q];
+    for (j, row) in rows.iter().enumerate() {
+        for (k, &v) in row[..m].iter().enumerate() {
+            x[k * q + j + 1] = v;
+        }
+    }
+    let start: f64 = std::iter::empty::<f64>().sum();
+    let mut g = vec![vec![0.0; q]; q];
+    let mut acc = vec![start; q];
+    for a in 0..q {
+        let acc = &mut acc[a..];
+        acc.fill(start);
+        for xk in x.chunks_exact(q) {
+            let xa = xk[a];
+            for (s, &xb) in acc.iter_mut().zip(&xk[a..]) {
+                *s += xa * xb;
+            }
+        }
+        for (b, &v) in (a..q).zip(acc.iter()) {
             g[a][b] = v;
             g[b][a] = v;
         }
@@ -211,7 +228,7 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
                 let yy = g[i + 1][i + 1];
                 let sum_y = g[0][i + 1];
                 let sst = yy - sum_y * sum_y / m as f64;
-                1.0 - (1.0 / inv[i + 1][i + 1]) / sst
+                1.0 - (1.0 / inv[i + 1]) / sst
             })
             .collect();
         if out.iter().all(|r| r.is_finite()) {
@@ -264,47 +281,52 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// Inverse of a small symmetric matrix by Gauss-Jordan with partial
-/// pivoting; `None` when it is (nearly) singular.
-fn invert(g: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+/// Diagonal of the inverse of a small symmetric matrix, by Gauss-Jordan
+/// with partial pivoting on [G | I]; `None` when it is (nearly) singular.
+/// Rows are flat slices so that the eliminations run over contiguous
+/// memory (each element gets the same operations in any order).
+fn invert(g: &[Vec<f64>]) -> Option<Vec<f64>> {
     let p = g.len();
-    let mut a: Vec<Vec<f64>> = g
-        .iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let mut v = row.clone();
-            v.extend((0..p).map(|c| if c == r { 1.0 } else { 0.0 }));
-            v
-        })
-        .collect();
+    let w = 2 * p;
+    let mut a = vec![0.0; p * w];
+    for (r, row) in g.iter().enumerate() {
+        a[r * w..r * w + p].copy_from_slice(row);
+        a[r * w + p + r] = 1.0;
+    }
     let scale = g
         .iter()
         .enumerate()
         .map(|(i, r)| r[i].abs())
         .fold(0.0, f64::max)
         .max(1.0);
+    let mut pivot = vec![0.0; w];
     for k in 0..p {
-        let piv = (k..p).max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))?;
-        a.swap(k, piv);
-        if a[k][k].abs() < 1e-10 * scale {
+        let piv = (k..p).max_by(|&x, &y| a[x * w + k].abs().total_cmp(&a[y * w + k].abs()))?;
+        if piv != k {
+            let (lo, hi) = a.split_at_mut(piv * w);
+            lo[k * w..(k + 1) * w].swap_with_slice(&mut hi[..w]);
+        }
+        if a[k * w + k].abs() < 1e-10 * scale {
             return None;
         }
-        let d = a[k][k];
-        for c in 0..2 * p {
-            a[k][c] /= d;
+        let d = a[k * w + k];
+        for c in &mut a[k * w..(k + 1) * w] {
+            *c /= d;
         }
+        pivot.copy_from_slice(&a[k * w..(k + 1) * w]);
         for r in 0..p {
             if r != k {
-                let f = a[r][k];
+                let row = &mut a[r * w..(r + 1) * w];
+                let f = row[k];
                 if f != 0.0 {
-                    for c in 0..2 * p {
-                        a[r][c] -= f * a[k][c];
+                    for (c, &pk) in row.iter_mut().zip(&pivot) {
+                        *c -= f * pk;
                     }
                 }
             }
         }
     }
-    Some(a.into_iter().map(|row| row[p..].to_vec()).collect())
+    Some((0..p).map(|i| a[i * w + p + i]).collect())
 }
 
 /// Pearson correlation of two equally long series (0 when either is flat).
