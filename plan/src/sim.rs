@@ -521,10 +521,7 @@ impl Sim {
         let host = &self.hosts[h];
         let mut hist = [0.0f64; HISTORY_LENGTH];
         for &v in &host.vms {
-            let vm = &self.vms[v];
-            for (i, u) in vm.history.iter().enumerate() {
-                hist[i] += u * vm.mips / host.total_mips;
-            }
+            add_history(&mut hist, &self.vms[v], host.total_mips);
         }
         if let Some(c) = self.hist_cache.borrow_mut().get_mut(h) {
             *c = Some(hist);
@@ -1009,6 +1006,20 @@ impl Sim {
     /// Where each VM is now (its source while it migrates).
     pub fn placement(&self) -> Vec<Option<usize>> {
         self.vm_table.clone()
+    }
+}
+
+/// Adds `vm`'s history, weighted by its share of a host of `total_mips`,
+/// to `hist` (most recent first). The history's two halves are added
+/// separately: plain slices let the loop run several entries at once.
+pub fn add_history(hist: &mut [f64; HISTORY_LENGTH], vm: &Vm, total_mips: f64) {
+    let (a, b) = vm.history.as_slices();
+    let (ha, hb) = hist.split_at_mut(a.len().min(HISTORY_LENGTH));
+    for (h, u) in ha.iter_mut().zip(a) {
+        *h += u * vm.mips / total_mips;
+    }
+    for (h, u) in hb.iter_mut().zip(b) {
+        *h += u * vm.mips / total_mips;
     }
 }
 

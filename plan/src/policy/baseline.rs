@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::model::migration_time;
-use crate::sim::{Policy, Sim, HISTORY_LENGTH};
+use crate::sim::{add_history, Policy, Sim, HISTORY_LENGTH};
 use crate::stats;
 
 use super::{Overload, Selection};
@@ -84,11 +84,7 @@ pub fn requested_util(sim: &Sim, h: usize, extra: Option<usize>) -> f64 {
 pub fn host_history(sim: &Sim, h: usize, extra: Option<usize>) -> ([f64; HISTORY_LENGTH], usize) {
     let mut hist = sim.host_history(h);
     if let Some(x) = extra {
-        let vm = &sim.vms[x];
-        let total = sim.hosts[h].total_mips;
-        for (i, u) in vm.history.iter().enumerate() {
-            hist[i] += u * vm.mips / total;
-        }
+        add_history(&mut hist, &sim.vms[x], sim.hosts[h].total_mips);
     }
     let n = stats::count_non_zero_beginning(&hist);
     (hist, n)
