@@ -629,6 +629,22 @@ impl Sim {
         self.recompute_available(h);
     }
 
+    /// Places `vms` on `h` in order, as that many [`Sim::vm_create`] calls
+    /// would: the scheduler's free MIPS is recomputed once, from the final
+    /// list (each recomputation starts from scratch, so the last one is all
+    /// that shows).
+    pub fn vm_create_all(&mut self, h: usize, vms: &[usize]) {
+        if vms.is_empty() {
+            return;
+        }
+        for &v in vms {
+            self.note_out(h, v);
+            self.vms[v].sched_req = self.vms[v].req;
+            self.hosts[h].vms.push(v);
+        }
+        self.recompute_available(h);
+    }
+
     /// Removes `v` from `h` (`Host.vmDestroy`).
     pub fn vm_destroy(&mut self, h: usize, v: usize) {
         if let Some(i) = self.hosts[h].vms.iter().position(|&x| x == v) {

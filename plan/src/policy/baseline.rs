@@ -466,9 +466,7 @@ pub fn restore(sim: &mut Sim, saved: &[Vec<usize>]) {
             }
         }
         sim.hosts[h].vms.clear();
-        for v in vms {
-            sim.vm_create(h, v);
-        }
+        sim.vm_create_all(h, &vms);
     }
 }
 
