@@ -68,7 +68,13 @@ fn percentile_of(s: &mut [f64], p: f64) -> f64 {
         return nth(s, n - 1);
     }
     let lower = nth(s, ipos - 1);
-    let upper = nth(s, ipos);
+    // The next order statistic is the least of the values the selection
+    // left above the one it placed.
+    let upper = s[ipos..]
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)
+        .unwrap_or(lower);
     lower + dif * (upper - lower)
 }
 
@@ -119,7 +125,16 @@ pub fn iqr(data: &[f64]) -> f64 {
     if q3 >= data.len() || q1 >= data.len() {
         return 0.0;
     }
-    with_copy(data, |s| nth(s, q3) - nth(s, q1))
+    with_copy(data, |s| {
+        let upper = nth(s, q3);
+        // The selection left the q3 smallest values in front.
+        let lower = if q1 < q3 {
+            nth(&mut s[..q3], q1)
+        } else {
+            upper
+        };
+        upper - lower
+    })
 }
 
 /// Length of `data` without its trailing zeros, as CloudSim's
@@ -359,6 +374,41 @@ mod tests {
         let (a, b) = linear_fit(&[1.0, 2.0, 3.0, 4.0]).unwrap_or_default();
         assert!((a - 0.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
         assert_eq!(linear_fit(&[1.0, 2.0]), None);
+    }
+
+    /// Percentile and IQR from a full sort, as their definitions read.
+    #[test]
+    fn order_statistics_match_a_sort() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for n in 1..=40 {
+            let v: Vec<f64> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Repeats and zeros of both signs among the values.
+                    [0.0, -0.0, 0.5, (x % 1000) as f64 / 7.0][(x % 4) as usize]
+                })
+                .collect();
+            let mut s = v.clone();
+            s.sort_by(f64::total_cmp);
+            let nf = n as f64;
+            let pos = 50.0 * (nf + 1.0) / 100.0;
+            let fpos = pos.floor();
+            let want = if n == 1 || pos < 1.0 {
+                s[0]
+            } else if pos >= nf {
+                s[n - 1]
+            } else {
+                let i = fpos as usize;
+                s[i - 1] + (pos - fpos) * (s[i] - s[i - 1])
+            };
+            assert_eq!(median(&v).to_bits(), want.to_bits(), "median, n {n}");
+            let q1 = ((0.25 * (nf + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+            let q3 = ((0.75 * (nf + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+            let want = if q3 >= n { 0.0 } else { s[q3] - s[q1] };
+            assert_eq!(iqr(&v).to_bits(), want.to_bits(), "iqr, n {n}");
+        }
     }
 
     #[test]
