@@ -49,17 +49,21 @@ impl PowerModel {
         if !(0.0..=1.0).contains(&u) {
             return None;
         }
-        // `u % 0.1 == 0` can only hold near a multiple of 0.1; the cheap
-        // test spares the (slow) remainder everywhere else.
         if u == 0.0 {
             return Some(self.watts[0]);
         }
-        let frac = (u * 10.0).fract();
-        if !(1e-6..=1.0 - 1e-6).contains(&frac) && u % 0.1 == 0.0 {
-            return Some(self.watts[(u * 10.0) as usize]);
+        let x = u * 10.0;
+        // CloudSim's `u % 0.1 == 0` holds exactly when u is an integer
+        // multiple of the double 0.1 that is itself a double: in 0..=1 only
+        // 0.1, 0.2, 0.4 and 0.8 (3 x 0.1 and up need more than 53 bits). The
+        // test spares the slow remainder on every call.
+        if u == 0.1 || u == 0.2 || u == 0.4 || u == 0.8 {
+            return Some(self.watts[x as usize]);
         }
-        let u1 = (u * 10.0).floor() as usize;
-        let u2 = ((u * 10.0).ceil() as usize).min(10);
+        // x >= 0: truncation is the floor, and the ceiling is one more
+        // unless x is whole.
+        let u1 = x as usize;
+        let u2 = if u1 as f64 == x { u1 } else { u1 + 1 }.min(10);
         let p1 = self.watts[u1];
         let p2 = self.watts[u2];
         let delta = (p2 - p1) / 10.0;
@@ -153,6 +157,47 @@ mod tests {
         let p = g4.power(0.25).unwrap_or_default();
         assert!((p - 94.3).abs() < 1e-9, "{p}");
         assert_eq!(g4.power(1.2), None);
+    }
+
+    /// `power` as CloudSim writes it, remainder and all.
+    fn power_reference(m: &PowerModel, u: f64) -> Option<f64> {
+        if !(0.0..=1.0).contains(&u) {
+            return None;
+        }
+        if u % 0.1 == 0.0 {
+            return Some(m.watts[(u * 10.0) as usize]);
+        }
+        let u1 = (u * 10.0).floor() as usize;
+        let u2 = ((u * 10.0).ceil() as usize).min(10);
+        let p1 = m.watts[u1];
+        let p2 = m.watts[u2];
+        let delta = (p2 - p1) / 10.0;
+        Some(p1 + delta * (u - u1 as f64 / 10.0) * 100.0)
+    }
+
+    #[test]
+    fn power_matches_cloudsim_bit_for_bit() {
+        let mut us: Vec<f64> = (0..=100_000).map(|k| k as f64 / 100_000.0).collect();
+        // Products and quotients as the simulator forms them, and the
+        // neighbours of every multiple of 0.1.
+        for k in 0..=10 {
+            let x = k as f64 * 0.1;
+            us.extend([x, x / 1.0, k as f64 / 10.0, f64::from_bits(x.to_bits() + 1)]);
+            if x > 0.0 {
+                us.push(f64::from_bits(x.to_bits() - 1));
+            }
+        }
+        for a in 0..2000 {
+            us.push(a as f64 * 1.37 / 3720.0);
+            us.push(a as f64 * 2.53 / 5320.0);
+        }
+        us.extend([1.0 + 1e-12, -1e-12, f64::NAN]);
+        for m in [PowerModel::HP_ML110_G4, PowerModel::HP_ML110_G5] {
+            for &u in &us {
+                let (a, b) = (m.power(u), power_reference(&m, u));
+                assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits), "u = {u:e}");
+            }
+        }
     }
 
     #[test]

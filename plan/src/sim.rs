@@ -90,7 +90,9 @@ pub struct Host {
     pub vms: Vec<usize>,
     pub migrating_in: Vec<usize>,
     sched_in: Vec<usize>,
-    sched_out: Vec<usize>,
+    /// Number of VMs the scheduler lists as migrating out (the list itself
+    /// is [`Sim::out_bits`]).
+    sched_out_len: usize,
     /// MIPS the scheduler still has free.
     pub available: f64,
     ram_free: f64,
@@ -98,6 +100,9 @@ pub struct Host {
     /// MIPS used at the last update (migrating VMs counted at full).
     pub util_mips: f64,
     pub prev_util_mips: f64,
+    /// [`Host::power`] at `util_mips`, kept with it: PABFD asks for it once
+    /// per host weighed.
+    power_now: Option<f64>,
     entry: Option<HostEntry>,
     active_time: f64,
     violation_time: f64,
@@ -118,7 +123,7 @@ impl Host {
 
     /// Power now, from the last update.
     pub fn power(&self) -> Option<f64> {
-        self.spec.power.power(self.utilization())
+        self.power_now
     }
 }
 
@@ -255,6 +260,11 @@ pub struct Sim {
     occupied: Vec<usize>,
     n_classes: usize,
     scratch: Vec<(usize, f64, f64, bool)>,
+    /// The schedulers' lists of migrating-out VMs as one bit per VM and
+    /// host (bit `v * hosts + h`): CloudSim never forgets a VM that migrated
+    /// out until it runs on the host again, so the lists grow long, and
+    /// every host update asks of each of its VMs whether it is listed.
+    out_bits: Vec<u64>,
 }
 
 impl Sim {
@@ -324,18 +334,20 @@ impl Sim {
                 vms: Vec::new(),
                 migrating_in: Vec::new(),
                 sched_in: Vec::new(),
-                sched_out: Vec::new(),
+                sched_out_len: 0,
                 available: s.total_mips(),
                 ram_free: s.ram_mb as f64,
                 bw_free: s.bw_kbps,
                 util_mips: 0.0,
                 prev_util_mips: 0.0,
+                power_now: s.power.power(0.0),
                 entry: None,
                 active_time: 0.0,
                 violation_time: 0.0,
             })
             .collect::<Vec<Host>>();
         let n_hosts = hosts.len();
+        let n_vms = vms.len();
         let n_classes = classes.len();
         Ok(Sim {
             interval: w.interval_s,
@@ -357,6 +369,7 @@ impl Sim {
             occupied: Vec::new(),
             n_classes,
             scratch: Vec::new(),
+            out_bits: vec![0; (n_vms * n_hosts).div_ceil(64)],
         })
     }
 
@@ -508,10 +521,7 @@ impl Sim {
         let host = &self.hosts[h];
         let mut hist = [0.0f64; HISTORY_LENGTH];
         for &v in &host.vms {
-            let vm = &self.vms[v];
-            for (i, u) in vm.history.iter().enumerate() {
-                hist[i] += u * vm.mips / host.total_mips;
-            }
+            add_history(&mut hist, &self.vms[v], host.total_mips);
         }
         if let Some(c) = self.hist_cache.borrow_mut().get_mut(h) {
             *c = Some(hist);
@@ -550,7 +560,7 @@ impl Sim {
         let mut sum = 0.0;
         for &v in &host.vms {
             let capped = self.vms[v].capped(self.vms[v].sched_req, host.pe_mips);
-            let out = host.sched_out.binary_search(&v).is_ok();
+            let out = self.vms[v].out_hosts != 0 && self.is_out(h, v);
             let inn = host.sched_in.contains(&v);
             let a = match (over, out, inn) {
                 (true, true, _) => (capped * scale * 0.9).floor(),
@@ -572,22 +582,31 @@ impl Sim {
     fn note_out(&mut self, h: usize, v: usize) {
         let inm = self.vms[v].in_migration;
         let host = &mut self.hosts[h];
-        if !inm && (host.sched_out.is_empty() || self.vms[v].out_hosts == 0) {
+        if !inm && (host.sched_out_len == 0 || self.vms[v].out_hosts == 0) {
             return;
         }
-        // sched_out is kept sorted: it only grows (CloudSim never forgets a
-        // VM that migrated out until it runs on the host again).
-        match host.sched_out.binary_search(&v) {
-            Err(i) if inm && !host.sched_in.contains(&v) => {
-                host.sched_out.insert(i, v);
-                self.vms[v].out_hosts += 1;
-            }
-            Ok(i) if !inm => {
-                host.sched_out.remove(i);
-                self.vms[v].out_hosts -= 1;
-            }
-            _ => {}
+        let listed = self.is_out(h, v);
+        let host = &mut self.hosts[h];
+        if !listed && inm && !host.sched_in.contains(&v) {
+            host.sched_out_len += 1;
+            self.vms[v].out_hosts += 1;
+            self.flip_out(h, v);
+        } else if listed && !inm {
+            host.sched_out_len -= 1;
+            self.vms[v].out_hosts -= 1;
+            self.flip_out(h, v);
         }
+    }
+
+    /// Whether host `h`'s scheduler lists `v` as migrating out.
+    fn is_out(&self, h: usize, v: usize) -> bool {
+        let i = v * self.hosts.len() + h;
+        self.out_bits[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn flip_out(&mut self, h: usize, v: usize) {
+        let i = v * self.hosts.len() + h;
+        self.out_bits[i / 64] ^= 1 << (i % 64);
     }
 
     /// `Host.isSuitableForVm` after creation (RAM and bandwidth requests
@@ -607,6 +626,22 @@ impl Sim {
         self.note_out(h, v);
         self.vms[v].sched_req = self.vms[v].req;
         self.hosts[h].vms.push(v);
+        self.recompute_available(h);
+    }
+
+    /// Places `vms` on `h` in order, as that many [`Sim::vm_create`] calls
+    /// would: the scheduler's free MIPS is recomputed once, from the final
+    /// list (each recomputation starts from scratch, so the last one is all
+    /// that shows).
+    pub fn vm_create_all(&mut self, h: usize, vms: &[usize]) {
+        if vms.is_empty() {
+            return;
+        }
+        for &v in vms {
+            self.note_out(h, v);
+            self.vms[v].sched_req = self.vms[v].req;
+            self.hosts[h].vms.push(v);
+        }
         self.recompute_available(h);
     }
 
@@ -692,10 +727,11 @@ impl Sim {
             }
             vm.req = u * vm.mips;
             vm.sched_req = vm.req;
-        }
-        for i in 0..n {
-            let v = self.hosts[h].vms[i];
-            self.note_out(h, v);
+            // note_out's own early return, without the call (it touches
+            // nothing but this VM's entry in the host's list).
+            if vm.in_migration || (vm.out_hosts != 0 && self.hosts[h].sched_out_len != 0) {
+                self.note_out(h, v);
+            }
         }
         let host = &self.hosts[h];
         // Scheduler allocation: proportional scaling (floored) when the
@@ -725,7 +761,8 @@ impl Sim {
         for &v in &host.vms {
             let vm = &self.vms[v];
             let capped = vm.capped(vm.req, host.pe_mips);
-            let out = host.sched_out.binary_search(&v).is_ok();
+            // A VM in no host's list is not in this one's.
+            let out = vm.out_hosts != 0 && self.is_out(h, v);
             let inn = host.sched_in.contains(&v);
             let mut alloc = if over {
                 if out {
@@ -760,6 +797,7 @@ impl Sim {
         let host = &mut self.hosts[h];
         host.prev_util_mips = host_prev;
         host.util_mips = util_mips;
+        host.power_now = host.spec.power.power(host.utilization());
         // Membership changes only for a host without VMs whose load did.
         if host.vms.is_empty() && (host_prev != 0.0) != (util_mips != 0.0) {
             self.touch(h);
@@ -984,6 +1022,20 @@ impl Sim {
     /// Where each VM is now (its source while it migrates).
     pub fn placement(&self) -> Vec<Option<usize>> {
         self.vm_table.clone()
+    }
+}
+
+/// Adds `vm`'s history, weighted by its share of a host of `total_mips`,
+/// to `hist` (most recent first). The history's two halves are added
+/// separately: plain slices let the loop run several entries at once.
+pub fn add_history(hist: &mut [f64; HISTORY_LENGTH], vm: &Vm, total_mips: f64) {
+    let (a, b) = vm.history.as_slices();
+    let (ha, hb) = hist.split_at_mut(a.len().min(HISTORY_LENGTH));
+    for (h, u) in ha.iter_mut().zip(a) {
+        *h += u * vm.mips / total_mips;
+    }
+    for (h, u) in hb.iter_mut().zip(b) {
+        *h += u * vm.mips / total_mips;
     }
 }
 

@@ -51,20 +51,46 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     if n == 1 {
         return values[0];
     }
-    let mut s = values.to_vec();
+    with_copy(values, |s| percentile_of(s, p))
+}
+
+/// [`percentile`] of `s`, which it reorders.
+fn percentile_of(s: &mut [f64], p: f64) -> f64 {
+    let n = s.len();
     let pos = p * (n as f64 + 1.0) / 100.0;
     let fpos = pos.floor();
     let ipos = fpos as usize;
     let dif = pos - fpos;
     if pos < 1.0 {
-        return nth(&mut s, 0);
+        return nth(s, 0);
     }
     if pos >= n as f64 {
-        return nth(&mut s, n - 1);
+        return nth(s, n - 1);
     }
-    let lower = nth(&mut s, ipos - 1);
-    let upper = nth(&mut s, ipos);
+    let lower = nth(s, ipos - 1);
+    // The next order statistic is the least of the values the selection
+    // left above the one it placed.
+    let upper = s[ipos..]
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)
+        .unwrap_or(lower);
     lower + dif * (upper - lower)
+}
+
+/// Runs `f` on a scratch copy of `values`, on the stack when it is as
+/// short as a utilization history (the policies call this in their inner
+/// loops).
+fn with_copy<R>(values: &[f64], f: impl FnOnce(&mut [f64]) -> R) -> R {
+    const STACK: usize = 64;
+    if values.len() <= STACK {
+        let mut buf = [0.0; STACK];
+        let s = &mut buf[..values.len()];
+        s.copy_from_slice(values);
+        f(s)
+    } else {
+        f(&mut values.to_vec())
+    }
 }
 
 /// The `k`-th smallest value (order statistics are unique, so selection
@@ -83,20 +109,32 @@ pub fn mad(data: &[f64]) -> f64 {
         return 0.0;
     }
     let m = median(data);
-    let dev: Vec<f64> = data.iter().map(|x| (m - x).abs()).collect();
-    median(&dev)
+    with_copy(data, |dev| {
+        for x in dev.iter_mut() {
+            *x = (m - *x).abs();
+        }
+        median(dev)
+    })
 }
 
 /// Interquartile range as CloudSim's `MathUtil.iqr` computes it.
 pub fn iqr(data: &[f64]) -> f64 {
-    let mut s = data.to_vec();
-    let n = s.len() as f64;
+    let n = data.len() as f64;
     let q1 = ((0.25 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
     let q3 = ((0.75 * (n + 1.0) + 0.5).floor() as usize).saturating_sub(1);
-    if q3 >= s.len() || q1 >= s.len() {
+    if q3 >= data.len() || q1 >= data.len() {
         return 0.0;
     }
-    nth(&mut s, q3) - nth(&mut s, q1)
+    with_copy(data, |s| {
+        let upper = nth(s, q3);
+        // The selection left the q3 smallest values in front.
+        let lower = if q1 < q3 {
+            nth(&mut s[..q3], q1)
+        } else {
+            upper
+        };
+        upper - lower
+    })
 }
 
 /// Length of `data` without its trailing zeros, as CloudSim's
@@ -169,12 +207,29 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
     if m <= n {
         return None;
     }
-    // Gram matrix of [1, row_0, ..., row_{n-1}].
-    let col = |j: usize, k: usize| if j == 0 { 1.0 } else { rows[j - 1][k] };
-    let mut g = vec![vec![0.0; n + 1]; n + 1];
-    for a in 0..=n {
-        for b in a..=n {
-            let v: f64 = (0..m).map(|k| col(a, k) * col(b, k)).sum();
+    // Gram matrix of [1, row_0, ..., row_{n-1}]: each entry the sum over
+    // k of the products in order, as `Iterator::sum` adds them (from its
+    // own starting value), the n + 1 - a sums of row a side by side.
+    let q = n + 1;
+    let mut x = vec![1.0; m * q];
+    for (j, row) in rows.iter().enumerate() {
+        for (k, &v) in row[..m].iter().enumerate() {
+            x[k * q + j + 1] = v;
+        }
+    }
+    let start: f64 = std::iter::empty::<f64>().sum();
+    let mut g = vec![vec![0.0; q]; q];
+    let mut acc = vec![start; q];
+    for a in 0..q {
+        let acc = &mut acc[a..];
+        acc.fill(start);
+        for xk in x.chunks_exact(q) {
+            let xa = xk[a];
+            for (s, &xb) in acc.iter_mut().zip(&xk[a..]) {
+                *s += xa * xb;
+            }
+        }
+        for (b, &v) in (a..q).zip(acc.iter()) {
             g[a][b] = v;
             g[b][a] = v;
         }
@@ -188,7 +243,7 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
                 let yy = g[i + 1][i + 1];
                 let sum_y = g[0][i + 1];
                 let sst = yy - sum_y * sum_y / m as f64;
-                1.0 - (1.0 / inv[i + 1][i + 1]) / sst
+                1.0 - (1.0 / inv[i + 1]) / sst
             })
             .collect();
         if out.iter().all(|r| r.is_finite()) {
@@ -241,47 +296,52 @@ pub fn r_squared_each(rows: &[Vec<f64>]) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// Inverse of a small symmetric matrix by Gauss-Jordan with partial
-/// pivoting; `None` when it is (nearly) singular.
-fn invert(g: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+/// Diagonal of the inverse of a small symmetric matrix, by Gauss-Jordan
+/// with partial pivoting on [G | I]; `None` when it is (nearly) singular.
+/// Rows are flat slices so that the eliminations run over contiguous
+/// memory (each element gets the same operations in any order).
+fn invert(g: &[Vec<f64>]) -> Option<Vec<f64>> {
     let p = g.len();
-    let mut a: Vec<Vec<f64>> = g
-        .iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let mut v = row.clone();
-            v.extend((0..p).map(|c| if c == r { 1.0 } else { 0.0 }));
-            v
-        })
-        .collect();
+    let w = 2 * p;
+    let mut a = vec![0.0; p * w];
+    for (r, row) in g.iter().enumerate() {
+        a[r * w..r * w + p].copy_from_slice(row);
+        a[r * w + p + r] = 1.0;
+    }
     let scale = g
         .iter()
         .enumerate()
         .map(|(i, r)| r[i].abs())
         .fold(0.0, f64::max)
         .max(1.0);
+    let mut pivot = vec![0.0; w];
     for k in 0..p {
-        let piv = (k..p).max_by(|&x, &y| a[x][k].abs().total_cmp(&a[y][k].abs()))?;
-        a.swap(k, piv);
-        if a[k][k].abs() < 1e-10 * scale {
+        let piv = (k..p).max_by(|&x, &y| a[x * w + k].abs().total_cmp(&a[y * w + k].abs()))?;
+        if piv != k {
+            let (lo, hi) = a.split_at_mut(piv * w);
+            lo[k * w..(k + 1) * w].swap_with_slice(&mut hi[..w]);
+        }
+        if a[k * w + k].abs() < 1e-10 * scale {
             return None;
         }
-        let d = a[k][k];
-        for c in 0..2 * p {
-            a[k][c] /= d;
+        let d = a[k * w + k];
+        for c in &mut a[k * w..(k + 1) * w] {
+            *c /= d;
         }
+        pivot.copy_from_slice(&a[k * w..(k + 1) * w]);
         for r in 0..p {
             if r != k {
-                let f = a[r][k];
+                let row = &mut a[r * w..(r + 1) * w];
+                let f = row[k];
                 if f != 0.0 {
-                    for c in 0..2 * p {
-                        a[r][c] -= f * a[k][c];
+                    for (c, &pk) in row.iter_mut().zip(&pivot) {
+                        *c -= f * pk;
                     }
                 }
             }
         }
     }
-    Some(a.into_iter().map(|row| row[p..].to_vec()).collect())
+    Some((0..p).map(|i| a[i * w + p + i]).collect())
 }
 
 /// Pearson correlation of two equally long series (0 when either is flat).
@@ -314,6 +374,41 @@ mod tests {
         let (a, b) = linear_fit(&[1.0, 2.0, 3.0, 4.0]).unwrap_or_default();
         assert!((a - 0.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
         assert_eq!(linear_fit(&[1.0, 2.0]), None);
+    }
+
+    /// Percentile and IQR from a full sort, as their definitions read.
+    #[test]
+    fn order_statistics_match_a_sort() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for n in 1..=40 {
+            let v: Vec<f64> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Repeats and zeros of both signs among the values.
+                    [0.0, -0.0, 0.5, (x % 1000) as f64 / 7.0][(x % 4) as usize]
+                })
+                .collect();
+            let mut s = v.clone();
+            s.sort_by(f64::total_cmp);
+            let nf = n as f64;
+            let pos = 50.0 * (nf + 1.0) / 100.0;
+            let fpos = pos.floor();
+            let want = if n == 1 || pos < 1.0 {
+                s[0]
+            } else if pos >= nf {
+                s[n - 1]
+            } else {
+                let i = fpos as usize;
+                s[i - 1] + (pos - fpos) * (s[i] - s[i - 1])
+            };
+            assert_eq!(median(&v).to_bits(), want.to_bits(), "median, n {n}");
+            let q1 = ((0.25 * (nf + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+            let q3 = ((0.75 * (nf + 1.0) + 0.5).floor() as usize).saturating_sub(1);
+            let want = if q3 >= n { 0.0 } else { s[q3] - s[q1] };
+            assert_eq!(iqr(&v).to_bits(), want.to_bits(), "iqr, n {n}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::model::migration_time;
-use crate::sim::{Policy, Sim, HISTORY_LENGTH};
+use crate::sim::{add_history, Policy, Sim, HISTORY_LENGTH};
 use crate::stats;
 
 use super::{Overload, Selection};
@@ -45,6 +45,11 @@ pub struct Baseline {
     pub overload: Overload,
     pub selection: Selection,
     rng: Rng,
+    /// Scratch for [`candidates`], kept between searches.
+    cand: Vec<usize>,
+    seen: Vec<bool>,
+    /// Scratch for `find_host`: power increase and host.
+    weighed: Vec<(f64, usize)>,
 }
 
 /// The fallback static threshold of the adaptive policies.
@@ -56,6 +61,9 @@ impl Baseline {
             overload,
             selection,
             rng: Rng::new(seed),
+            cand: Vec::new(),
+            seen: Vec::new(),
+            weighed: Vec::new(),
         }
     }
 }
@@ -76,11 +84,7 @@ pub fn requested_util(sim: &Sim, h: usize, extra: Option<usize>) -> f64 {
 pub fn host_history(sim: &Sim, h: usize, extra: Option<usize>) -> ([f64; HISTORY_LENGTH], usize) {
     let mut hist = sim.host_history(h);
     if let Some(x) = extra {
-        let vm = &sim.vms[x];
-        let total = sim.hosts[h].total_mips;
-        for (i, u) in vm.history.iter().enumerate() {
-            hist[i] += u * vm.mips / total;
-        }
+        add_history(&mut hist, &sim.vms[x], sim.hosts[h].total_mips);
     }
     let n = stats::count_non_zero_beginning(&hist);
     (hist, n)
@@ -156,62 +160,118 @@ impl Baseline {
     /// `findHostForVm(vm, excludedHosts)`: PABFD. Hosts are weighed in
     /// index order as CloudSim does, but of the empty idle hosts only the
     /// first of each class (the others would tie with it and lose).
-    fn find_host(&self, sim: &Sim, v: usize, excluded: &[bool], empties: bool) -> Option<usize> {
-        let mut min = f64::MAX;
-        let mut best = None;
-        for h in candidates(sim, excluded, empties) {
+    ///
+    /// CloudSim keeps the first host, in index order, with the least power
+    /// increase among the suitable ones not overloaded after allocation.
+    /// The power increase is cheap and the overload test is not, so the
+    /// hosts are tried from the least increase up (ties in index order)
+    /// and the first one that passes is that host: one overload test where
+    /// the scan in index order needs one per new minimum.
+    fn find_host(
+        &mut self,
+        sim: &Sim,
+        v: usize,
+        excluded: &[bool],
+        empties: bool,
+    ) -> Option<usize> {
+        let mut cand = std::mem::take(&mut self.cand);
+        let mut weighed = std::mem::take(&mut self.weighed);
+        candidates(sim, excluded, empties, &mut cand, &mut self.seen);
+        weighed.clear();
+        let mut ordered = true;
+        for &h in &cand {
             if !sim.is_suitable(h, v) {
                 continue;
             }
-            // The power test comes first: only a host that would become the
-            // best needs the (costlier) overload test, and skipping the
-            // others changes nothing since the overload test only excludes.
             let Some(diff) = power_diff(sim, h, v) else {
                 continue;
             };
-            if diff >= min {
-                continue;
-            }
-            // isHostOverUtilizedAfterAllocation, without the create/destroy.
-            if sim.allocated_mips(h) != 0.0 && is_overloaded(sim, h, self.overload, Some(v)) {
-                continue;
-            }
-            min = diff;
-            best = Some(h);
+            // Least-first needs a total order (a NaN never compares less).
+            ordered &= !diff.is_nan();
+            weighed.push((diff, h));
         }
+        // isHostOverUtilizedAfterAllocation, without the create/destroy.
+        let overloaded = |h: usize| {
+            sim.allocated_mips(h) != 0.0 && is_overloaded(sim, h, self.overload, Some(v))
+        };
+        let mut best = None;
+        if ordered {
+            loop {
+                // The least increase below CloudSim's initial minimum, the
+                // first of equals; tried hosts are set to infinity.
+                let mut min = f64::MAX;
+                let mut at = None;
+                for (i, &(diff, _)) in weighed.iter().enumerate() {
+                    if diff < min {
+                        min = diff;
+                        at = Some(i);
+                    }
+                }
+                let Some(i) = at else { break };
+                let h = weighed[i].1;
+                if !overloaded(h) {
+                    best = Some(h);
+                    break;
+                }
+                weighed[i].0 = f64::INFINITY;
+            }
+        } else {
+            // CloudSim's scan as written.
+            let mut min = f64::MAX;
+            for &(diff, h) in &weighed {
+                if diff >= min || overloaded(h) {
+                    continue;
+                }
+                min = diff;
+                best = Some(h);
+            }
+        }
+        self.cand = cand;
+        self.weighed = weighed;
         best
     }
 }
 
-/// Hosts a search must weigh, in index order: every occupied host not
-/// excluded, and (when `empties`) the first empty idle host of each class
-/// not excluded. Callers pass `empties = false` when every empty idle host
-/// is excluded anyway (CloudSim's consolidation phase excludes hosts that
-/// are off), which spares the scan.
-pub fn candidates(sim: &Sim, excluded: &[bool], empties: bool) -> Vec<usize> {
-    let mut out: Vec<usize> = sim
-        .occupied()
-        .iter()
-        .copied()
-        .filter(|&h| !excluded[h])
-        .collect();
-    if !empties {
-        return out;
-    }
-    let mut classes: Vec<usize> = Vec::new();
+/// Hosts a search must weigh, in index order, into `out`: every occupied
+/// host not excluded, and (when `empties`) the first empty idle host of
+/// each class not excluded. Callers pass `empties = false` when every empty
+/// idle host is excluded anyway (CloudSim's consolidation phase excludes
+/// hosts that are off), which spares the scan. `seen` is scratch space.
+pub fn candidates(
+    sim: &Sim,
+    excluded: &[bool],
+    empties: bool,
+    out: &mut Vec<usize>,
+    seen: &mut Vec<bool>,
+) {
+    out.clear();
     let occupied = sim.occupied();
+    if !empties {
+        out.extend(occupied.iter().copied().filter(|&h| !excluded[h]));
+        return;
+    }
+    seen.clear();
+    seen.resize(sim.classes(), false);
+    let mut found = 0;
+    // Walk the hosts beside the sorted occupied list until every class has
+    // its empty host, then take the rest of the occupied ones.
+    let mut j = 0;
     for (h, host) in sim.hosts.iter().enumerate() {
-        if classes.contains(&host.class) || excluded[h] || occupied.binary_search(&h).is_ok() {
-            continue;
-        }
-        classes.push(host.class);
-        out.push(h);
-        if classes.len() == sim.classes() {
+        if found == seen.len() {
             break;
         }
+        if occupied.get(j) == Some(&h) {
+            j += 1;
+            if !excluded[h] {
+                out.push(h);
+            }
+        } else if !seen[host.class] && !excluded[h] {
+            seen[host.class] = true;
+            found += 1;
+            out.push(h);
+        }
     }
-    out.sort_unstable();
-    out
+    out.extend(occupied[j..].iter().copied().filter(|&h| !excluded[h]));
 }
 
 /// Power increase of `h` if `v` joined it, from the last update's load
@@ -406,9 +466,7 @@ pub fn restore(sim: &mut Sim, saved: &[Vec<usize>]) {
             }
         }
         sim.hosts[h].vms.clear();
-        for v in vms {
-            sim.vm_create(h, v);
-        }
+        sim.vm_create_all(h, &vms);
     }
 }
 
