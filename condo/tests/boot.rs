@@ -1446,7 +1446,15 @@ fn serial_flood_leaves_the_vmm_responsive_and_bounded() {
     std::thread::sleep(Duration::from_millis(500));
     let rss_start = vm.rss_mib();
     let mut slowest = Duration::ZERO;
+    let flood_start = std::time::Instant::now();
     while vm.count("flood-done") == 0 {
+        // Bounded: a guest that never ends its flood fails here, not by
+        // holding the whole test-host session until its timeout.
+        assert!(
+            flood_start.elapsed() < 4 * LIMIT,
+            "the guest's flood did not end within {:?}",
+            4 * LIMIT
+        );
         let t = std::time::Instant::now();
         let (status, _) = api(&sock, "GET", "/", "");
         assert_eq!(status, 200);
