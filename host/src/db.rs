@@ -226,6 +226,9 @@ pub struct Allocation {
     pub uid: u32,
     pub ip: Option<Ipv4Addr>,
     pub mac: Option<String>,
+    /// The record of the same guest having moved away that an incoming
+    /// guest replaced: its files are the caller's to remove.
+    pub replaced: Option<i64>,
 }
 
 /// The MAC address that goes with a guest's IPv4 address (locally
@@ -439,7 +442,13 @@ impl Db {
                 "INSERT OR REPLACE INTO usage_guests (id, name, vcpus, mem_mib) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![id, spec.name, spec.vcpus, spec.memory_mib])?;
-            out.push(Allocation { id, uid, ip, mac });
+            out.push(Allocation {
+                id,
+                uid,
+                ip,
+                mac,
+                replaced: None,
+            });
         }
         Ok(out)
     }
@@ -461,6 +470,7 @@ impl Db {
             .prepare_cached("SELECT id, state FROM guests WHERE name = ?1")?
             .query_row([&spec.name], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
+        let replaced = existing.as_ref().map(|(id, _)| *id);
         if let Some((id, state)) = existing {
             if state != "moved" {
                 return Err(Error::invalid(format!(
@@ -523,6 +533,7 @@ impl Db {
             uid,
             ip,
             mac: mac.map(str::to_owned),
+            replaced,
         })
     }
 
@@ -959,8 +970,15 @@ mod tests {
             .transaction(|tx| Db::insert_incoming(tx, &spec("c"), &pools, a[0].ip, None, &note))
             .unwrap_err();
         assert!(e.to_string().contains("taken here"), "{e}");
-        db.transaction(|tx| Db::insert_incoming(tx, &spec("a"), &pools, a[0].ip, None, &note))
+        let back = db
+            .transaction(|tx| Db::insert_incoming(tx, &spec("a"), &pools, a[0].ip, None, &note))
             .unwrap();
+        assert_eq!(
+            back.replaced,
+            Some(a[0].id),
+            "the moved record's files are to go"
+        );
+        assert_eq!(b.replaced, None);
         assert_eq!(db.guest("a").unwrap().state, GuestState::Incoming);
         assert_eq!(db.guests().unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(d);

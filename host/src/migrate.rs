@@ -270,6 +270,11 @@ impl Manager {
                 Db::insert_incoming(tx, &spec, &pools, req.ip, req.mac.as_deref(), &note)
             })?
         };
+        // The record of this guest having moved away from here is gone:
+        // its directory (console log, VMM log) goes with it.
+        if let Some(old) = alloc.replaced {
+            let _ = std::fs::remove_dir_all(self.paths.guest(old));
+        }
         let g = match self.db().guest_by_id(alloc.id)? {
             Some(g) => g,
             None => return Err(Error::Other("the incoming guest's row vanished".into())),
