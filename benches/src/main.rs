@@ -387,30 +387,46 @@ struct Vmm {
     samples: Vec<Sample>,
 }
 
+/// Every step name of `steps`, once each, in the order first taken.
+pub(crate) fn step_names<'a>(steps: impl IntoIterator<Item = &'a (String, u64)>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in steps {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// A Markdown table under heading `title`: a `first` column, then one per
+/// `cols`; each row a label and its cells.
+pub(crate) fn print_table(title: &str, first: &str, cols: &[&str], rows: &[(String, Vec<String>)]) {
+    println!();
+    println!("### {title}");
+    println!();
+    println!("| {first} | {} |", cols.join(" | "));
+    println!("|---|{}", "---|".repeat(cols.len()));
+    for (label, cells) in rows {
+        println!("| {label} | {} |", cells.join(" | "));
+    }
+}
+
 /// A table of medians of condo's steps and phases, one column per condo.
 fn print_breakdown(vmms: &[Vmm]) {
     let condos: Vec<&Vmm> = vmms.iter().filter(|v| v.name != "qemu").collect();
     // Every step any condo build took, in the order they took them.
-    let mut steps: Vec<String> = Vec::new();
-    for v in &condos {
-        for s in v.samples.iter().filter_map(|s| s.phases.as_ref()) {
-            for (name, _) in s.steps.iter().chain(&s.beside) {
-                if !steps.contains(name) {
-                    steps.push(name.clone());
-                }
-            }
-        }
-    }
+    let steps = step_names(condos.iter().flat_map(|v| {
+        v.samples
+            .iter()
+            .filter_map(|s| s.phases.as_ref())
+            .flat_map(|p| p.steps.iter().chain(&p.beside))
+    }));
     if steps.is_empty() {
         return;
     }
-    println!();
-    println!("### Where condo's boot goes (medians, ms)");
-    println!();
     let names: Vec<&str> = condos.iter().map(|v| v.name).collect();
-    println!("| step | {} |", names.join(" | "));
-    println!("|---|{}", "---|".repeat(names.len()));
-    let row = |label: &str, f: &dyn Fn(&Phases) -> Option<f64>| {
+    let mut rows = Vec::new();
+    let mut row = |label: String, f: &dyn Fn(&Phases) -> Option<f64>| {
         let cells: Vec<String> = condos
             .iter()
             .map(|v| {
@@ -420,11 +436,12 @@ fn print_breakdown(vmms: &[Vmm]) {
                 )
             })
             .collect();
-        println!("| {label} | {} |", cells.join(" | "));
+        rows.push((label, cells));
     };
-    row("process start (spawn to first step)", &|p| Some(p.start_ms));
+    row("process start (spawn to first step)".into(), &|p| {
+        Some(p.start_ms)
+    });
     for name in &steps {
-        let n = name.clone();
         let beside = condos.iter().any(|v| {
             v.samples
                 .iter()
@@ -436,16 +453,24 @@ fn print_breakdown(vmms: &[Vmm]) {
         } else {
             format!("VMM: {name}")
         };
-        row(&label, &move |p: &Phases| {
+        row(label, &|p: &Phases| {
             p.steps
                 .iter()
                 .chain(&p.beside)
-                .find(|(k, _)| *k == n)
+                .find(|(k, _)| k == name)
                 .map(|(_, us)| *us as f64 / 1000.0)
         });
     }
-    row("VMM, all steps", &|p| Some(p.vmm_ms));
-    row("guest: first KVM_RUN to /init", &|p| Some(p.guest_ms));
+    row("VMM, all steps".into(), &|p| Some(p.vmm_ms));
+    row("guest: first KVM_RUN to /init".into(), &|p| {
+        Some(p.guest_ms)
+    });
+    print_table(
+        "Where condo's boot goes (medians, ms)",
+        "step",
+        &names,
+        &rows,
+    );
 }
 
 /// A table of KVM's statistics (medians of the timed rounds).

@@ -40,12 +40,14 @@ struct Opts {
     initrd: String,
     rounds: usize,
     dir: PathBuf,
+    /// Guest sizes to measure, MiB.
+    sizes: Vec<u64>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: condo-bench snapshot --condo PATH --qemu PATH --kernel VMLINUX --initrd INITRAMFS \
-         --dir DIR [--rounds N] [--condo-b PATH]"
+         --dir DIR [--rounds N] [--condo-b PATH] [--sizes MIB,MIB]"
     );
     std::process::exit(2)
 }
@@ -59,6 +61,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
         initrd: String::new(),
         rounds: 5,
         dir: PathBuf::new(),
+        sizes: vec![128, 2048],
     };
     while let Some(flag) = args.next() {
         let v = args.next().unwrap_or_else(|| usage());
@@ -70,6 +73,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Opts {
             "--initrd" => o.initrd = v,
             "--rounds" => o.rounds = v.parse().unwrap_or_else(|_| usage()),
             "--dir" => o.dir = PathBuf::from(v),
+            "--sizes" => {
+                o.sizes = v
+                    .split(',')
+                    .map(|m| m.parse().unwrap_or_else(|_| usage()))
+                    .collect()
+            }
             _ => usage(),
         }
     }
@@ -217,17 +226,29 @@ impl Vmm {
     }
 }
 
-/// utime + stime of process `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+/// Field `field` (numbered as in proc(5)) of `/proc/{pid}/stat`, 0 when
+/// unreadable; fields after the command name only.
+fn stat_field(pid: u32, field: usize) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
-    // After the command name's closing parenthesis: state is field 3,
-    // utime 14 and stime 15.
+    // After the command name's closing parenthesis the first field is
+    // the state, field 3.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+    rest.split_whitespace()
+        .nth(field - 3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    stat_field(pid, 14) + stat_field(pid, 15)
+}
+
+/// Minor page faults of process `pid` so far.
+fn minor_faults(pid: u32) -> u64 {
+    stat_field(pid, 10)
 }
 
 pub(crate) fn wait_socket(sock: &Path) -> Result<(), String> {
@@ -333,6 +354,12 @@ fn ms(d: Duration) -> f64 {
 #[derive(Default)]
 struct Restore {
     load_ms: f64,
+    /// From the request to the VMM's first step, and from its last step
+    /// to the answer (condo).
+    before_ms: f64,
+    after_ms: f64,
+    /// The VMM process's minor page faults while it served the load.
+    load_faults: u64,
     answer_ms: f64,
     steps: Vec<(String, u64)>,
     stats: BTreeMap<String, u64>,
@@ -426,23 +453,32 @@ fn condo_restore(
     let vm = condo_api(&v.bin, &sock, &v.flags)?;
     vm.wait_idle();
     let counting = census.as_ref().and_then(|_| kvmstat::Census::start());
+    let faults = minor_faults(vm.child.id());
+    let t0_mono = crate::monotonic_us();
     let t0 = Instant::now();
     expect_204(&sock, "PUT", "/snapshot/load", &load)?;
     let load_ms = ms(t0.elapsed());
+    let load_faults = minor_faults(vm.child.id()).saturating_sub(faults);
     let t2 = vm.next_tick(Duration::from_secs(30))?;
     let counted = counting.map(kvmstat::Census::finish);
     let stats = kvmstat::vm_stats(&vm.vms_before);
-    let steps = vm
-        .steps
-        .recv_timeout(Duration::from_secs(1))
-        .map(|s| s.steps)
-        .unwrap_or_default();
+    let line = vm.steps.recv_timeout(Duration::from_secs(1)).ok();
+    // Before the VMM's first step: the request read, parsed and handed to
+    // the VMM thread; after its last: the answer written back.
+    let before_ms = line.as_ref().map_or(0.0, |l| {
+        l.start_mono_us.saturating_sub(t0_mono) as f64 / 1000.0
+    });
+    let steps = line.map(|l| l.steps).unwrap_or_default();
+    let after_ms = load_ms - before_ms - steps.iter().map(|s| s.1).sum::<u64>() as f64 / 1000.0;
     if let (Some(slot), Some(c)) = (census, counted) {
         *slot = Some(c);
     }
     vm.stop();
     Ok(Restore {
         load_ms,
+        before_ms,
+        after_ms,
+        load_faults,
         answer_ms: ms(t2 - t0),
         steps,
         stats,
@@ -523,6 +559,9 @@ fn qemu_restore(
     Ok((
         Restore {
             load_ms,
+            before_ms: 0.0,
+            after_ms: 0.0,
+            load_faults: 0,
             answer_ms: ms(t2 - t0),
             steps: Vec::new(),
             stats,
@@ -639,52 +678,49 @@ fn one_size(o: &Opts, mem_mib: u64, kvm: bool) -> Result<(), String> {
 
 /// condo's load steps (medians, ms), one column per way of restoring.
 fn print_steps(mem_mib: u64, variants: &[(usize, Variant)]) {
-    let mut names: Vec<String> = Vec::new();
-    for (_, v) in variants {
-        for r in &v.restores {
-            for (n, _) in &r.steps {
-                if !names.contains(n) {
-                    names.push(n.clone());
-                }
-            }
-        }
-    }
+    let names = crate::step_names(
+        variants
+            .iter()
+            .flat_map(|(_, v)| v.restores.iter().flat_map(|r| &r.steps)),
+    );
     if names.is_empty() {
         return;
     }
-    println!();
-    println!("### Where condo's load goes, {mem_mib} MiB (medians, ms)");
-    println!();
     let cols: Vec<&str> = variants.iter().map(|(_, v)| v.name.as_str()).collect();
-    println!("| step | {} |", cols.join(" | "));
-    println!("|---|{}", "---|".repeat(cols.len()));
-    for n in &names {
-        let cells: Vec<String> = variants
+    let mut rows = Vec::new();
+    let mut row = |label: String, digits: usize, f: &dyn Fn(&Restore) -> Option<f64>| {
+        let cells = variants
             .iter()
-            .map(|(_, v)| {
-                let m = med(&v.restores, |r| {
-                    r.steps
-                        .iter()
-                        .find(|(k, _)| k == n)
-                        .map(|(_, us)| *us as f64 / 1000.0)
-                });
-                format!("{m:.1}")
-            })
+            .map(|(_, v)| format!("{:.digits$}", med(&v.restores, f)))
             .collect();
-        println!("| VMM: {n} | {} |", cells.join(" | "));
-    }
-    let row = |label: &str, f: &dyn Fn(&Restore) -> f64| {
-        let cells: Vec<String> = variants
-            .iter()
-            .map(|(_, v)| format!("{:.1}", med(&v.restores, |r| Some(f(r)))))
-            .collect();
-        println!("| {label} | {} |", cells.join(" | "));
+        rows.push((label, cells));
     };
-    row("VMM, all steps", &|r| {
-        r.steps.iter().map(|s| s.1).sum::<u64>() as f64 / 1000.0
+    for n in &names {
+        row(format!("VMM: {n}"), 1, &|r| {
+            r.steps
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, us)| *us as f64 / 1000.0)
+        });
+    }
+    row("VMM, all steps".into(), 1, &|r| {
+        Some(r.steps.iter().map(|s| s.1).sum::<u64>() as f64 / 1000.0)
     });
-    row("load request, answered", &|r| r.load_ms);
-    row("first tick", &|r| r.answer_ms);
+    row("request to the first step".into(), 1, &|r| {
+        Some(r.before_ms)
+    });
+    row("last step to the answer".into(), 1, &|r| Some(r.after_ms));
+    row("load request, answered".into(), 1, &|r| Some(r.load_ms));
+    row("first tick".into(), 1, &|r| Some(r.answer_ms));
+    row("VMM minor page faults during the load".into(), 0, &|r| {
+        Some(r.load_faults as f64)
+    });
+    crate::print_table(
+        &format!("Where condo's load goes, {mem_mib} MiB (medians, ms)"),
+        "step",
+        &cols,
+        &rows,
+    );
 }
 
 /// KVM's statistics at the first tick (medians).
@@ -731,7 +767,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<(), String> {
             .stderr(Stdio::null())
             .status();
     }
-    for mem in [128, 2048] {
+    for &mem in &o.sizes {
         one_size(&o, mem, kvm)?;
     }
     Ok(())

@@ -358,6 +358,40 @@ impl Db {
             memory_mib: mem.max(0.0) as u64,
         })
     }
+    /// Inserts guest `spec`'s row in `state` with its uid, address and
+    /// MAC, the snapshot it is cloned from or its incoming migration's
+    /// note, and its row in the usage tables; its id.
+    fn insert_guest(
+        tx: &Connection,
+        spec: &GuestSpec,
+        state: &str,
+        (uid, ip, mac): (u32, Option<Ipv4Addr>, Option<&str>),
+        snapshot: Option<&str>,
+        migration: Option<&str>,
+    ) -> Result<i64> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| Error::Other(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO guests (name, spec, state, uid, ip, mac, snapshot, created_ms, migration)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            spec.name,
+            spec_json,
+            state,
+            uid,
+            ip.map(|a| a.to_string()),
+            mac,
+            snapshot,
+            now_ms(),
+            migration
+        ])?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO usage_guests (id, name, vcpus, mem_mib) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![id, spec.name, spec.vcpus, spec.memory_mib])?;
+        Ok(id)
+    }
 
     /// Inserts guests in state `creating` with the lowest free uid and
     /// address each; the caller checked admission in the same transaction.
@@ -423,25 +457,14 @@ impl Db {
                 _ => None,
             };
             let mac = ip.map(mac_for);
-            let spec_json = serde_json::to_string(spec).map_err(|e| Error::Other(e.to_string()))?;
-            tx.prepare_cached(
-                "INSERT INTO guests (name, spec, state, uid, ip, mac, snapshot, created_ms)
-                 VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                spec.name,
-                spec_json,
-                uid,
-                ip.map(|a| a.to_string()),
-                mac,
+            let id = Self::insert_guest(
+                tx,
+                spec,
+                "creating",
+                (uid, ip, mac.as_deref()),
                 snapshot,
-                now_ms()
-            ])?;
-            let id = tx.last_insert_rowid();
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO usage_guests (id, name, vcpus, mem_mib) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, spec.name, spec.vcpus, spec.memory_mib])?;
+                None,
+            )?;
             out.push(Allocation {
                 id,
                 uid,
@@ -508,26 +531,8 @@ impl Db {
                     pools.uid_base + pools.uid_count
                 ))
             })?;
-        let spec_json = serde_json::to_string(spec).map_err(|e| Error::Other(e.to_string()))?;
         let note_json = serde_json::to_string(note).map_err(|e| Error::Other(e.to_string()))?;
-        tx.prepare_cached(
-            "INSERT INTO guests (name, spec, state, uid, ip, mac, created_ms, migration)
-             VALUES (?1, ?2, 'incoming', ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            spec.name,
-            spec_json,
-            uid,
-            ip.map(|a| a.to_string()),
-            mac,
-            now_ms(),
-            note_json
-        ])?;
-        let id = tx.last_insert_rowid();
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO usage_guests (id, name, vcpus, mem_mib) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![id, spec.name, spec.vcpus, spec.memory_mib])?;
+        let id = Self::insert_guest(tx, spec, "incoming", (uid, ip, mac), None, Some(&note_json))?;
         Ok(Allocation {
             id,
             uid,

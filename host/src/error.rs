@@ -60,6 +60,23 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::Invalid(Invalid(msg.into()))
     }
+
+    /// The error a daemon's non-2xx answer stands for: the message of its
+    /// `{"error": ...}` body (or the body itself), kind by status. A peer
+    /// daemon's 401 and 403 (a key it refused) are the request's fault.
+    pub fn from_answer(status: u16, body: String) -> Self {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        match status {
+            400 | 401 | 403 => Self::invalid(msg),
+            404 => Self::NotFound(msg),
+            409 => Self::Conflict(msg),
+            507 => Self::Full(msg),
+            _ => Self::Other(msg),
+        }
+    }
 }
 
 /// Closure form of [`Error::io`] for `map_err`.

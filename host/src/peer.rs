@@ -292,17 +292,7 @@ impl PeerClient {
         if (200..300).contains(&r.status) {
             return Ok(r.body);
         }
-        let msg = serde_json::from_str::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(r.body);
-        Err(match r.status {
-            400 | 401 | 403 => Error::invalid(msg),
-            404 => Error::NotFound(msg),
-            409 => Error::Conflict(msg),
-            507 => Error::Full(msg),
-            _ => Error::Other(msg),
-        })
+        Err(Error::from_answer(r.status, r.body))
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

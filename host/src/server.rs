@@ -32,26 +32,47 @@ const IDLE: Duration = Duration::from_secs(60);
 
 /// Serves connections until `stop` is set.
 pub fn serve(listener: UnixListener, m: Arc<Manager>, stop: Arc<AtomicBool>) {
+    accept_loop(
+        listener.incoming(),
+        MAX_CONNECTIONS,
+        "api-conn",
+        &stop,
+        move |s| connection(s, &m),
+    );
+}
+
+/// Serves the connections of `incoming` (until `stop`), each on a thread
+/// `name` of its own running `serve`; past `max` at once, a connection is
+/// answered 503 and closed.
+fn accept_loop<S: std::io::Write + Send + 'static>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    max: usize,
+    name: &str,
+    stop: &AtomicBool,
+    serve: impl Fn(S) + Send + Sync + 'static,
+) {
     let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
+    let serve = Arc::new(serve);
+    for conn in incoming {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let Ok(mut s) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if active.fetch_add(1, Ordering::SeqCst) >= max {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = Response::error(503, "too many connections").write_to(&mut s);
             continue;
         }
-        let (m, active) = (m.clone(), active.clone());
+        let (serve, done) = (serve.clone(), active.clone());
         let spawned = std::thread::Builder::new()
-            .name("api-conn".into())
+            .name(name.into())
             .spawn(move || {
-                connection(s, &m);
-                active.fetch_sub(1, Ordering::SeqCst);
+                serve(s);
+                done.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            tracing::error!("cannot start a connection thread");
+            active.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("cannot start a connection thread ({name})");
         }
     }
 }
@@ -97,29 +118,13 @@ const MAX_PEER_CONNECTIONS: usize = 64;
 /// Serves the TCP peer port until `stop` is set: the migration routes
 /// only, each request with the cluster key.
 pub fn serve_peers(listener: TcpListener, m: Arc<Manager>, key: PeerKey, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let key = Arc::new(key);
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Ok(mut s) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_PEER_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = Response::error(503, "too many connections").write_to(&mut s);
-            continue;
-        }
-        let (m, active, key) = (m.clone(), active.clone(), key.clone());
-        let spawned = std::thread::Builder::new()
-            .name("peer-conn".into())
-            .spawn(move || {
-                peer_connection(s, &m, &key);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            tracing::error!("cannot start a peer connection thread");
-        }
-    }
+    accept_loop(
+        listener.incoming(),
+        MAX_PEER_CONNECTIONS,
+        "peer-conn",
+        &stop,
+        move |s| peer_connection(s, &m, &key),
+    );
 }
 
 fn peer_connection(s: TcpStream, m: &Arc<Manager>, key: &PeerKey) {

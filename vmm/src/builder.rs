@@ -85,6 +85,8 @@ pub struct Prepared {
     vm: VmFd,
     supported: CpuId,
     msr_list: Vec<u32>,
+    /// vCPU threads started ahead under their filter (vCPU 0 first).
+    parked: Vec<crate::seccomp::Parked>,
 }
 
 impl Prepared {
@@ -100,9 +102,14 @@ impl Prepared {
             vm,
             supported,
             msr_list,
+            parked: Vec::new(),
         })
     }
 }
+
+/// vCPU threads a VMM waiting for its guest starts ahead: most guests
+/// have one or two vCPUs; more are started when the guest starts.
+const PARKED_VCPUS: u8 = 2;
 
 /// A [`Prepared`] VM being made ahead, or to be made when needed.
 pub struct Ahead(AheadState);
@@ -114,7 +121,8 @@ enum AheadState {
 
 impl Ahead {
     /// Starts preparing a VM on a thread of its own (checking KVM unless
-    /// `skip_probe`), compiling the seccomp filters first. The thread runs
+    /// `skip_probe`), compiling the seccomp filters first, then starting
+    /// the first vCPU threads, parked under their filter. The thread runs
     /// no guest code and has ended before any vCPU runs (the builder joins
     /// it), so it needs no filter of its own.
     pub fn start(skip_probe: bool) -> Self {
@@ -123,7 +131,12 @@ impl Ahead {
             .stack_size(HELPER_STACK)
             .spawn(move || {
                 crate::seccomp::compile_ahead();
-                Prepared::new(skip_probe)
+                let mut p = Prepared::new(skip_probe)?;
+                // A thread that cannot be started ahead is started later.
+                p.parked = (0..PARKED_VCPUS)
+                    .map_while(|i| crate::seccomp::park(format!("vcpu{i}"), ThreadKind::Vcpu).ok())
+                    .collect();
+                Ok(p)
             });
         match t {
             Ok(h) => Self(AheadState::Started(h)),
@@ -217,6 +230,8 @@ impl Vm {
             ahead,
             &mut steps,
         )?;
+        // Its vCPUs wait at their first KVM_RUN until the answer is out
+        // ([`Vm::let_go`]).
         steps.log();
         Ok(vm)
     }
@@ -307,6 +322,7 @@ fn assemble(
         vm,
         supported,
         msr_list,
+        parked,
     } = prepared;
     let m = &config.machine_config;
     let (mem, from_file) = match &source {
@@ -433,14 +449,14 @@ fn assemble(
                 .unwrap_or_default()
         }
     };
-    let vm = start(vm, mem, config, devices, vcpus, msr_list, paused, steps)?;
-    if restored {
-        vm.devices.first_look();
-        steps.step("first_look");
-    }
+    // A restored VM's vCPUs are held until its request is answered.
+    let vm = start(
+        vm, mem, config, devices, vcpus, parked, msr_list, paused, restored, steps,
+    )?;
     Ok(Vm {
         mem_from_file: from_file,
         guest_cpuid,
+        first_look_due: restored,
         ..vm
     })
 }
@@ -496,7 +512,8 @@ fn start_device_spawner() -> Result<(), VmmError> {
 }
 
 /// Starts the vCPU threads (parked when `paused`); returns once they are
-/// in KVM_RUN.
+/// in KVM_RUN, or, when `hold`, once they are ready to enter it and wait
+/// for [`Vm::let_go`].
 #[allow(clippy::too_many_arguments)]
 fn start(
     vm: VmFd,
@@ -504,8 +521,10 @@ fn start(
     config: VmConfig,
     devices: DeviceManager,
     vcpus: Vec<Vcpu>,
+    parked: Vec<crate::seccomp::Parked>,
     msr_list: Vec<u32>,
     paused: bool,
+    hold: bool,
     steps: &mut Steps,
 ) -> Result<Vm, VmmError> {
     vcpu::install_kick_handler()?;
@@ -519,13 +538,16 @@ fn start(
     let mut threads = VcpuThreads {
         handles: Vec::new(),
         control,
+        held: None,
     };
     // No guest code runs before every thread has its seccomp filter:
     // the vCPUs wait until this (main) thread has installed its own.
     let go = Arc::new(Gate::default());
     let mut result = Ok(());
+    let mut parked = parked.into_iter();
     for v in vcpus {
         let t = v.start(
+            parked.next(),
             pio.clone(),
             mmio.clone(),
             threads.control.clone(),
@@ -548,14 +570,21 @@ fn start(
         threads.control.request_stop();
     }
     steps.step("threads");
-    go.open();
-    result?;
-    // The guest runs once its vCPUs are in KVM_RUN: the request that
-    // started it is answered then, not before.
-    let count = threads.handles.len();
-    match go.wait_passed(count, std::time::Duration::from_secs(1)) {
-        Some(at) => steps.step_at("first_run", at),
-        None => tracing::warn!("the vCPU threads took over a second to start"),
+    if let Err(e) = result {
+        go.open();
+        return Err(e);
+    }
+    if hold {
+        threads.held = Some(go);
+    } else {
+        go.open();
+        // The guest runs once its vCPUs are in KVM_RUN: the request that
+        // started it is answered then, not before.
+        let count = threads.handles.len();
+        match go.wait_passed(count, std::time::Duration::from_secs(1)) {
+            Some(at) => steps.step_at("first_run", at),
+            None => tracing::warn!("the vCPU threads took over a second to start"),
+        }
     }
     Ok(Vm {
         threads,
@@ -565,6 +594,7 @@ fn start(
         mem,
         mem_from_file: false,
         guest_cpuid: Vec::new(),
+        first_look_due: false,
         vm,
     })
 }

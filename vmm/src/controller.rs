@@ -113,9 +113,11 @@ impl Vmm {
 
     fn serve(&mut self, inbox: Option<&Inbox>) -> Result<VmExit, VmmError> {
         let ev = VmmError::EventLoop;
-        let State::Running(vm) = &self.state else {
+        let State::Running(vm) = &mut self.state else {
             return Err(crate::config::ConfigError::NoKernel.into());
         };
+        // The request that restored the guest has its answer: now it runs.
+        vm.let_go();
         let epoll = Epoll::new().map_err(ev)?;
         let add = |fd: i32, token: u64| {
             epoll.ctl(

@@ -187,6 +187,39 @@ pub fn spawn<T: Send + 'static>(
     }
 }
 
+/// A thread started ahead under its filter, waiting for its work.
+pub struct Parked {
+    job: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+    handle: std::thread::JoinHandle<Option<()>>,
+}
+
+/// Starts thread `name` under the `kind` filter, parked until
+/// [`Parked::run`] gives it its work; dropped unused, it ends. Work handed
+/// to a parked thread starts without a thread to create or a filter to
+/// load on the way.
+pub fn park(name: String, kind: ThreadKind) -> std::io::Result<Parked> {
+    let (job, waiting) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
+    let handle = spawn(name, kind, move || {
+        if let Ok(f) = waiting.recv() {
+            f();
+        }
+    })?;
+    Ok(Parked { job, handle })
+}
+
+impl Parked {
+    /// Runs `f` on the parked thread; its handle, as [`spawn`] gives.
+    pub fn run(
+        self,
+        f: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<Option<()>>> {
+        self.job
+            .send(Box::new(f))
+            .map_err(|_| std::io::Error::other("the parked thread has ended"))?;
+        Ok(self.handle)
+    }
+}
+
 fn install_sigsys_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

@@ -261,19 +261,26 @@ impl Vcpu {
 
     pub fn start(
         self,
+        parked: Option<crate::seccomp::Parked>,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         control: Arc<VcpuControl>,
         sink: Arc<VmExitSink>,
         go: Arc<Gate>,
     ) -> Result<JoinHandle<Option<()>>, VcpuError> {
-        // The thread's own filter is in place before it returns; `go` holds
-        // it back from its first KVM_RUN until every other thread of the
-        // VMM has its filter too.
-        crate::seccomp::spawn(format!("vcpu{}", self.id), ThreadKind::Vcpu, move || {
+        // The thread's own filter is in place before it returns (a parked
+        // thread has had it since it started); `go` holds it back from its
+        // first KVM_RUN until every other thread of the VMM has its filter
+        // too.
+        let name = format!("vcpu{}", self.id);
+        let body = move || {
             go.wait();
             self.run(&pio, &mmio, &control, &sink)
-        })
+        };
+        match parked {
+            Some(p) => p.run(body),
+            None => crate::seccomp::spawn(name, ThreadKind::Vcpu, body),
+        }
         .map_err(VcpuError::Spawn)
     }
 
@@ -583,8 +590,45 @@ impl Clone for VcpuState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A vCPU state with every part filled, for the snapshot format's tests.
+    pub(crate) fn sample_state() -> VcpuState {
+        VcpuState {
+            cpuid: vec![
+                kvm_cpuid_entry2 {
+                    function: 0x8000_0001,
+                    eax: 0x1234_5678,
+                    ebx: 0xdead_beef,
+                    ..Default::default()
+                };
+                3
+            ],
+            regs: kvm_regs {
+                rip: 0xffff_ffff_8100_0000,
+                ..Default::default()
+            },
+            sregs: kvm_sregs::default(),
+            xsave: kvm_xsave {
+                region: [0x1234_5678; 1024],
+                ..Default::default()
+            },
+            xcrs: kvm_xcrs::default(),
+            debugregs: kvm_debugregs::default(),
+            lapic: kvm_lapic_state { regs: [17; 1024] },
+            mp_state: kvm_mp_state::default(),
+            events: kvm_vcpu_events::default(),
+            msrs: vec![
+                kvm_msr_entry {
+                    index: 0xc000_0080,
+                    data: 0xffff_ffff_8100_0000,
+                    ..Default::default()
+                };
+                2
+            ],
+        }
+    }
 
     #[test]
     fn a_fault_in_the_reset_state_says_the_registers_are_lost() {

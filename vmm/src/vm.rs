@@ -82,10 +82,26 @@ pub struct Vm {
     pub(crate) mem_from_file: bool,
     /// The CPUID vCPU 0 sees (what a migration destination must offer).
     pub(crate) guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// Restored, its devices have not yet had their first look at their
+    /// queues ([`Vm::first_look`]).
+    pub(crate) first_look_due: bool,
     pub(crate) vm: kvm_ioctls::VmFd,
 }
 
 impl Vm {
+    /// Once the request that built the VM is answered: a restored VM's
+    /// vCPU threads, held ready (filters in place) at their first
+    /// KVM_RUN, are let go, and every restored device looks at its queues
+    /// once (nothing the guest does meanwhile is lost: a kick goes to the
+    /// device as always). The answer goes out as the guest starts, as
+    /// Firecracker's does. Does nothing the second time.
+    pub fn let_go(&mut self) {
+        self.threads.let_go();
+        if std::mem::take(&mut self.first_look_due) {
+            self.devices.first_look();
+        }
+    }
+
     /// The configuration this VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -340,6 +356,9 @@ impl Vm {
 pub(crate) struct VcpuThreads {
     pub(crate) handles: Vec<JoinHandle<Option<()>>>,
     pub(crate) control: Arc<VcpuControl>,
+    /// The gate holding the threads back from their first KVM_RUN, while
+    /// it is closed ([`Vm::let_go`]).
+    pub(crate) held: Option<Arc<vcpu::Gate>>,
 }
 
 impl VcpuThreads {
@@ -358,8 +377,17 @@ impl VcpuThreads {
         self.control.pause(live, || self.kick_all())
     }
 
+    /// Opens the gate, if the threads are held at it.
+    fn let_go(&mut self) {
+        if let Some(gate) = self.held.take() {
+            gate.open();
+        }
+    }
+
     pub(crate) fn stop_all(&mut self) {
         self.control.request_stop();
+        // Held threads see the stop flag once let go.
+        self.let_go();
         for h in self.handles.drain(..) {
             // A kick can land just before the thread enters KVM_RUN; repeat
             // it until the thread is gone.

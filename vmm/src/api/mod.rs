@@ -1,6 +1,8 @@
 //! Firecracker's REST API on a Unix socket: the HTTP edge of the VMM.
 //!
-//! The API thread accepts connections; each connection's thread parses
+//! The API thread accepts connections and hands each to a connection
+//! thread (an idle one when there is one: one waits from the start, and
+//! each goes back to waiting when its connection ends), which parses
 //! requests ([`http`]), routes them to typed [`crate::rpc::VmRequest`]s
 //! ([`request`], one file per resource), hands them to the VMM through a
 //! [`Requester`] and writes the typed answer back as HTTP ([`response`]).
@@ -63,26 +65,60 @@ impl Drop for ApiServer {
     }
 }
 
+/// The connection threads' side: the connections waiting for a thread, and
+/// how many connections are being served or waiting.
+struct Workers {
+    queue: std::sync::Mutex<std::sync::mpsc::Receiver<UnixStream>>,
+    active: AtomicUsize,
+}
+
+/// A connection thread: serves connections from the queue, one after the
+/// other, until the API thread is gone.
+fn start_worker(workers: &Arc<Workers>, to_vmm: &Requester) -> std::io::Result<()> {
+    let (workers, to_vmm) = (workers.clone(), to_vmm.clone());
+    std::thread::Builder::new()
+        .name("api-conn".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            crate::seccomp::mark_thread(ThreadKind::Api);
+            loop {
+                let next = devices::sync::lock(&workers.queue).recv();
+                let Ok(stream) = next else { return };
+                serve_connection(stream, &to_vmm);
+                workers.active.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+        .map(|_| ())
+}
+
 fn accept_loop(listener: UnixListener, to_vmm: Requester) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let workers = Arc::new(Workers {
+        queue: std::sync::Mutex::new(rx),
+        active: AtomicUsize::new(0),
+    });
+    // One thread waits from the start: the first request (the one that
+    // starts or restores the guest) finds it ready. Threads are only
+    // started when every one is busy, and stay for the next connections.
+    let mut threads = usize::from(start_worker(&workers, &to_vmm).is_ok());
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+        let active = workers.active.fetch_add(1, Ordering::AcqRel) + 1;
+        if active > MAX_CONNECTIONS {
+            workers.active.fetch_sub(1, Ordering::AcqRel);
             let _ = Response::fault(503, "too many API connections").write_to(&mut stream);
             continue;
         }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (to_vmm, active) = (to_vmm.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("api-conn".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                crate::seccomp::mark_thread(ThreadKind::Api);
-                serve_connection(stream, &to_vmm);
-                active.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            tracing::warn!("api: cannot start a connection thread");
+        if active > threads {
+            if start_worker(&workers, &to_vmm).is_err() {
+                workers.active.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("api: cannot start a connection thread");
+                continue;
+            }
+            threads += 1;
+        }
+        if tx.send(stream).is_err() {
+            return;
         }
     }
 }

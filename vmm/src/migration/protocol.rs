@@ -30,8 +30,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::snapshot::{MachineState, MemoryRegionState};
 
-/// The stream format this build speaks.
-pub const VERSION: u32 = 1;
+/// The stream format this build speaks: 2 since the state message holds a
+/// version-3 state (bincode; 1 sent version 2, JSON). Peers of different
+/// versions refuse each other before any memory is sent.
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"CMIG";
 const HEADER_LEN: usize = 16;
 /// Largest control message.

@@ -64,6 +64,7 @@ pub fn receive(url: &str, ahead: crate::builder::Ahead) -> Result<Vm, MigrationE
     if go.resume {
         vm.resume();
     }
+    vm.let_go();
     vm.announce();
     // Running is the last word: if it cannot be said, the source may take
     // the guest back, so it must not run here too.
