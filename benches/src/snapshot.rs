@@ -189,7 +189,12 @@ impl Vmm {
             match self.lines.recv_timeout(left) {
                 Ok((t, l)) if l.trim_start().starts_with("tick") => return Ok(t),
                 Ok(_) => {}
-                Err(_) => return Err("the guest did not tick".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "the guest did not tick; the VMM's threads: {}",
+                        threads_of(self.child.id())
+                    ))
+                }
             }
         }
     }
@@ -224,6 +229,30 @@ impl Vmm {
         let _ = self.child.wait();
         std::thread::sleep(crate::SETTLE);
     }
+}
+
+/// Each thread of process `pid` as `name:state:wchan` (what a VMM that
+/// hangs is doing).
+fn threads_of(pid: u32) -> String {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = Vec::new();
+    for t in rd.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|r| r.1.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        out.push(format!(
+            "{}:{state}:{}",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+    }
+    out.join(" ")
 }
 
 /// Field `field` (numbered as in proc(5)) of `/proc/{pid}/stat`, 0 when

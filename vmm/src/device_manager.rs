@@ -213,9 +213,11 @@ impl DeviceManager {
         self.each_transport(|t| t.announce());
     }
 
-    /// Has every running virtio device look at its rings once: after a
-    /// restore, when the vCPUs and interrupt controllers are back.
+    /// Has the UART raise its pending interrupt again and every running
+    /// virtio device look at its rings once: after a restore, when the
+    /// vCPUs and interrupt controllers are back.
     pub fn first_look(&self) {
+        lock(&self.serial).reraise_pending();
         self.each_transport(|t| t.first_look());
     }
 

@@ -93,6 +93,21 @@ impl SerialDevice {
         Ok(())
     }
 
+    /// Raises the interrupt again when the UART has one pending (its IIR
+    /// says so). After a restore: the edge the guest's driver waits for
+    /// may have been raised in the old process but never reached the
+    /// saved interrupt controllers (KVM injects an eventfd's interrupt
+    /// asynchronously), and a driver waiting for "transmitter empty" would
+    /// then never write again. An extra edge is harmless: the driver reads
+    /// IIR and finds nothing, or what is there.
+    pub fn reraise_pending(&self) {
+        if self.uart.state().interrupt_identification & 1 == 0 {
+            if let Err(e) = self.irq.write(1) {
+                tracing::warn!("serial: interrupt: {e}");
+            }
+        }
+    }
+
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
@@ -196,5 +211,27 @@ mod tests {
         let big = vec![b'a'; cap + 100];
         assert_eq!(s.enqueue_input(&big), cap);
         assert_eq!(s.enqueue_input(b"more"), 0);
+    }
+
+    /// A UART saved with "transmitter empty" pending (the guest wrote and
+    /// waits for the interrupt) raises it again once restored; one with
+    /// nothing pending does not.
+    #[test]
+    fn a_pending_interrupt_is_raised_again_after_a_restore() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(io::sink())).unwrap();
+        let quiet = s.save();
+        // THR-empty interrupt enabled, then a byte written.
+        s.write(1, &[2]);
+        s.write(0, &[b'x']);
+        let pending = s.save();
+        assert_eq!(pending.interrupt_identification & 1, 0, "{pending:?}");
+        for (st, raised) in [(pending, true), (quiet, false)] {
+            let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let r = SerialDevice::restore((irq.try_clone().unwrap(), Box::new(io::sink())), &st)
+                .unwrap();
+            r.reraise_pending();
+            assert_eq!(irq.read().is_ok(), raised, "{st:?}");
+        }
     }
 }
