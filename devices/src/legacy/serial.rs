@@ -223,7 +223,7 @@ mod tests {
         let quiet = s.save();
         // THR-empty interrupt enabled, then a byte written.
         s.write(1, &[2]);
-        s.write(0, &[b'x']);
+        s.write(0, b"x");
         let pending = s.save();
         assert_eq!(pending.interrupt_identification & 1, 0, "{pending:?}");
         for (st, raised) in [(pending, true), (quiet, false)] {
