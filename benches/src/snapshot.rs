@@ -241,10 +241,9 @@ fn threads_of(pid: u32) -> String {
     for t in rd.flatten() {
         let p = t.path();
         let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
-        let stat = read("stat");
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|r| r.1.split_whitespace().next().map(str::to_owned))
+        let state = stat_fields(&p.join("stat"))
+            .into_iter()
+            .next()
             .unwrap_or_default();
         out.push(format!(
             "{}:{state}:{}",
@@ -255,17 +254,19 @@ fn threads_of(pid: u32) -> String {
     out.join(" ")
 }
 
-/// Field `field` (numbered as in proc(5)) of `/proc/{pid}/stat`, 0 when
-/// unreadable; fields after the command name only.
-fn stat_field(pid: u32, field: usize) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // After the command name's closing parenthesis the first field is
-    // the state, field 3.
+/// The fields of a `stat` file of /proc after the command name (the first
+/// is the state, field 3 in proc(5)); none when unreadable.
+fn stat_fields(path: &Path) -> Vec<String> {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    rest.split_whitespace()
-        .nth(field - 3)
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Field `field` (numbered as in proc(5)) of `/proc/{pid}/stat`, 0 when
+/// unreadable.
+fn stat_field(pid: u32, field: usize) -> u64 {
+    stat_fields(Path::new(&format!("/proc/{pid}/stat")))
+        .get(field - 3)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }

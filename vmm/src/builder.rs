@@ -456,7 +456,6 @@ fn assemble(
     Ok(Vm {
         mem_from_file: from_file,
         guest_cpuid,
-        first_look_due: restored,
         ..vm
     })
 }
@@ -594,7 +593,6 @@ fn start(
         mem,
         mem_from_file: false,
         guest_cpuid: Vec::new(),
-        first_look_due: false,
         vm,
     })
 }

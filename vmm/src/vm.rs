@@ -82,9 +82,6 @@ pub struct Vm {
     pub(crate) mem_from_file: bool,
     /// The CPUID vCPU 0 sees (what a migration destination must offer).
     pub(crate) guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
-    /// Restored, its devices have not yet had their first look at their
-    /// queues ([`Vm::first_look`]).
-    pub(crate) first_look_due: bool,
     pub(crate) vm: kvm_ioctls::VmFd,
 }
 
@@ -96,8 +93,8 @@ impl Vm {
     /// device as always). The answer goes out as the guest starts, as
     /// Firecracker's does. Does nothing the second time.
     pub fn let_go(&mut self) {
-        self.threads.let_go();
-        if std::mem::take(&mut self.first_look_due) {
+        // Only a restored VM's threads are held.
+        if self.threads.let_go() {
             self.devices.first_look();
         }
     }
@@ -377,17 +374,15 @@ impl VcpuThreads {
         self.control.pause(live, || self.kick_all())
     }
 
-    /// Opens the gate, if the threads are held at it.
-    fn let_go(&mut self) {
-        if let Some(gate) = self.held.take() {
-            gate.open();
-        }
+    /// Opens the gate, if the threads are held at it; whether they were.
+    fn let_go(&mut self) -> bool {
+        self.held.take().map(|gate| gate.open()).is_some()
     }
 
     pub(crate) fn stop_all(&mut self) {
         self.control.request_stop();
         // Held threads see the stop flag once let go.
-        self.let_go();
+        let _ = self.let_go();
         for h in self.handles.drain(..) {
             // A kick can land just before the thread enters KVM_RUN; repeat
             // it until the thread is gone.

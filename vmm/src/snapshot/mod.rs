@@ -22,6 +22,7 @@ pub mod memory;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use bincode::Options as _;
 use devices::legacy::SerialState;
 use devices::virtio::mmio::TransportState;
 use devices::virtio::persist::VirtioDeviceState;
@@ -227,7 +228,6 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 /// The body's encoding: bincode with varints, bounded by [`MAX_BODY`],
 /// nothing allowed after the state.
 fn codec() -> impl bincode::Options {
-    use bincode::Options;
     bincode::DefaultOptions::new()
         .with_limit(MAX_BODY)
         .reject_trailing_bytes()
@@ -235,7 +235,6 @@ fn codec() -> impl bincode::Options {
 
 /// `state` encoded and framed.
 pub fn encode(state: &MicrovmState) -> Vec<u8> {
-    use bincode::Options;
     // Plain data structs of known sizes, far below the limit: encoding
     // cannot fail.
     frame(&codec().serialize(state).unwrap_or_default())
@@ -296,12 +295,9 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<MicrovmState, SnapshotError> {
     if len > MAX_BODY || body.len() as u64 != len || crc32(body) != crc {
         return Err(SnapshotError::Corrupt(name));
     }
-    let state: MicrovmState = {
-        use bincode::Options;
-        codec()
-            .deserialize(body)
-            .map_err(|e| SnapshotError::Invalid(format!("{name}: malformed state: {e}")))?
-    };
+    let state: MicrovmState = codec()
+        .deserialize(body)
+        .map_err(|e| SnapshotError::Invalid(format!("{name}: malformed state: {e}")))?;
     state.check()?;
     Ok(state)
 }
