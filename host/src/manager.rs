@@ -900,6 +900,9 @@ impl Manager {
         };
         match r {
             Ok(out) if out.status.code() == 0 => {
+                if let Err(e) = net.forget_learned(g.id) {
+                    tracing::warn!(guest = %g.name, "{e}");
+                }
                 self.events
                     .emit(&g.name, "readdressed", format!("{ip} {mac}"));
             }

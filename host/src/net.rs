@@ -176,6 +176,23 @@ impl Network {
         format!("{}v{id}", self.bridge)
     }
 
+    /// Forgets the MAC addresses the host bridge learned on guest `id`'s
+    /// port. A clone runs with its snapshot's MAC until it is readdressed:
+    /// a frame it sent meanwhile (one its source had queued) teaches the
+    /// bridge that the source's MAC is behind the clone's port, and the
+    /// source would be unreachable until it next sent something.
+    pub fn forget_learned(&self, id: i64) -> Result<()> {
+        self.ip(&[
+            "link",
+            "set",
+            "dev",
+            &self.veth_name(id),
+            "type",
+            "bridge_slave",
+            "flush",
+        ])
+    }
+
     /// The path the jail joins.
     pub fn netns_path(&self, id: i64) -> PathBuf {
         Path::new(NETNS_DIR).join(self.netns_name(id))
