@@ -171,9 +171,11 @@ impl VirtioDevice for Vsock {
         let Ok([rxq, txq, mut evq]) = <[Queue; 3]>::try_from(queues) else {
             return Err(fail("three queues needed".into()));
         };
-        if std::mem::take(&mut self.reset_pending) {
-            send_transport_reset(&mem, &mut evq, &interrupt);
-        }
+        let reset = if std::mem::take(&mut self.reset_pending) {
+            send_transport_reset(&mem, &mut evq, &interrupt)
+        } else {
+            None
+        };
         let listener = self
             .listener
             .as_ref()
@@ -188,6 +190,9 @@ impl VirtioDevice for Vsock {
             rxq,
             txq,
         );
+        if let Some(avail) = reset {
+            w.await_reset(evq, avail);
+        }
         let listen_fd = listener.as_raw_fd();
         let worker = QueueWorker::spawn_with_epoll(
             "virtio-vsock",
@@ -196,7 +201,11 @@ impl VirtioDevice for Vsock {
             move |token, events, epoll| {
                 let r = match token {
                     t if t == TXQ as u64 => w.process_tx(epoll),
-                    t if t == RXQ as u64 || t == EVQ as u64 => Ok(()),
+                    t if t == EVQ as u64 => {
+                        w.event_notified();
+                        Ok(())
+                    }
+                    t if t == RXQ as u64 => Ok(()),
                     LISTENER => {
                         w.accept(&listener, epoll);
                         Ok(())
@@ -251,12 +260,16 @@ impl VirtioDevice for Vsock {
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Puts a transport reset event in the event queue (the driver keeps a
-/// buffer there) and interrupts the guest.
-fn send_transport_reset(mem: &GuestMemoryMmap, evq: &mut Queue, irq: &Interrupt) {
+/// buffer there) and interrupts the guest. Returns the queue's avail index
+/// once the event is in, with a notification asked for when the driver
+/// adds a buffer beyond it: it gives the event's buffer back, and
+/// notifies, once it has handled the event. None if the event could not
+/// be delivered.
+fn send_transport_reset(mem: &GuestMemoryMmap, evq: &mut Queue, irq: &Interrupt) -> Option<u16> {
     use vm_memory::Bytes;
     let Some(chain) = evq.pop_descriptor_chain(mem) else {
         tracing::warn!("virtio-vsock: no event buffer for the transport reset");
-        return;
+        return None;
     };
     let head = chain.head_index();
     let written = match chain.writable().next() {
@@ -265,9 +278,13 @@ fn send_transport_reset(mem: &GuestMemoryMmap, evq: &mut Queue, irq: &Interrupt)
             .map_or(0, |()| 4),
         _ => 0,
     };
-    if evq.add_used(mem, head, written).is_ok() {
-        irq.trigger(INT_VRING);
-    }
+    evq.add_used(mem, head, written).ok()?;
+    let avail = evq
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .ok()
+        .filter(|_| super::arm_notification(mem, evq).is_ok());
+    irq.trigger(INT_VRING);
+    avail.map(|a| a.0)
 }
 
 #[cfg(test)]

@@ -41,6 +41,13 @@ pub(super) struct Muxer {
     /// Connections with host data to send the guest.
     pub(super) ready: VecDeque<u64>,
     pub(super) scratch: Vec<u8>,
+    /// After a transport reset: the event queue and its avail index when
+    /// the reset went in, until the guest has handled it.
+    pub(super) reset_wait: Option<(Queue, u16)>,
+    /// Host connections' requests held until the guest has handled the
+    /// reset: one it took first would be reset by it, without a word to
+    /// the host, and the host program would wait forever for its answer.
+    pub(super) held: Vec<Header>,
 }
 
 impl Muxer {
@@ -66,6 +73,32 @@ impl Muxer {
             ctrl: VecDeque::new(),
             ready: VecDeque::new(),
             scratch: vec![0u8; MAX_PAYLOAD],
+            reset_wait: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Holds host connections' requests until the guest has handled the
+    /// transport reset just put in `evq`, whose avail index was `avail`
+    /// then (see [`super::send_transport_reset`]).
+    pub(super) fn await_reset(&mut self, evq: Queue, avail: u16) {
+        self.reset_wait = Some((evq, avail));
+    }
+
+    /// The guest notified the event queue. Its driver gives the event's
+    /// buffer back, and notifies, once it has handled the event: then the
+    /// held requests go.
+    pub(super) fn event_notified(&mut self) {
+        let Some((evq, avail)) = &self.reset_wait else {
+            return;
+        };
+        let now = evq.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire);
+        if now.is_ok_and(|i| i.0 == *avail) {
+            return;
+        }
+        self.reset_wait = None;
+        for h in std::mem::take(&mut self.held) {
+            self.push_ctrl(h);
         }
     }
 
@@ -233,7 +266,11 @@ impl Muxer {
                 return;
             };
             let h = self.header(c, op::REQUEST);
-            self.push_ctrl(h);
+            if self.reset_wait.is_some() {
+                self.held.push(h);
+            } else {
+                self.push_ctrl(h);
+            }
             return;
         }
         c.readable = true;

@@ -316,11 +316,52 @@ fn restored_device_tells_the_guest_its_connections_are_gone() {
         .unwrap();
     let mut q: Queue = mq.create_queue().unwrap();
     let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
-    send_transport_reset(&m, &mut q, &irq);
+    assert_eq!(send_transport_reset(&m, &mut q, &irq), Some(1));
     assert_eq!(q.next_used(), 1);
     assert_eq!(m.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 0);
     assert_eq!(irq.status(), INT_VRING);
     // No buffer: nothing happens, no panic.
-    send_transport_reset(&m, &mut q, &irq);
+    assert_eq!(send_transport_reset(&m, &mut q, &irq), None);
     assert_eq!(q.next_used(), 1);
+}
+
+#[test]
+fn host_connections_wait_until_the_guest_has_handled_the_reset() {
+    let m = mem();
+    let mut r = Rig::new(&m, tmp_path("held"));
+    let eq = MockSplitQueue::create(&m, GuestAddress(0x4_0000), 16);
+    eq.add_desc_chains(&[RawDescriptor::from(D::new(0x20_0000, 4, WRITE, 0))], 0)
+        .unwrap();
+    let mut evq: Queue = eq.create_queue().unwrap();
+    evq.set_event_idx(true);
+    let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let avail = send_transport_reset(&m, &mut evq, &irq).expect("delivered");
+    // The guest is asked to notify when it gives a buffer back (event
+    // index: avail_event, after the used ring, is the current avail index).
+    let avail_event = GuestAddress(eq.used_addr().0 + 4 + 8 * 16);
+    assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), avail);
+    r.mux.await_reset(evq, avail);
+    let (mut host, ours) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    host.write_all(b"CONNECT 52\n").unwrap();
+    let token = r
+        .mux
+        .add_conn(
+            &r.epoll,
+            Conn::new(ours, State::AwaitConnectLine(Vec::new())),
+        )
+        .unwrap();
+    r.mux.host_event(token, EventSet::IN);
+    assert!(r.recv().is_none(), "held while the reset is pending");
+    // A notification with no buffer given back (first_look's) is not the
+    // guest's answer.
+    r.mux.event_notified();
+    assert!(r.recv().is_none());
+    eq.add_desc_chains(&[RawDescriptor::from(D::new(0x20_0000, 4, WRITE, 0))], 1)
+        .unwrap();
+    r.mux.event_notified();
+    let (h, _) = r
+        .recv()
+        .expect("the request once the guest handled the reset");
+    assert_eq!((h.op, h.dst_port), (op::REQUEST, 52));
 }
