@@ -5,8 +5,9 @@
 # (default 5, medians), and the resident memory of an idle VMM waiting for
 # a restore; to benches/results/snapshot.md, with where condo's load goes
 # (its steps), KVM's statistics and exit census for both. condo restores
-# with the host's kept KVM probe verdict, with a fresh probe and with
-# --no-kvm-probe. Runs directly where /dev/kvm can boot Linux, otherwise
+# with the host's kept KVM probe verdict, with a fresh probe, with
+# --no-kvm-probe, and with no working-set record (a memory file's first
+# restore, which records one). Runs directly where /dev/kvm can boot Linux, otherwise
 # in the nested test host. CONDO_B=PATH adds a second condo build (A/B;
 # CONDO_A=PATH replaces this tree's build); RESULTS=FILE writes elsewhere.
 set -euo pipefail
@@ -68,6 +69,8 @@ ratio() { awk -v c="$1" -v q="$2" 'BEGIN { if (q > 0) printf "%.2f", c / q; else
   for m in 128 2048; do
     echo "| $m MiB | $(field condo $m load_ms) | $(field 'condo (fresh probe)' $m load_ms) | $(field 'condo (--no-kvm-probe)' $m load_ms) | $(field qemu $m load_ms) |"
   done
+  echo
+  echo "A memory file's first restore (no working-set record yet: it records one, and the restores above copy it in), restore to answer: $(field 'condo (first restore: no working set)' 128 answer_ms) ms at 128 MiB, $(field 'condo (first restore: no working set)' 2048 answer_ms) ms at 2048 MiB."
   echo
   echo "Idle VMM waiting for a restore: condo $(field condo 128 idle_rss_kib) KiB resident (API server, VM prepared), QEMU $(field qemu 128 idle_rss_kib) KiB (\`-incoming defer\`, 128 MiB guest)."
   sed -n '/^###/,$p' "$tmp" | grep -v '^snapshot '

@@ -14,9 +14,11 @@
 //! time stops growing) before the request, as a VMM kept waiting for a
 //! restore would have; QEMU is ready when its QMP socket answers.
 //!
-//! condo restores three ways: with the host's kept KVM probe verdict (what
+//! condo restores four ways: with the host's kept KVM probe verdict (what
 //! every run after the first does), with the verdict removed first (so the
-//! probe runs), and with `--no-kvm-probe`. Its log line of steps
+//! probe runs), with `--no-kvm-probe`, and with the memory file's
+//! working-set record removed first (so the restore has none to copy in,
+//! and records it again, as a snapshot's first restore does). Its log line of steps
 //! (`vmm::timing`, `--log-level info`) splits the load; KVM's statistics
 //! (debugfs) are read at the first tick, and one census round per VMM
 //! counts exits by reason from the request to the first tick.
@@ -170,6 +172,9 @@ impl Vmm {
                 let Ok(line) = line else { break };
                 if let Some(s) = crate::parse_steps(&line) {
                     let _ = stx.send(s);
+                } else if line.contains("working set") {
+                    // What the restore copied in or recorded, for the log.
+                    eprintln!("{line}");
                 }
             }
         });
@@ -402,6 +407,9 @@ struct Variant {
     flags: Vec<&'static str>,
     /// Remove the host's kept probe verdict before each restore.
     forget_verdict: bool,
+    /// Remove the memory file's working-set record before each restore
+    /// (so that the restore records it again, as a snapshot's first does).
+    forget_working_set: bool,
     restores: Vec<Restore>,
 }
 
@@ -478,6 +486,11 @@ fn condo_restore(
     );
     if v.forget_verdict {
         let _ = std::fs::remove_file(verdict_path());
+    }
+    if v.forget_working_set {
+        let mut ws = mem.as_os_str().to_owned();
+        ws.push(".ws");
+        let _ = std::fs::remove_file(ws);
     }
     let sock = o.dir.join("r.sock");
     let vm = condo_api(&v.bin, &sock, &v.flags)?;
@@ -620,11 +633,12 @@ fn one_size(o: &Opts, mem_mib: u64, kvm: bool) -> Result<(), String> {
         );
         snaps.push((snap, mem));
         let all = [
-            ("", vec![], false),
-            (" (fresh probe)", vec![], true),
-            (" (--no-kvm-probe)", vec!["--no-kvm-probe"], false),
+            ("", vec![], false, false),
+            (" (fresh probe)", vec![], true, false),
+            (" (--no-kvm-probe)", vec!["--no-kvm-probe"], false, false),
+            (" (first restore: no working set)", vec![], false, true),
         ];
-        for (suffix, flags, forget) in all {
+        for (suffix, flags, forget, forget_ws) in all {
             // The second build only restores the usual way.
             if *name == "condo-b" && !suffix.is_empty() {
                 continue;
@@ -636,6 +650,7 @@ fn one_size(o: &Opts, mem_mib: u64, kvm: bool) -> Result<(), String> {
                     bin: bin.clone(),
                     flags,
                     forget_verdict: forget,
+                    forget_working_set: forget_ws,
                     restores: Vec::new(),
                 },
             ));
@@ -680,7 +695,8 @@ fn one_size(o: &Opts, mem_mib: u64, kvm: bool) -> Result<(), String> {
     // A census round each, for the smaller guest.
     if kvm && mem_mib <= 128 {
         let mut censuses = Vec::new();
-        for (s, v) in variants.iter().filter(|(_, v)| !v.name.contains('(')) {
+        let census_of = |n: &str| !n.contains('(') || n.contains("no working set");
+        for (s, v) in variants.iter().filter(|(_, v)| census_of(&v.name)) {
             let (snap, mem) = &snaps[*s];
             let mut c = None;
             condo_restore(o, v, snap, mem, Some(&mut c))?;

@@ -1209,6 +1209,10 @@ fn snapshot_restores_into_independent_clones() {
     c.wait_until("clone c alone", LIMIT, |v| last_tick(v) >= c_at + 5);
     assert_eq!(last_tick(&b), b_at, "the paused clone ran");
 
+    // The snapshot's guest tracks dirty pages (diff snapshots): the log is
+    // the user's, so its clones record no working set.
+    assert!(!vmm::snapshot::working_set::path_for(&mem).exists());
+
     // The diff snapshot restores where it was taken.
     let (e, _) = restored_vm(&d, "e", &snap2, &mem2);
     e.wait_until("the diff clone to tick", LIMIT, |v| last_tick(v) >= at2 + 3);
@@ -1728,6 +1732,27 @@ fn snapshot_of_a_throttled_disk_restores_and_reads_on() {
     });
     let mut b = b;
     assert!(sigterm_and_wait(&mut b).success());
+    // That first restore recorded the pages its guest wrote first beside
+    // the memory file; the next one copies them in before it starts, and
+    // reads and counts on from the snapshot all the same.
+    use vmm::snapshot::working_set::{path_for, Stamp, WorkingSet};
+    let mem = d.join("vm.mem");
+    let ws = WorkingSet::decode(
+        &std::fs::read(path_for(&mem)).expect("a working-set record"),
+        &Stamp::of(&mem).expect("stamp"),
+    )
+    .expect("a valid record");
+    assert!(ws.pages() > 0, "an empty working set");
+    let (mut c, _) = restored_vm(&d, "c", &d.join("vm.snap"), &mem);
+    c.wait_until("the prefaulted clone to read on", LIMIT, |v| {
+        last_tick(v) >= at + 3
+    });
+    let first = first_tick(&c).expect("a tick");
+    assert!(
+        first > at && first <= at + 2,
+        "the second clone started counting at {first}, snapshot taken at {at}"
+    );
+    assert!(sigterm_and_wait(&mut c).success());
 }
 
 #[path = "boot/migration.rs"]

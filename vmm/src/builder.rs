@@ -325,13 +325,17 @@ fn assemble(
         parked,
     } = prepared;
     let m = &config.machine_config;
+    let mut working_set = snapshot::working_set::Plan::Nothing;
     let (mem, from_file) = match &source {
         Source::Boot => (memory::create(m.mem_bytes(), m.huge_pages)?, false),
         Source::Restore {
             state,
             memory: Memory::File(path),
             ..
-        } => (snapshot::memory::map_memory(path, &state.memory)?, true),
+        } => {
+            working_set = snapshot::working_set::Plan::for_restore(path, m.track_dirty_pages);
+            (snapshot::memory::map_memory(path, &state.memory)?, true)
+        }
         Source::Restore {
             state,
             memory: Memory::Ready(mem),
@@ -346,7 +350,7 @@ fn assemble(
             (mem.clone(), false)
         }
     };
-    memory::register(&vm, &mem, m.track_dirty_pages)?;
+    memory::register(&vm, &mem, m.track_dirty_pages || working_set.records())?;
     steps.step("memory");
     if let Source::Restore { state, .. } = &source {
         for chip in &state.vm.irqchips {
@@ -456,6 +460,7 @@ fn assemble(
     Ok(Vm {
         mem_from_file: from_file,
         guest_cpuid,
+        working_set,
         ..vm
     })
 }
@@ -593,6 +598,7 @@ fn start(
         mem,
         mem_from_file: false,
         guest_cpuid: Vec::new(),
+        working_set: snapshot::working_set::Plan::Nothing,
         vm,
     })
 }

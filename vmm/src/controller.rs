@@ -60,6 +60,7 @@ const TOKEN_STDIN: u64 = 3;
 const TOKEN_REQUEST: u64 = 4;
 const TOKEN_SIGTERM: u64 = 5;
 const TOKEN_METRICS: u64 = 6;
+const TOKEN_RECORD: u64 = 7;
 
 impl Vmm {
     /// A VMM with nothing configured: 1 vCPU, 128 MiB, no kernel yet.
@@ -103,6 +104,9 @@ impl Vmm {
         }
         let result = self.serve(inbox);
         if let State::Running(vm) = &mut self.state {
+            // A restore stopped before its working set was recorded
+            // records what it has.
+            vm.record_working_set();
             vm.stop();
         }
         if let Err(e) = crate::metrics::flush() {
@@ -140,6 +144,14 @@ impl Vmm {
         let minute = Duration::from_secs(60);
         metrics_timer.reset(minute, Some(minute)).map_err(errno)?;
         add(metrics_timer.as_raw_fd(), TOKEN_METRICS).map_err(ev)?;
+        // A restore recording its working set stops logging after a while.
+        let mut record_timer = vmm_sys_util::timerfd::TimerFd::new().map_err(errno)?;
+        if vm.records_working_set() {
+            record_timer
+                .reset(crate::snapshot::working_set::RECORD_AFTER, None)
+                .map_err(errno)?;
+            add(record_timer.as_raw_fd(), TOKEN_RECORD).map_err(ev)?;
+        }
         if self.opts.console_input {
             // Without a readable stdin the guest simply gets no input.
             let _ = add(libc::STDIN_FILENO, TOKEN_STDIN);
@@ -166,6 +178,12 @@ impl Vmm {
                             if self.migrated {
                                 return Ok(VmExit::Migrated);
                             }
+                        }
+                    }
+                    TOKEN_RECORD => {
+                        let _ = record_timer.wait();
+                        if let State::Running(vm) = &mut self.state {
+                            vm.record_working_set();
                         }
                     }
                     TOKEN_METRICS => {

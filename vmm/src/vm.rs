@@ -82,6 +82,9 @@ pub struct Vm {
     pub(crate) mem_from_file: bool,
     /// The CPUID vCPU 0 sees (what a migration destination must offer).
     pub(crate) guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// A restored guest's working set: to copy in before it starts, or to
+    /// record ([`snapshot::working_set`]).
+    pub(crate) working_set: snapshot::working_set::Plan,
     pub(crate) vm: kvm_ioctls::VmFd,
 }
 
@@ -93,9 +96,57 @@ impl Vm {
     /// device as always). The answer goes out as the guest starts, as
     /// Firecracker's does. Does nothing the second time.
     pub fn let_go(&mut self) {
+        if let snapshot::working_set::Plan::Prefault(ws) = &self.working_set {
+            let t = std::time::Instant::now();
+            let regions = snapshot::memory::regions_of(&self.mem);
+            match ws.prefault(&self.mem, &regions) {
+                Ok(pages) => tracing::info!(
+                    pages,
+                    us = t.elapsed().as_micros() as u64,
+                    "working set copied in"
+                ),
+                Err(e) => tracing::warn!("working set: {e}"),
+            }
+            self.working_set = snapshot::working_set::Plan::Nothing;
+        }
         // Only a restored VM's threads are held.
         if self.threads.let_go() {
             self.devices.first_look();
+        }
+    }
+
+    /// Whether this VM records its working set ([`Vm::record_working_set`]).
+    pub fn records_working_set(&self) -> bool {
+        self.working_set.records()
+    }
+
+    /// Writes the record of the pages the guest wrote since it was
+    /// restored, and stops KVM's logging of them (unless the user has it).
+    /// Does nothing the second time.
+    pub fn record_working_set(&mut self) {
+        let snapshot::working_set::Plan::Record { path, stamp } =
+            std::mem::take(&mut self.working_set)
+        else {
+            return;
+        };
+        use snapshot::working_set::{save, WorkingSet};
+        let r = self
+            .dirty_log()
+            .map_err(|e| e.to_string())
+            .and_then(|logs| {
+                let ws = WorkingSet::from_dirty_logs(&self.mem, &logs);
+                save(&ws, &path, &stamp)
+                    .map(|()| ws.pages())
+                    .map_err(|e| e.to_string())
+            });
+        match r {
+            Ok(pages) => tracing::info!(pages, "working set recorded in {}", path.display()),
+            Err(e) => tracing::debug!("no working-set record at {}: {e}", path.display()),
+        }
+        if !self.config.machine_config.track_dirty_pages {
+            if let Err(e) = self.set_dirty_tracking(false) {
+                tracing::warn!("working set: cannot stop dirty page tracking: {e}");
+            }
         }
     }
 

@@ -15,9 +15,11 @@
 //! with one clear error. Live migration sends the same [`MicrovmState`],
 //! framed the same way.
 //!
-//! The memory file is guest RAM, region after region ([`memory`]).
+//! The memory file is guest RAM, region after region ([`memory`]); beside
+//! it, a restore may keep the guest's first writes ([`working_set`]).
 
 pub mod memory;
+pub mod working_set;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
