@@ -172,9 +172,6 @@ impl Vmm {
                 let Ok(line) = line else { break };
                 if let Some(s) = crate::parse_steps(&line) {
                     let _ = stx.send(s);
-                } else if line.contains("working set") {
-                    // What the restore copied in or recorded, for the log.
-                    eprintln!("{line}");
                 }
             }
         });
