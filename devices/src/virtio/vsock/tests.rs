@@ -96,6 +96,23 @@ impl<'a> Rig<'a> {
         self.mux.process_tx(&self.epoll).unwrap();
     }
 
+    /// A host program connects and writes `bytes`; the muxer reads them.
+    /// Returns the program's end.
+    fn host_connects(&mut self, bytes: &[u8]) -> UnixStream {
+        let (mut host, ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        host.write_all(bytes).unwrap();
+        let token = self
+            .mux
+            .add_conn(
+                &self.epoll,
+                Conn::new(ours, State::AwaitConnectLine(Vec::new())),
+            )
+            .unwrap();
+        self.mux.host_event(token, EventSet::IN);
+        host
+    }
+
     /// The guest offers a receive buffer (unless the last one is still
     /// unused); returns what the device put there.
     fn recv(&mut self) -> Option<(Header, Vec<u8>)> {
@@ -180,17 +197,7 @@ fn connection_to_a_port_nobody_listens_on_is_reset() {
 fn host_connect_line_becomes_a_request_and_ok_follows_the_response() {
     let m = mem();
     let mut r = Rig::new(&m, tmp_path("h"));
-    let (mut host, ours) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    host.write_all(b"CONNECT 52\nearly").unwrap();
-    let token = r
-        .mux
-        .add_conn(
-            &r.epoll,
-            Conn::new(ours, State::AwaitConnectLine(Vec::new())),
-        )
-        .unwrap();
-    r.mux.host_event(token, EventSet::IN);
+    let mut host = r.host_connects(b"CONNECT 52\nearly");
     let (h, _) = r.recv().expect("a request");
     assert_eq!(
         (h.op, h.dst_port, h.src_port),
@@ -210,17 +217,7 @@ fn bad_connect_lines_close_the_stream() {
     let m = mem();
     for line in [&b"HELLO 1\n"[..], b"CONNECT x\n", &[b'C'; 100]] {
         let mut r = Rig::new(&m, tmp_path("bad"));
-        let (mut host, ours) = UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        host.write_all(line).unwrap();
-        let token = r
-            .mux
-            .add_conn(
-                &r.epoll,
-                Conn::new(ours, State::AwaitConnectLine(Vec::new())),
-            )
-            .unwrap();
-        r.mux.host_event(token, EventSet::IN);
+        let _host = r.host_connects(line);
         assert!(r.mux.conns.is_empty(), "{line:?}");
         assert!(r.recv().is_none());
     }
@@ -341,17 +338,7 @@ fn host_connections_wait_until_the_guest_has_handled_the_reset() {
     let avail_event = GuestAddress(eq.used_addr().0 + 4 + 8 * 16);
     assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), avail);
     r.mux.await_reset(evq, avail);
-    let (mut host, ours) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    host.write_all(b"CONNECT 52\n").unwrap();
-    let token = r
-        .mux
-        .add_conn(
-            &r.epoll,
-            Conn::new(ours, State::AwaitConnectLine(Vec::new())),
-        )
-        .unwrap();
-    r.mux.host_event(token, EventSet::IN);
+    let _host = r.host_connects(b"CONNECT 52\n");
     assert!(r.recv().is_none(), "held while the reset is pending");
     // A notification with no buffer given back (first_look's) is not the
     // guest's answer.
