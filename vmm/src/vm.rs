@@ -375,7 +375,82 @@ impl Vm {
         self.devices.announce();
     }
 
-    /// KVM's dirty page log of every memory slot (cleared as it is read).
+    /// Turns KVM's manual dirty-log protection on (with the log initially
+    /// all set) or off; whether it is on. With it on, turning logging on
+    /// write-protects nothing, reading the log clears nothing, and
+    /// [`Vm::clear_dirty_log`] write-protects the pages it is given (as QEMU
+    /// migrates). Only while no memory slot logs: the mode is the VM's.
+    pub fn set_manual_dirty_protect(&self, on: bool) -> bool {
+        let cap = kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+        let flags = u64::from(
+            kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                | kvm_bindings::KVM_DIRTY_LOG_INITIALLY_SET,
+        );
+        let offered = self.vm.check_extension_raw(u64::from(cap)) as u64;
+        if on && offered & flags != flags {
+            return false;
+        }
+        let mut c = kvm_bindings::kvm_enable_cap {
+            cap,
+            ..Default::default()
+        };
+        c.args[0] = if on { flags } else { 0 };
+        match self.vm.enable_cap(&c) {
+            Ok(()) => on,
+            Err(e) => {
+                tracing::debug!("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: {e}");
+                false
+            }
+        }
+    }
+
+    /// With manual dirty-log protection: clears the dirty bits of pages
+    /// `first..first+pages` of memory slot `slot` (write-protecting them,
+    /// so that the next write marks them again).
+    pub fn clear_dirty_log(&self, slot: u32, first: u64, pages: u64) -> Result<(), VmmError> {
+        vmm_sys_util::ioctl_iowr_nr!(
+            KVM_CLEAR_DIRTY_LOG,
+            kvm_bindings::KVMIO,
+            0xc0,
+            kvm_bindings::kvm_clear_dirty_log
+        );
+        let slot_pages = self
+            .mem
+            .iter()
+            .nth(slot as usize)
+            .map_or(0, |r| r.len() / 4096);
+        if pages == 0 || first.saturating_add(pages) > slot_pages {
+            return Ok(());
+        }
+        // KVM takes 64-page aligned windows (the last may end the slot).
+        let start = first & !63;
+        let end = (first + pages).next_multiple_of(64).min(slot_pages);
+        let mut bitmap = vec![0u64; (end - start).div_ceil(64) as usize];
+        for p in first - start..first + pages - start {
+            bitmap[(p / 64) as usize] |= 1 << (p % 64);
+        }
+        let mut c = kvm_bindings::kvm_clear_dirty_log {
+            slot,
+            num_pages: (end - start) as u32,
+            first_page: start,
+            ..Default::default()
+        };
+        c.__bindgen_anon_1.dirty_bitmap = bitmap.as_mut_ptr().cast();
+        // SAFETY: the VM fd is live and `c` points at a bitmap of
+        // `num_pages` bits that outlives the call; KVM only reads it.
+        let rc =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vm, KVM_CLEAR_DIRTY_LOG(), &c) };
+        if rc < 0 {
+            return Err(VmmError::Kvm {
+                what: "KVM_CLEAR_DIRTY_LOG",
+                err: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// KVM's dirty page log of every memory slot (cleared as it is read,
+    /// unless manual protection is on).
     pub fn dirty_log(&self) -> Result<Vec<Vec<u64>>, VmmError> {
         let mut logs = Vec::new();
         for (slot, r) in self.mem.iter().enumerate() {

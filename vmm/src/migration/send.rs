@@ -119,9 +119,29 @@ struct Pass<'a> {
     buf: Vec<u8>,
     /// Time spent holding the vCPUs back, which is not sending time.
     throttled: Duration,
+    /// KVM's manual dirty-log protection is on: a range's dirty bits are
+    /// cleared (the pages write-protected again) just before it is read.
+    manual: bool,
 }
 
 impl Pass<'_> {
+    /// With manual protection, clears the dirty bits of `gpa..gpa+len`
+    /// before the range is read: a write after the read marks the page
+    /// for the next pass.
+    fn clear(&self, vm: &Vm, gpa: GuestAddress, len: usize) -> Result<(), MigrationError> {
+        if !self.manual {
+            return Ok(());
+        }
+        for (slot, r) in vm.mem.iter().enumerate() {
+            let start = r.start_addr().0;
+            if (start..start + r.len()).contains(&gpa.0) {
+                vm.clear_dirty_log(slot as u32, (gpa.0 - start) / PAGE, len as u64 / PAGE)?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn check_time(&self) -> Result<(), MigrationError> {
         if Instant::now() > self.deadline {
             return Err(MigrationError::Timeout(self.timeout_s));
@@ -168,6 +188,7 @@ fn send_everything(vm: &mut Vm, pass: &mut Pass<'_>) -> Result<(), MigrationErro
         while off < len {
             let n = (len - off).min(CHUNK) as usize;
             let at = start.unchecked_add(off);
+            pass.clear(vm, at, n)?;
             // Never touched (or given back by the balloon): zero, and the
             // destination's fresh memory is zero too.
             if !anonymous || crate::snapshot::memory::any_resident(&vm.mem, at, n) {
@@ -215,6 +236,7 @@ fn send_pages(vm: &mut Vm, pass: &mut Pass<'_>, pages: &[u64]) -> Result<(), Mig
         while j < pages.len() && pages[j] == pages[j - 1] + PAGE && j - i < 256 {
             j += 1;
         }
+        pass.clear(vm, GuestAddress(pages[i]), (j - i) * PAGE as usize)?;
         pass.send_range(
             vm,
             GuestAddress(pages[i]),
@@ -260,12 +282,25 @@ pub fn send(vm: &mut Vm, p: &SendMigration) -> Result<SendReport, MigrationError
     // allocating the guest's memory in between) bounds them from above.
     let round_trip = hello_at.elapsed();
 
+    // A restore still recording its working set records what it has: the
+    // dirty log is the migration's from here.
+    vm.record_working_set();
     let tracking_before = vm.config.machine_config.track_dirty_pages;
+    // As QEMU: with KVM's manual protection, turning logging on
+    // write-protects nothing, and each range is write-protected again just
+    // before it is sent, not all dirty pages at every read of the log (the
+    // last one just before the pause). Not when the log is the user's
+    // (diff snapshots read it the usual way).
+    let manual = !tracking_before && vm.set_manual_dirty_protect(true);
+    tracing::info!(manual_protect = manual, "migration: dirty page logging on");
     vm.set_dirty_tracking(true)?;
-    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline, round_trip);
+    let r = precopy_and_hand_over(vm, &mut out, p, start, deadline, round_trip, manual);
     if !tracking_before {
         if let Err(e) = vm.set_dirty_tracking(false) {
             tracing::warn!("migration: cannot stop dirty page tracking: {e}");
+        }
+        if manual {
+            vm.set_manual_dirty_protect(false);
         }
     }
     r
@@ -278,6 +313,7 @@ fn precopy_and_hand_over(
     start: Instant,
     deadline: Instant,
     round_trip: Duration,
+    manual: bool,
 ) -> Result<SendReport, MigrationError> {
     // What the last pass's memory may take: the allowed pause less the
     // hand-over's two round trips, but at least a quarter of it (the
@@ -310,6 +346,7 @@ fn precopy_and_hand_over(
         timeout_s: p.timeout_s,
         buf: Vec::new(),
         throttled: Duration::ZERO,
+        manual,
     };
     let t = Instant::now();
     send_everything(vm, &mut pass)?;
@@ -403,6 +440,8 @@ fn stop_and_copy(
     was_paused: bool,
 ) -> Result<SendReport, MigrationError> {
     pass.throttle.pct = 0;
+    // The guest is paused: nothing to write-protect.
+    pass.manual = false;
     let more = dirty_pages(vm, &vm.dirty_log()?);
     pending.extend(more);
     pending.sort_unstable();
