@@ -145,12 +145,13 @@ impl Vmm {
         metrics_timer.reset(minute, Some(minute)).map_err(errno)?;
         add(metrics_timer.as_raw_fd(), TOKEN_METRICS).map_err(ev)?;
         // A restore recording its working set stops logging after a while.
-        let mut record_timer = vmm_sys_util::timerfd::TimerFd::new().map_err(errno)?;
+        let mut record_timer = None;
         if vm.records_working_set() {
-            record_timer
-                .reset(crate::snapshot::working_set::RECORD_AFTER, None)
+            let mut t = vmm_sys_util::timerfd::TimerFd::new().map_err(errno)?;
+            t.reset(crate::snapshot::working_set::RECORD_AFTER, None)
                 .map_err(errno)?;
-            add(record_timer.as_raw_fd(), TOKEN_RECORD).map_err(ev)?;
+            add(t.as_raw_fd(), TOKEN_RECORD).map_err(ev)?;
+            record_timer = Some(t);
         }
         if self.opts.console_input {
             // Without a readable stdin the guest simply gets no input.
@@ -181,7 +182,9 @@ impl Vmm {
                         }
                     }
                     TOKEN_RECORD => {
-                        let _ = record_timer.wait();
+                        if let Some(t) = &mut record_timer {
+                            let _ = t.wait();
+                        }
                         if let State::Running(vm) = &mut self.state {
                             vm.record_working_set();
                         }

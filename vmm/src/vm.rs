@@ -14,7 +14,7 @@ use devices::sync::lock;
 use devices::virtio::balloon::BalloonHandle;
 use devices::virtio::persist::{DeviceHandle, SharedLimiter};
 use devices::ExitReason;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
@@ -98,8 +98,7 @@ impl Vm {
     pub fn let_go(&mut self) {
         if let snapshot::working_set::Plan::Prefault(ws) = &self.working_set {
             let t = std::time::Instant::now();
-            let regions = snapshot::memory::regions_of(&self.mem);
-            match ws.prefault(&self.mem, &regions) {
+            match ws.prefault(&self.mem) {
                 Ok(pages) => tracing::info!(
                     pages,
                     us = t.elapsed().as_micros() as u64,
@@ -404,21 +403,26 @@ impl Vm {
         }
     }
 
-    /// With manual dirty-log protection: clears the dirty bits of pages
-    /// `first..first+pages` of memory slot `slot` (write-protecting them,
-    /// so that the next write marks them again).
-    pub fn clear_dirty_log(&self, slot: u32, first: u64, pages: u64) -> Result<(), VmmError> {
+    /// With manual dirty-log protection: clears the dirty bits of the
+    /// `pages` pages from `gpa` (write-protecting them, so that the next
+    /// write marks them again). A range outside one memory slot is left.
+    pub fn clear_dirty_log(&self, gpa: GuestAddress, pages: u64) -> Result<(), VmmError> {
         vmm_sys_util::ioctl_iowr_nr!(
             KVM_CLEAR_DIRTY_LOG,
             kvm_bindings::KVMIO,
             0xc0,
             kvm_bindings::kvm_clear_dirty_log
         );
-        let slot_pages = self
+        let Some((slot, r)) = self
             .mem
             .iter()
-            .nth(slot as usize)
-            .map_or(0, |r| r.len() / 4096);
+            .enumerate()
+            .find(|(_, r)| r.start_addr() <= gpa && gpa.0 - r.start_addr().0 < r.len())
+        else {
+            return Ok(());
+        };
+        let slot_pages = r.len() / 4096;
+        let first = (gpa.0 - r.start_addr().0) / 4096;
         if pages == 0 || first.saturating_add(pages) > slot_pages {
             return Ok(());
         }
@@ -430,7 +434,7 @@ impl Vm {
             bitmap[(p / 64) as usize] |= 1 << (p % 64);
         }
         let mut c = kvm_bindings::kvm_clear_dirty_log {
-            slot,
+            slot: slot as u32,
             num_pages: (end - start) as u32,
             first_page: start,
             ..Default::default()

@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::protocol::{
@@ -129,15 +128,8 @@ impl Pass<'_> {
     /// before the range is read: a write after the read marks the page
     /// for the next pass.
     fn clear(&self, vm: &Vm, gpa: GuestAddress, len: usize) -> Result<(), MigrationError> {
-        if !self.manual {
-            return Ok(());
-        }
-        for (slot, r) in vm.mem.iter().enumerate() {
-            let start = r.start_addr().0;
-            if (start..start + r.len()).contains(&gpa.0) {
-                vm.clear_dirty_log(slot as u32, (gpa.0 - start) / PAGE, len as u64 / PAGE)?;
-                break;
-            }
+        if self.manual {
+            vm.clear_dirty_log(gpa, len as u64 / PAGE)?;
         }
         Ok(())
     }
@@ -205,26 +197,18 @@ fn send_everything(vm: &mut Vm, pass: &mut Pass<'_>) -> Result<(), MigrationErro
 /// bitmap, cleared page by page as the page is taken).
 fn dirty_pages(vm: &Vm, logs: &[Vec<u64>]) -> Vec<u64> {
     let mut pages = Vec::new();
-    for (r, log) in vm.mem.iter().zip(logs) {
-        let base = r.start_addr().0;
-        let region: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = r;
-        let bitmap = region.bitmap();
-        for p in 0..r.len() / PAGE {
-            let by_guest = log
-                .get((p / 64) as usize)
-                .is_some_and(|w| w >> (p % 64) & 1 != 0);
-            let off = (p * PAGE) as usize;
-            let by_device = bitmap.dirty_at(off);
-            if by_device {
-                // Cleared before the page is read: a device write after
-                // this marks it again for the next pass.
-                bitmap.reset_addr_range(off, PAGE as usize);
-            }
-            if by_guest || by_device {
-                pages.push(base + p * PAGE);
-            }
+    crate::snapshot::memory::for_each_dirty(&vm.mem, logs, |d| {
+        if d.by_device {
+            // Cleared before the page is read: a device write after this
+            // marks it again for the next pass.
+            let region: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = d.region;
+            region
+                .bitmap()
+                .reset_addr_range((d.page * PAGE) as usize, PAGE as usize);
         }
-    }
+        pages.push(d.region.start_addr().0 + d.page * PAGE);
+        true
+    });
     pages
 }
 

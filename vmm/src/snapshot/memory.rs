@@ -69,7 +69,6 @@ pub fn write_dirty_memory(
     path: &Path,
     kvm_logs: &[Vec<u64>],
 ) -> std::io::Result<()> {
-    use vm_memory::bitmap::Bitmap;
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -80,25 +79,61 @@ pub fn write_dirty_memory(
         f.set_len(total)?;
     }
     let mut page = vec![0u8; 4096];
-    let mut off = 0u64;
-    for (r, log) in mem.iter().zip(kvm_logs) {
-        let pages = r.len() / 4096;
-        for p in 0..pages {
-            let by_guest = log
-                .get((p / 64) as usize)
-                .is_some_and(|w| w >> (p % 64) & 1 != 0);
-            let by_device = r.bitmap().dirty_at((p * 4096) as usize);
-            if !(by_guest || by_device) {
-                continue;
-            }
-            let at = r.start_addr().unchecked_add(p * 4096);
-            mem.read_slice(&mut page, at)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            f.write_all_at(&page, off + p * 4096)?;
-        }
-        off += r.len();
-    }
+    let mut written = Ok(());
+    for_each_dirty(mem, kvm_logs, |d| {
+        let at = d.region.start_addr().unchecked_add(d.page * 4096);
+        written = mem
+            .read_slice(&mut page, at)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|()| f.write_all_at(&page, d.file_page * 4096));
+        written.is_ok()
+    });
+    written?;
     f.sync_all()
+}
+
+/// A page written since the dirty logs were last read.
+pub(crate) struct DirtyPage<'a> {
+    pub region: &'a GuestRegionMmap<AtomicBitmap>,
+    /// Its index in `region`.
+    pub page: u64,
+    /// Its index in a memory file (regions one after another).
+    pub file_page: u64,
+    /// Written by a device (vm-memory's bitmap), not only by the guest.
+    pub by_device: bool,
+}
+
+/// Calls `f` for every 4 KiB page of `mem` written since the logs were
+/// last read, in address order: by the guest (`kvm_logs`, one KVM dirty
+/// bitmap per region, a bit per page) or by the devices (vm-memory's
+/// bitmap). Stops when `f` returns false.
+pub(crate) fn for_each_dirty(
+    mem: &GuestMemoryMmap,
+    kvm_logs: &[Vec<u64>],
+    mut f: impl FnMut(DirtyPage<'_>) -> bool,
+) {
+    use vm_memory::bitmap::Bitmap;
+    let mut base = 0u64;
+    for (region, log) in mem.iter().zip(kvm_logs) {
+        let pages = region.len() / 4096;
+        for page in 0..pages {
+            let by_guest = log
+                .get((page / 64) as usize)
+                .is_some_and(|w| w >> (page % 64) & 1 != 0);
+            let by_device = region.bitmap().dirty_at((page * 4096) as usize);
+            if (by_guest || by_device)
+                && !f(DirtyPage {
+                    region,
+                    page,
+                    file_page: base + page,
+                    by_device,
+                })
+            {
+                return;
+            }
+        }
+        base += pages;
+    }
 }
 
 /// Whether any page of guest range `at..at+len` is resident (mincore);

@@ -27,10 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use devices::GuestMemoryMmap;
-use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-
-use super::MemoryRegionState;
 
 const MAGIC: &[u8; 8] = b"condo-ws";
 /// The record format this build writes and reads.
@@ -187,43 +184,29 @@ impl WorkingSet {
     /// (vm-memory's bitmap), as page indices of the memory file (regions
     /// one after another). At most [`MAX_PAGES`], the lowest first.
     pub fn from_dirty_logs(mem: &GuestMemoryMmap, logs: &[Vec<u64>]) -> WorkingSet {
-        let mut runs: Vec<Run> = Vec::new();
+        let mut ws = WorkingSet::default();
         let mut total = 0u64;
-        let mut base = 0u64;
-        'regions: for (r, log) in mem.iter().zip(logs) {
-            let pages = r.len() / PAGE;
-            for p in 0..pages {
-                let by_guest = log
-                    .get((p / 64) as usize)
-                    .is_some_and(|w| w >> (p % 64) & 1 != 0);
-                if !(by_guest || r.bitmap().dirty_at((p * PAGE) as usize)) {
-                    continue;
-                }
-                if total == MAX_PAGES {
-                    break 'regions;
-                }
-                total += 1;
-                let page = base + p;
-                match runs.last_mut() {
-                    Some(last) if last.first + u64::from(last.pages) == page => last.pages += 1,
-                    _ => runs.push(Run {
-                        first: page,
-                        pages: 1,
-                    }),
-                }
+        super::memory::for_each_dirty(mem, logs, |d| {
+            if total == MAX_PAGES {
+                return false;
             }
-            base += pages;
-        }
-        WorkingSet { runs }
+            total += 1;
+            match ws.runs.last_mut() {
+                Some(last) if last.first + u64::from(last.pages) == d.file_page => last.pages += 1,
+                _ => ws.runs.push(Run {
+                    first: d.file_page,
+                    pages: 1,
+                }),
+            }
+            true
+        });
+        ws
     }
 
-    /// Copies the set's pages in, writable, in guest memory `mem` laid out
-    /// as `regions` (the memory file's order); returns how many pages.
-    pub fn prefault(
-        &self,
-        mem: &GuestMemoryMmap,
-        regions: &[MemoryRegionState],
-    ) -> std::io::Result<u64> {
+    /// Copies the set's pages in, writable, in guest memory `mem` (mapped
+    /// from the memory file, regions one after another); returns how many
+    /// pages.
+    pub fn prefault(&self, mem: &GuestMemoryMmap) -> std::io::Result<u64> {
         let mut done = 0;
         for run in &self.runs {
             // The region holding the run's first page; a run may cross
@@ -231,11 +214,11 @@ impl WorkingSet {
             let mut page = run.first;
             let mut left = u64::from(run.pages);
             let mut region_first = 0u64;
-            for reg in regions {
-                let reg_pages = reg.size / PAGE;
+            for reg in mem.iter() {
+                let reg_pages = reg.len() / PAGE;
                 if left > 0 && page < region_first + reg_pages {
                     let n = left.min(region_first + reg_pages - page);
-                    let gpa = reg.base + (page - region_first) * PAGE;
+                    let gpa = reg.start_addr().0 + (page - region_first) * PAGE;
                     populate_write(mem, gpa, n * PAGE)?;
                     done += n;
                     page += n;
@@ -458,8 +441,7 @@ mod tests {
                 }
             ]
         );
-        let regions = super::super::memory::regions_of(&mem);
-        assert_eq!(ws.prefault(&mem, &regions).unwrap(), 4);
+        assert_eq!(ws.prefault(&mem).unwrap(), 4);
         assert_eq!(
             mem.read_obj::<u8>(GuestAddress(0x10_0000 + 3 * PAGE))
                 .unwrap(),
