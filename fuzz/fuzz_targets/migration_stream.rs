@@ -13,6 +13,15 @@ impl Read for Duplex<'_> {
     }
 }
 
+impl vm_memory::ReadVolatile for Duplex<'_> {
+    fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        buf: &mut vm_memory::VolatileSlice<B>,
+    ) -> Result<usize, vm_memory::volatile_memory::Error> {
+        self.0.read_volatile(buf)
+    }
+}
+
 impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         Ok(buf.len())

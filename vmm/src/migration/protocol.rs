@@ -23,10 +23,12 @@
 //! of order or of an unknown kind end the migration with a clear error.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::volatile_memory::Error as VolatileMemoryError;
+use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::snapshot::{MachineState, MemoryRegionState};
 
@@ -216,80 +218,200 @@ pub fn parse<T: serde::de::DeserializeOwned>(kind: Kind, body: &[u8]) -> Result<
     serde_json::from_slice(body).map_err(|e| bad(format!("{kind:?}: {e}")))
 }
 
-/// Builds memory messages: runs of pages, flushed as frames of at most
-/// [`MAX_MEMORY`] bytes.
-pub struct MemoryWriter {
-    body: Vec<u8>,
-    /// Where the current run's header is in `body`, and its first page.
+/// Builds memory messages: runs of pages, sent as frames of at most
+/// [`MAX_MEMORY`] bytes straight from guest memory. The writer keeps only
+/// the headers and where the pages are; [`flush`](Self::flush) hands the
+/// pages to the kernel with `writev` as they are then, so a page costs one
+/// copy (into the socket), as QEMU sends RAM. A page the guest writes after
+/// it was taken is in the dirty log and goes again in the next pass.
+pub struct MemoryWriter<'m> {
+    mem: &'m devices::GuestMemoryMmap,
+    /// The frame header, then each run's header.
+    heads: Vec<u8>,
+    /// The body in order: a run header (its offset in `heads`) and the run's
+    /// pages.
+    pieces: Vec<Piece>,
+    /// The body's length so far.
+    body: usize,
+    /// The current run: its header's offset in `heads`, first page, pages.
     run: Option<(usize, u64, u32)>,
     /// Bytes written to the stream so far.
     pub sent: u64,
 }
 
+#[derive(Clone, Copy)]
+enum Piece {
+    Head(usize),
+    Pages(u64, usize),
+}
+
 /// A batch is sent once it holds this much.
 const FLUSH_AT: usize = 4 << 20;
 
-impl Default for MemoryWriter {
-    fn default() -> Self {
+impl<'m> MemoryWriter<'m> {
+    /// A writer of pages of `mem`.
+    pub fn new(mem: &'m devices::GuestMemoryMmap) -> Self {
         Self {
-            body: Vec::with_capacity(FLUSH_AT + PAGE as usize * 2),
+            mem,
+            heads: Vec::with_capacity(HEADER_LEN + 1024 * RUN_HEADER as usize),
+            pieces: Vec::with_capacity(1024),
+            body: 0,
             run: None,
             sent: 0,
         }
     }
-}
 
-impl MemoryWriter {
-    /// Adds the page at `gpa` with contents `page`.
-    pub fn page(
-        &mut self,
-        w: &mut impl Write,
-        gpa: u64,
-        page: &[u8],
-    ) -> Result<(), MigrationError> {
+    /// The guest memory the pages are taken from.
+    pub fn mem(&self) -> &'m devices::GuestMemoryMmap {
+        self.mem
+    }
+
+    /// Adds the guest page at `gpa` (checked inside guest memory when the
+    /// batch is sent).
+    pub fn page(&mut self, w: &mut impl AsFd, gpa: u64) -> Result<(), MigrationError> {
         match &mut self.run {
             Some((at, start, n)) if *start + u64::from(*n) * PAGE == gpa && *n < u32::MAX => {
                 *n += 1;
                 let at = *at;
                 let n = *n;
-                self.body[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
+                self.heads[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
+                match self.pieces.last_mut() {
+                    Some(Piece::Pages(_, len)) => *len += PAGE as usize,
+                    _ => unreachable!("a run's pages follow its header"),
+                }
             }
             _ => {
-                let at = self.body.len();
-                self.body.extend_from_slice(&gpa.to_le_bytes());
-                self.body.extend_from_slice(&1u32.to_le_bytes());
+                if self.heads.is_empty() {
+                    self.heads.extend_from_slice(&[0; HEADER_LEN]);
+                }
+                let at = self.heads.len();
+                self.heads.extend_from_slice(&gpa.to_le_bytes());
+                self.heads.extend_from_slice(&1u32.to_le_bytes());
+                self.pieces.push(Piece::Head(at));
+                self.pieces.push(Piece::Pages(gpa, PAGE as usize));
+                self.body += RUN_HEADER as usize;
                 self.run = Some((at, gpa, 1));
             }
         }
-        self.body.extend_from_slice(page);
-        if self.body.len() >= FLUSH_AT {
+        self.body += PAGE as usize;
+        if self.body >= FLUSH_AT {
             self.flush(w)?;
         }
         Ok(())
     }
 
     /// Sends what is batched.
-    pub fn flush(&mut self, w: &mut impl Write) -> Result<(), MigrationError> {
-        if !self.body.is_empty() {
-            write_frame(w, Kind::Memory, &self.body)?;
-            self.sent += HEADER_LEN as u64 + self.body.len() as u64;
-            self.body.clear();
-        }
+    pub fn flush(&mut self, w: &mut impl AsFd) -> Result<(), MigrationError> {
         self.run = None;
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        self.heads[..4].copy_from_slice(MAGIC);
+        self.heads[4..8].copy_from_slice(&(Kind::Memory as u32).to_le_bytes());
+        self.heads[8..16].copy_from_slice(&(self.body as u64).to_le_bytes());
+        let mut iov = Vec::with_capacity(self.pieces.len() + 1);
+        let mut guards = Vec::with_capacity(self.pieces.len());
+        let heads = self.heads.as_ptr();
+        let head = |at: usize, len: usize| libc::iovec {
+            // SAFETY: `at + len` is inside `heads`, which is not changed
+            // until the write is done.
+            iov_base: unsafe { heads.add(at) } as *mut libc::c_void,
+            iov_len: len,
+        };
+        iov.push(head(0, HEADER_LEN));
+        for piece in &self.pieces {
+            match *piece {
+                Piece::Head(at) => iov.push(head(at, RUN_HEADER as usize)),
+                Piece::Pages(gpa, len) => {
+                    for slice in self.mem.get_slices(GuestAddress(gpa), len) {
+                        let slice =
+                            slice.map_err(|e| bad(format!("guest memory at {gpa:#x}: {e}")))?;
+                        let guard = slice.ptr_guard();
+                        iov.push(libc::iovec {
+                            iov_base: guard.as_ptr() as *mut libc::c_void,
+                            iov_len: guard.len(),
+                        });
+                        guards.push(guard);
+                    }
+                }
+            }
+        }
+        write_all_vectored(w.as_fd(), &mut iov)?;
+        drop(guards);
+        self.sent += (HEADER_LEN + self.body) as u64;
+        self.heads.clear();
+        self.pieces.clear();
+        self.body = 0;
         Ok(())
     }
 }
 
-/// Reads a memory message's body of `len` bytes straight into `mem`: every
-/// run must lie inside guest memory. Returns the pages written.
+/// `writev` until every byte of `iov` is written (the vectors are consumed).
+fn write_all_vectored(fd: BorrowedFd<'_>, mut iov: &mut [libc::iovec]) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !iov.is_empty() {
+        let n = iov.len().min(IOV_MAX);
+        // SAFETY: the first `n` vectors point to memory that stays mapped
+        // and unchanged by us through the call (the writer's headers and
+        // guest memory it borrows); the kernel only reads it.
+        let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut done = r as usize;
+        while let Some(first) = iov.first_mut() {
+            if done < first.iov_len {
+                // SAFETY: `done` bytes into this vector is still inside it.
+                first.iov_base = unsafe { (first.iov_base as *mut u8).add(done) } as *mut _;
+                first.iov_len -= done;
+                break;
+            }
+            done -= first.iov_len;
+            iov = &mut iov[1..];
+        }
+    }
+    Ok(())
+}
+
+/// Whether the guest page at `gpa` holds only zeros, read in place
+/// (volatile: the guest may be writing it), stopping at the first word
+/// that is not zero. An address outside guest memory counts as not zero.
+pub fn page_is_zero(mem: &devices::GuestMemoryMmap, gpa: u64) -> bool {
+    let Ok(slice) = mem.get_slice(GuestAddress(gpa), PAGE as usize) else {
+        return false;
+    };
+    let guard = slice.ptr_guard();
+    let words = guard.as_ptr() as *const u64;
+    (0..PAGE as usize / 64).all(|i| {
+        let mut any = 0;
+        for j in 0..8 {
+            // SAFETY: the page is mapped guest memory, `PAGE` bytes long
+            // and page aligned, so word `i * 8 + j` lies inside it and is
+            // aligned; a volatile read of memory the guest may change
+            // is sound.
+            any |= unsafe { std::ptr::read_volatile(words.add(i * 8 + j)) };
+        }
+        any == 0
+    })
+}
+
+/// Reads a memory message's body of `len` bytes straight into `mem` (the
+/// kernel copies each run's pages into place): every run must lie inside
+/// guest memory. Returns the pages written.
 pub fn read_memory(
-    r: &mut impl Read,
+    r: &mut (impl Read + ReadVolatile),
     len: u64,
     mem: &devices::GuestMemoryMmap,
 ) -> Result<u64, MigrationError> {
     let mut left = len;
     let mut pages = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
     while left > 0 {
         if left < RUN_HEADER {
             return Err(bad("a memory message ends inside a run header"));
@@ -318,15 +440,17 @@ pub fn read_memory(
                 "memory run {gpa:#x}..{end:#x} is outside guest memory"
             )));
         }
-        let mut at = gpa;
-        let mut todo = bytes;
-        while todo > 0 {
-            let chunk = todo.min(buf.len() as u64) as usize;
-            r.read_exact(&mut buf[..chunk])?;
-            mem.write_slice(&buf[..chunk], GuestAddress(at))
-                .map_err(|e| bad(format!("memory at {at:#x}: {e}")))?;
-            at += chunk as u64;
-            todo -= chunk as u64;
+        for slice in mem.get_slices(GuestAddress(gpa), bytes as usize) {
+            let mut slice = slice.map_err(|e| bad(format!("memory at {gpa:#x}: {e}")))?;
+            r.read_exact_volatile(&mut slice).map_err(|e| match e {
+                VolatileMemoryError::IOError(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    bad("the stream ends inside a message")
+                }
+                VolatileMemoryError::IOError(e) => MigrationError::Io(e),
+                e => bad(format!("memory at {gpa:#x}: {e}")),
+            })?;
         }
         left -= bytes;
         pages += n;
@@ -337,6 +461,7 @@ pub fn read_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     fn mem() -> devices::GuestMemoryMmap {
         devices::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
@@ -344,7 +469,7 @@ mod tests {
 
     #[test]
     fn frames_and_memory_round_trip() {
-        let mut out = Vec::new();
+        let (mut out, mut r) = std::os::unix::net::UnixStream::pair().unwrap();
         write_json(
             &mut out,
             Kind::Refuse,
@@ -353,14 +478,25 @@ mod tests {
             },
         )
         .unwrap();
-        let mut w = MemoryWriter::default();
-        let a = [0x11u8; 4096];
-        let b = [0x22u8; 4096];
-        w.page(&mut out, 0x1000, &a).unwrap();
-        w.page(&mut out, 0x2000, &b).unwrap();
-        w.page(&mut out, 0x8000, &a).unwrap();
+        let src = mem();
+        src.write_slice(&[0x11; 4096], GuestAddress(0x1000))
+            .unwrap();
+        src.write_slice(&[0x22; 4096], GuestAddress(0x2000))
+            .unwrap();
+        src.write_slice(&[0x33; 4096], GuestAddress(0x8000))
+            .unwrap();
+        src.write_obj(1u8, GuestAddress(0x9fff)).unwrap();
+        assert!(page_is_zero(&src, 0));
+        assert!(!page_is_zero(&src, 0x9000), "a last byte set");
+        assert!(!page_is_zero(&src, 1 << 20), "outside guest memory");
+        let mut w = MemoryWriter::new(&src);
+        for gpa in [0x1000, 0x2000, 0x8000] {
+            w.page(&mut out, gpa).unwrap();
+        }
+        // Taken as the pages are when the batch is written.
+        src.write_obj(0x44u8, GuestAddress(0x8000)).unwrap();
         w.flush(&mut out).unwrap();
-        let mut r = &out[..];
+        assert_eq!(w.sent, 16 + 2 * 12 + 3 * 4096);
         let (k, body) = expect(&mut r, &[Kind::Refuse]).unwrap();
         assert_eq!(parse::<Reason>(k, &body).unwrap().reason, "no");
         let h = read_header(&mut r).unwrap();
@@ -368,10 +504,45 @@ mod tests {
         assert_eq!(h.len, 2 * 12 + 3 * 4096, "two runs");
         let m = mem();
         assert_eq!(read_memory(&mut r, h.len, &m).unwrap(), 3);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x11);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x2fff)).unwrap(), 0x22);
-        assert_eq!(m.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), 0x11);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), 0x44);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x8001)).unwrap(), 0x33);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), 0);
-        assert!(r.is_empty());
+        // Nothing more on the stream.
+        r.set_nonblocking(true).unwrap();
+        assert!(r.read(&mut [0u8; 1]).is_err());
+    }
+
+    #[test]
+    fn a_memory_batch_larger_than_the_socket_buffer_is_written_whole() {
+        let src = devices::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        for p in 0..(16u64 << 20) / PAGE {
+            src.write_obj(p, GuestAddress(p * PAGE)).unwrap();
+        }
+        let (mut out, mut r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let m = devices::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+            let mut pages = 0;
+            while pages < 2048 {
+                let h = read_header(&mut r).unwrap();
+                assert!(h.len <= FLUSH_AT as u64 + 12 + PAGE);
+                pages += read_memory(&mut r, h.len, &m).unwrap();
+            }
+            m
+        });
+        let mut w = MemoryWriter::new(&src);
+        // Every other page: a run per page, more vectors than one writev
+        // takes.
+        for p in (0..4096u64).step_by(2) {
+            w.page(&mut out, p * PAGE).unwrap();
+        }
+        w.flush(&mut out).unwrap();
+        let m = reader.join().unwrap();
+        for p in 0..4096u64 {
+            let want = if p % 2 == 0 { p } else { 0 };
+            assert_eq!(m.read_obj::<u64>(GuestAddress(p * PAGE)).unwrap(), want);
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ fn accept(url: &Url) -> Result<Stream, MigrationError> {
 /// `missing_cpu`, the memory it announces) and answered, memory written
 /// into what `alloc` gives, then the state, checked against the hello.
 /// Needs no KVM: the fuzz target drives it with arbitrary bytes.
-pub fn receive_guest<S: Read + Write>(
+pub fn receive_guest<S: Read + Write + vm_memory::ReadVolatile>(
     stream: &mut S,
     missing_cpu: impl FnOnce(&[kvm_cpuid_entry2]) -> Vec<String>,
     alloc: impl FnOnce(&Hello) -> Result<devices::GuestMemoryMmap, MigrationError>,
@@ -188,7 +188,6 @@ pub fn receive_guest<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::protocol::MemoryWriter;
     use crate::snapshot::{MachineState, MemoryRegionState};
 
     /// A stream that reads `input` and records what is written.
@@ -200,6 +199,15 @@ mod tests {
     impl Read for Duplex<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             self.input.read(buf)
+        }
+    }
+
+    impl vm_memory::ReadVolatile for Duplex<'_> {
+        fn read_volatile<B: vm_memory::bitmap::BitmapSlice>(
+            &mut self,
+            buf: &mut vm_memory::VolatileSlice<B>,
+        ) -> Result<usize, vm_memory::volatile_memory::Error> {
+            self.input.read_volatile(buf)
         }
     }
 
@@ -297,11 +305,18 @@ mod tests {
         let mut ok = Vec::new();
         write_json(&mut ok, Kind::Hello, &hello(32)).unwrap();
         cases.push((ok.clone(), "closed"));
-        let mut outside = ok.clone();
-        let mut w = MemoryWriter::default();
-        w.page(&mut outside, 64 << 20, &[1u8; 4096]).unwrap();
-        w.flush(&mut outside).unwrap();
-        cases.push((outside, "outside guest memory"));
+        let memory = |gpa: u64, page: &[u8]| {
+            let mut body = gpa.to_le_bytes().to_vec();
+            body.extend_from_slice(&1u32.to_le_bytes());
+            body.extend_from_slice(page);
+            let mut v = ok.clone();
+            protocol::write_frame(&mut v, Kind::Memory, &body).unwrap();
+            v
+        };
+        cases.push((memory(64 << 20, &[1; 4096]), "outside guest memory"));
+        let mut cut = memory(0, &[1; 4096]);
+        cut.truncate(cut.len() - 4000);
+        cases.push((cut, "ends inside a message"));
         let mut bad_state = ok.clone();
         protocol::write_frame(&mut bad_state, Kind::State, b"{}").unwrap();
         cases.push((bad_state, "is not a condo snapshot"));

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::protocol::{
     self, expect, parse, write_frame, write_json, Hello, Kind, MemoryWriter, MigrationError,
@@ -108,14 +108,13 @@ impl Pacer {
 }
 
 /// One pass's sender: pages into the stream, with throttling and pacing.
-struct Pass<'a> {
+struct Pass<'a, 'm> {
     out: &'a mut Stream,
-    writer: &'a mut MemoryWriter,
+    writer: &'a mut MemoryWriter<'m>,
     throttle: &'a mut Throttle,
     pacer: &'a mut Pacer,
     deadline: Instant,
     timeout_s: u64,
-    buf: Vec<u8>,
     /// Time spent holding the vCPUs back, which is not sending time.
     throttled: Duration,
     /// KVM's manual dirty-log protection is on: a range's dirty bits are
@@ -123,7 +122,7 @@ struct Pass<'a> {
     manual: bool,
 }
 
-impl Pass<'_> {
+impl Pass<'_, '_> {
     /// With manual protection, clears the dirty bits of `gpa..gpa+len`
     /// before the range is read: a write after the read marks the page
     /// for the next pass.
@@ -141,27 +140,24 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Sends the pages of `gpa..gpa+len` for which `want(page offset in
-    /// region, page)` holds, reading them from guest memory now.
+    /// Sends the pages of `gpa..gpa+len` (those not zero only, with
+    /// `skip_zero`), taken from guest memory when the batch is written.
     fn send_range(
         &mut self,
         vm: &mut Vm,
         gpa: GuestAddress,
         len: usize,
-        mut want: impl FnMut(u64, &[u8]) -> bool,
+        skip_zero: bool,
     ) -> Result<(), MigrationError> {
         let t = Instant::now();
-        self.buf.resize(len, 0);
-        vm.mem
-            .read_slice(&mut self.buf[..len], gpa)
-            .map_err(|e| MigrationError::Protocol(format!("guest memory at {gpa:?}: {e}")))?;
-        for (i, page) in self.buf[..len].chunks(PAGE as usize).enumerate() {
-            let at = gpa.0 + i as u64 * PAGE;
-            if want(at, page) {
-                let before = self.writer.sent;
-                self.writer.page(self.out, at, page)?;
-                self.pacer.account(self.writer.sent - before);
+        for i in 0..len as u64 / PAGE {
+            let at = gpa.0 + i * PAGE;
+            if skip_zero && protocol::page_is_zero(self.writer.mem(), at) {
+                continue;
             }
+            let before = self.writer.sent;
+            self.writer.page(self.out, at)?;
+            self.pacer.account(self.writer.sent - before);
         }
         self.throttled += self.throttle.apply(vm, t.elapsed());
         self.check_time()
@@ -170,7 +166,7 @@ impl Pass<'_> {
 
 /// The first pass: every page the guest ever touched and that is not
 /// zero.
-fn send_everything(vm: &mut Vm, pass: &mut Pass<'_>) -> Result<(), MigrationError> {
+fn send_everything(vm: &mut Vm, pass: &mut Pass<'_, '_>) -> Result<(), MigrationError> {
     const CHUNK: u64 = 1 << 20;
     let anonymous = !vm.mem_from_file;
     let regions: Vec<(GuestAddress, u64)> =
@@ -184,7 +180,7 @@ fn send_everything(vm: &mut Vm, pass: &mut Pass<'_>) -> Result<(), MigrationErro
             // Never touched (or given back by the balloon): zero, and the
             // destination's fresh memory is zero too.
             if !anonymous || crate::snapshot::memory::any_resident(&vm.mem, at, n) {
-                pass.send_range(vm, at, n, |_, page| page.iter().any(|&b| b != 0))?;
+                pass.send_range(vm, at, n, true)?;
             }
             off += n as u64;
         }
@@ -213,7 +209,7 @@ fn dirty_pages(vm: &Vm, logs: &[Vec<u64>]) -> Vec<u64> {
 }
 
 /// Sends `pages` (sorted guest addresses), runs read together.
-fn send_pages(vm: &mut Vm, pass: &mut Pass<'_>, pages: &[u64]) -> Result<(), MigrationError> {
+fn send_pages(vm: &mut Vm, pass: &mut Pass<'_, '_>, pages: &[u64]) -> Result<(), MigrationError> {
     let mut i = 0;
     while i < pages.len() {
         let mut j = i + 1;
@@ -221,12 +217,7 @@ fn send_pages(vm: &mut Vm, pass: &mut Pass<'_>, pages: &[u64]) -> Result<(), Mig
             j += 1;
         }
         pass.clear(vm, GuestAddress(pages[i]), (j - i) * PAGE as usize)?;
-        pass.send_range(
-            vm,
-            GuestAddress(pages[i]),
-            (j - i) * PAGE as usize,
-            |_, _| true,
-        )?;
+        pass.send_range(vm, GuestAddress(pages[i]), (j - i) * PAGE as usize, false)?;
         i = j;
     }
     Ok(())
@@ -305,7 +296,10 @@ fn precopy_and_hand_over(
     // docs/migration.md).
     let downtime = p.downtime_ms as f64;
     let memory_budget_ms = (downtime - 2.0 * round_trip.as_secs_f64() * 1000.0).max(downtime / 4.0);
-    let mut writer = MemoryWriter::default();
+    // The writer sends pages straight from guest memory: its own handle on
+    // the mapping, as the VM is changed (throttled, paused) meanwhile.
+    let mem = vm.mem.clone();
+    let mut writer = MemoryWriter::new(&mem);
     // A guest the user paused stays paused, here or there.
     let was_paused = vm.is_paused();
     let mut throttle = Throttle {
@@ -328,7 +322,6 @@ fn precopy_and_hand_over(
         pacer: &mut pacer,
         deadline,
         timeout_s: p.timeout_s,
-        buf: Vec::new(),
         throttled: Duration::ZERO,
         manual,
     };
@@ -418,7 +411,7 @@ fn precopy_and_hand_over(
 /// The paused guest's last pages, its state, and the hand-over.
 fn stop_and_copy(
     vm: &mut Vm,
-    pass: &mut Pass<'_>,
+    pass: &mut Pass<'_, '_>,
     mut pending: Vec<u64>,
     paused_at: Instant,
     was_paused: bool,
