@@ -61,7 +61,8 @@ else
   done
   # The emulated outer machine (QEMU TCG with nested SVM) now and then
   # panics or stalls under load (an IPI taken inside VMRUN overflows its
-  # kernel's stack); that is the test host failing (exit 125), not a test.
+  # kernel's stack); that is the test host failing (exit 125, a stall
+  # once its heartbeat has stopped for 2 minutes), not a test.
   # Retry then, at most three times; a retry skips the tests that already
   # passed, so that every attempt gets further.
   # The test host has one CPU (testhost/run): on 2026-11-27, with two, 10
