@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every parser a guest or a client can reach (fuzz/fuzz_targets/):
 # each target runs SECONDS (default 15) with libFuzzer, inputs up to 4 KiB
-# from the start; any crash, hang or leak fails the run (the input is kept
+# from the start (16 KiB for the migration stream, whose memory runs carry
+# whole 4 KiB pages); any crash, hang or leak fails the run (the input is kept
 # in fuzz/artifacts/). Installs cargo-fuzz; builds with the stable
 # toolchain (RUSTC_BOOTSTRAP=1 lets it take the sanitizer flags).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
@@ -29,9 +30,11 @@ for t in "${targets[@]}"; do
   log=$(mktemp)
   # Seed inputs (fuzz/seeds/TARGET, committed) start the corpus where
   # random bytes rarely get: valid queues carrying valid requests.
+  max_len=4096
+  [ "$t" != migration_stream ] || max_len=16384
   seeds=()
   [ -d "seeds/$t" ] && seeds=("corpus/$t" "seeds/$t") && mkdir -p "corpus/$t"
-  if ! cargo fuzz run -O "$t" "${seeds[@]}" -- -max_total_time="$secs" "${runs[@]}" -len_control=0 -max_len=4096 \
+  if ! cargo fuzz run -O "$t" "${seeds[@]}" -- -max_total_time="$secs" "${runs[@]}" -len_control=0 -max_len="$max_len" \
       -timeout=10 >"$log" 2>&1; then
     tail -30 "$log" >&2
     rm -f "$log"

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Writes the seed inputs of the virtio fuzz targets (fuzz/seeds/TARGET/):
+"""Writes the seed inputs of the virtio fuzz targets (fuzz/seeds/TARGET/),
+and of the migration stream's (a hello the receiving side accepts, then
+memory frames):
 guest memory images whose queues (laid out as fuzz_targets/common.rs puts
 them: queue i's 16 descriptors at i*0x200, its available ring at
 i*0x200+0x100) carry valid requests, so fuzzing starts from the paths a
 real driver takes rather than from random bytes. Inputs are at most 4 KiB
 (scripts/fuzz.sh), so the requests lie in 0x800..0x1000, after the four
 queues. Run it from anywhere."""
+import json
 import os
 import struct
 
@@ -130,8 +133,36 @@ def vsock():
     g.save('virtio_vsock', 'connect-send-shutdown')
 
 
+def migration():
+    """A hello for 32 MiB at 0 with no CPUID (the fuzz target accepts it),
+    then memory frames: runs of pages (a run header: guest address u64,
+    page count u32), as protocol.rs frames them."""
+    def frame(kind, body):
+        return b'CMIG' + struct.pack('<IQ', kind, len(body)) + body
+    hello = json.dumps({
+        'version': 2, 'condo': 'seed',
+        'machine': {'vcpu_count': 1, 'mem_size_mib': 32, 'track_dirty_pages': False,
+                    'kernel_image_path': '/k', 'initrd_path': None, 'boot_args': None,
+                    'root_drive': None},
+        'memory': [{'base': 0, 'size': 32 << 20}],
+        'cpuid': [],
+    }, separators=(',', ':')).encode()
+
+    def run(gpa, pages, byte):
+        return struct.pack('<QI', gpa, pages) + bytes([byte]) * (4096 * pages)
+    d = os.path.join(HERE, 'migration_stream')
+    os.makedirs(d, exist_ok=True)
+    for name, data in [
+        ('hello-memory', frame(1, hello) + frame(4, run(0x1000, 1, 0x11) + run(0x3000, 2, 0x22))),
+        ('hello-memory-state', frame(1, hello) + frame(4, run(0x1ff000, 1, 0x33)) + frame(5, b'{}')),
+    ]:
+        with open(os.path.join(d, name), 'wb') as f:
+            f.write(data)
+
+
 block()
 rng()
 vsock()
 net()
 balloon()
+migration()
