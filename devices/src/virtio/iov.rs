@@ -115,8 +115,8 @@ impl<'a> GuestIo<'a> {
     }
 }
 
-/// `iov` without its first `n` bytes.
-fn advance(iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
+/// `iov` without its first `n` bytes (what a short `readv`/`writev` left).
+pub fn advance(iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
     let mut skip = 0;
     while skip < iov.len() && n >= iov[skip].iov_len {
         n -= iov[skip].iov_len;

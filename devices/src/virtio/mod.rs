@@ -16,6 +16,8 @@ pub mod rng;
 pub mod vsock;
 mod worker;
 
+pub use iov::advance as advance_iovecs;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 

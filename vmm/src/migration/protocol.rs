@@ -365,17 +365,7 @@ fn write_all_vectored(fd: BorrowedFd<'_>, mut iov: &mut [libc::iovec]) -> std::i
         if r == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let mut done = r as usize;
-        while let Some(first) = iov.first_mut() {
-            if done < first.iov_len {
-                // SAFETY: `done` bytes into this vector is still inside it.
-                first.iov_base = unsafe { (first.iov_base as *mut u8).add(done) } as *mut _;
-                first.iov_len -= done;
-                break;
-            }
-            done -= first.iov_len;
-            iov = &mut iov[1..];
-        }
+        iov = devices::virtio::advance_iovecs(iov, r as usize);
     }
     Ok(())
 }
