@@ -226,23 +226,16 @@ pub fn parse<T: serde::de::DeserializeOwned>(kind: Kind, body: &[u8]) -> Result<
 /// it was taken is in the dirty log and goes again in the next pass.
 pub struct MemoryWriter<'m> {
     mem: &'m devices::GuestMemoryMmap,
-    /// The frame header, then each run's header.
+    /// The frame header, then each run's header (run `i`'s at
+    /// `HEADER_LEN + i * RUN_HEADER`).
     heads: Vec<u8>,
-    /// The body in order: a run header (its offset in `heads`) and the run's
-    /// pages.
-    pieces: Vec<Piece>,
+    /// Each run's first page and length in bytes; the last one is the run
+    /// a following page may extend.
+    runs: Vec<(u64, usize)>,
     /// The body's length so far.
     body: usize,
-    /// The current run: its header's offset in `heads`, first page, pages.
-    run: Option<(usize, u64, u32)>,
     /// Bytes written to the stream so far.
     pub sent: u64,
-}
-
-#[derive(Clone, Copy)]
-enum Piece {
-    Head(usize),
-    Pages(u64, usize),
 }
 
 /// A batch is sent once it holds this much.
@@ -251,12 +244,13 @@ const FLUSH_AT: usize = 4 << 20;
 impl<'m> MemoryWriter<'m> {
     /// A writer of pages of `mem`.
     pub fn new(mem: &'m devices::GuestMemoryMmap) -> Self {
+        let mut heads = Vec::with_capacity(HEADER_LEN + 1024 * RUN_HEADER as usize);
+        heads.extend_from_slice(&[0; HEADER_LEN]);
         Self {
             mem,
-            heads: Vec::with_capacity(HEADER_LEN + 1024 * RUN_HEADER as usize),
-            pieces: Vec::with_capacity(1024),
+            heads,
+            runs: Vec::with_capacity(1024),
             body: 0,
-            run: None,
             sent: 0,
         }
     }
@@ -269,28 +263,20 @@ impl<'m> MemoryWriter<'m> {
     /// Adds the guest page at `gpa` (checked inside guest memory when the
     /// batch is sent).
     pub fn page(&mut self, w: &mut impl AsFd, gpa: u64) -> Result<(), MigrationError> {
-        match &mut self.run {
-            Some((at, start, n)) if *start + u64::from(*n) * PAGE == gpa && *n < u32::MAX => {
-                *n += 1;
-                let at = *at;
-                let n = *n;
+        match self.runs.last_mut() {
+            Some((start, len))
+                if *start + *len as u64 == gpa && (*len as u64 / PAGE) < u64::from(u32::MAX) =>
+            {
+                *len += PAGE as usize;
+                let n = (*len as u64 / PAGE) as u32;
+                let at = self.heads.len() - RUN_HEADER as usize;
                 self.heads[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
-                match self.pieces.last_mut() {
-                    Some(Piece::Pages(_, len)) => *len += PAGE as usize,
-                    _ => unreachable!("a run's pages follow its header"),
-                }
             }
             _ => {
-                if self.heads.is_empty() {
-                    self.heads.extend_from_slice(&[0; HEADER_LEN]);
-                }
-                let at = self.heads.len();
                 self.heads.extend_from_slice(&gpa.to_le_bytes());
                 self.heads.extend_from_slice(&1u32.to_le_bytes());
-                self.pieces.push(Piece::Head(at));
-                self.pieces.push(Piece::Pages(gpa, PAGE as usize));
+                self.runs.push((gpa, PAGE as usize));
                 self.body += RUN_HEADER as usize;
-                self.run = Some((at, gpa, 1));
             }
         }
         self.body += PAGE as usize;
@@ -302,15 +288,14 @@ impl<'m> MemoryWriter<'m> {
 
     /// Sends what is batched.
     pub fn flush(&mut self, w: &mut impl AsFd) -> Result<(), MigrationError> {
-        self.run = None;
-        if self.pieces.is_empty() {
+        if self.runs.is_empty() {
             return Ok(());
         }
         self.heads[..4].copy_from_slice(MAGIC);
         self.heads[4..8].copy_from_slice(&(Kind::Memory as u32).to_le_bytes());
         self.heads[8..16].copy_from_slice(&(self.body as u64).to_le_bytes());
-        let mut iov = Vec::with_capacity(self.pieces.len() + 1);
-        let mut guards = Vec::with_capacity(self.pieces.len());
+        let mut iov = Vec::with_capacity(2 * self.runs.len() + 1);
+        let mut guards = Vec::with_capacity(self.runs.len());
         let heads = self.heads.as_ptr();
         let head = |at: usize, len: usize| libc::iovec {
             // SAFETY: `at + len` is inside `heads`, which is not changed
@@ -319,28 +304,26 @@ impl<'m> MemoryWriter<'m> {
             iov_len: len,
         };
         iov.push(head(0, HEADER_LEN));
-        for piece in &self.pieces {
-            match *piece {
-                Piece::Head(at) => iov.push(head(at, RUN_HEADER as usize)),
-                Piece::Pages(gpa, len) => {
-                    for slice in self.mem.get_slices(GuestAddress(gpa), len) {
-                        let slice =
-                            slice.map_err(|e| bad(format!("guest memory at {gpa:#x}: {e}")))?;
-                        let guard = slice.ptr_guard();
-                        iov.push(libc::iovec {
-                            iov_base: guard.as_ptr() as *mut libc::c_void,
-                            iov_len: guard.len(),
-                        });
-                        guards.push(guard);
-                    }
-                }
+        for (i, &(gpa, len)) in self.runs.iter().enumerate() {
+            iov.push(head(
+                HEADER_LEN + i * RUN_HEADER as usize,
+                RUN_HEADER as usize,
+            ));
+            for slice in self.mem.get_slices(GuestAddress(gpa), len) {
+                let slice = slice.map_err(|e| bad(format!("guest memory at {gpa:#x}: {e}")))?;
+                let guard = slice.ptr_guard();
+                iov.push(libc::iovec {
+                    iov_base: guard.as_ptr() as *mut libc::c_void,
+                    iov_len: guard.len(),
+                });
+                guards.push(guard);
             }
         }
         write_all_vectored(w.as_fd(), &mut iov)?;
         drop(guards);
         self.sent += (HEADER_LEN + self.body) as u64;
-        self.heads.clear();
-        self.pieces.clear();
+        self.heads.truncate(HEADER_LEN);
+        self.runs.clear();
         self.body = 0;
         Ok(())
     }
